@@ -1,0 +1,84 @@
+"""The ``raysweep`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
+               "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"raysweep: error: --set {item!r} must look like key.path=value")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_prepare(args) -> int:
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    job = load_job(args.job, _parse_overrides(args.set))
+    p = prepare(job, force=args.force)
+    print(json.dumps({"target": str(p.target), "retain_reference": str(p.retain_reference),
+                      "key": p.key, "reused": p.reused}, indent=2))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from raysweep.engine.trial import format_table, run_trial
+    from raysweep.spec import load_job
+
+    job = load_job(args.job, _parse_overrides(args.set))
+    u = job.unlearn
+    print(f"raysweep run: {job.name}: forget={u.forget.name} retain={','.join(r.name for r in u.retain)} "
+          f"method={u.method.name} steps={u.steps} lr={u.lr}", file=sys.stderr)
+    result = run_trial(job, progress=not args.quiet)
+    print(format_table(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raysweep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="fine-tune and cache the target and the retain reference")
+    p.add_argument("job")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.set_defaults(func=cmd_prepare)
+
+    r = sub.add_parser("run", help="run one unlearning trial on this process and print a table")
+    r.add_argument("job")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    r.add_argument("--out", help="write the result (before/after metrics, per-step history) as JSON")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    args = parser.parse_args(argv)
+    from raysweep.data.tofu import DataError
+    from raysweep.registry import UnknownNameError
+    from raysweep.spec import JobSpecError
+
+    try:
+        return args.func(args)
+    except (JobSpecError, DataError, UnknownNameError, FileNotFoundError) as err:
+        print(f"raysweep: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: TOFU-format loaders, QA collation, seeded paired sampling."""

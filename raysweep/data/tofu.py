@@ -1,0 +1,100 @@
+"""TOFU-format QA data: splits by name from a data directory, and the author subset.
+
+TOFU stores 20 QA per author, in author order. ``Subset(authors=K, forget_authors=F)`` keeps the
+first K authors of ``full`` and forgets the last F of them, so CPU jobs stay small while every
+question keeps its paraphrased/perturbed answers (``retain_perturbed`` covers the first 20
+authors; the ``forgetXX_perturbed`` files cover the last ones).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+QA_PER_AUTHOR = 20
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+RETAIN_FOR = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+HOLDOUT_FOR = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
+
+
+class DataError(ValueError):
+    """A data problem, phrased as one line naming the file or field."""
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file '{path}' does not exist")
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@dataclass(frozen=True)
+class Subset:
+    authors: int
+    forget_authors: int
+
+
+@dataclass
+class TofuData:
+    forget: list[dict]
+    retain: list[dict]
+    holdout: list[dict] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+    # question -> row with paraphrased_answer / perturbed_answer (when available)
+    perturbed: dict[str, dict] = field(default_factory=dict)
+    data_dir: Optional[Path] = None
+
+    def texts(self) -> list[str]:
+        """Every string a tokenizer for this job should cover."""
+        out = []
+        for row in self.forget + self.retain + self.holdout:
+            out += [row["question"], row["answer"]]
+        for row in self.perturbed.values():
+            out += [row.get("paraphrased_answer", "")] + list(row.get("perturbed_answer", []))
+        return out + self.refusals
+
+
+def load_tofu(
+    data_dir: str | Path,
+    forget_split: str = "forget10",
+    subset: Optional[Subset] = None,
+) -> TofuData:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data.path: '{data_dir}' is not a directory (expected the TOFU jsonl files)")
+    if subset is not None:
+        if not 0 < subset.forget_authors < subset.authors:
+            raise DataError(
+                f"data.subset: forget_authors={subset.forget_authors} is not allowed "
+                f"(1..authors-1 with authors={subset.authors})"
+            )
+        full = load_jsonl(data_dir / "full.jsonl")
+        if subset.authors * QA_PER_AUTHOR > len(full):
+            raise DataError(
+                f"data.subset.authors: {subset.authors} is not allowed (at most {len(full) // QA_PER_AUTHOR})"
+            )
+        rows = full[: subset.authors * QA_PER_AUTHOR]
+        cut = (subset.authors - subset.forget_authors) * QA_PER_AUTHOR
+        forget, retain = rows[cut:], rows[:cut]
+        holdout_file = data_dir / "holdout10.jsonl"
+        holdout = load_jsonl(holdout_file)[: len(forget)] if holdout_file.exists() else []
+    else:
+        if forget_split not in FORGET_SPLITS:
+            raise DataError(f"data.forget_split: '{forget_split}' is not allowed ({', '.join(FORGET_SPLITS)})")
+        forget = load_jsonl(data_dir / f"{forget_split}.jsonl")
+        retain = load_jsonl(data_dir / f"{RETAIN_FOR[forget_split]}.jsonl")
+        holdout_file = data_dir / f"{HOLDOUT_FOR[forget_split]}.jsonl"
+        holdout = load_jsonl(holdout_file) if holdout_file.exists() else []
+
+    perturbed: dict[str, dict] = {}
+    for name in ("retain_perturbed", "forget10_perturbed", "forget05_perturbed", "forget01_perturbed"):
+        f = data_dir / f"{name}.jsonl"
+        if f.exists():
+            for row in load_jsonl(f):
+                perturbed.setdefault(row["question"], row)
+    refusal_file = data_dir / "idontknow.txt"
+    refusals = [l.strip() for l in refusal_file.read_text().splitlines() if l.strip()] if refusal_file.exists() else []
+    return TofuData(forget, retain, holdout, refusals, perturbed, data_dir)

@@ -1,0 +1,180 @@
+"""One optimizer step of unlearning (spec 3.1), data-parallel ready (spec 3.2).
+
+``task gradients`` (one backward per task per micro-batch, accumulated into separate fp32
+buffers) -> ``reduce_task_grads`` (each task reduced on its own; identity on one process)
+-> ``synthesis`` -> clip the synthesised ``g`` -> optimizer step (with AutoLR for NGDiff).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from raysweep.objectives import Objective, ObjectiveContext
+from raysweep.synthesis import SynthContext, Synthesis, step_diagnostics
+from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce, norm2
+
+ReduceTaskGrads = Callable[[list[GradList]], list[GradList]]
+
+
+def lr_at(step: int, base_lr: float, total: int, schedule: str, warmup: int) -> float:
+    """Learning rate as a pure function of the step (nothing to checkpoint)."""
+    if warmup and step < warmup:
+        return base_lr * (step + 1) / warmup
+    if schedule == "linear":
+        return base_lr * max(0.0, (total - step) / max(1, total - warmup))
+    return base_lr
+
+
+class UnlearningEngine:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        forget: Objective,
+        retain: Sequence[Objective],
+        synthesis: Synthesis,
+        ctx: ObjectiveContext,
+        *,
+        lr: float,
+        optimizer: str = "adamw",
+        weight_decay: float = 0.0,
+        max_grad_norm: Optional[float] = None,
+        total_steps: int = 1,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        reduce_task_grads: Optional[ReduceTaskGrads] = None,
+        reduce_sum: ReduceSum = identity_reduce,
+        mean_across_ranks: Callable[[torch.Tensor], torch.Tensor] = identity_reduce,
+        no_sync: Optional[Callable[[], Any]] = None,
+    ):
+        self.model = model
+        self.forget, self.retain = forget, list(retain)
+        self.synthesis = synthesis
+        self.ctx = ctx
+        self.base_lr, self.total_steps = lr, total_steps
+        self.schedule, self.warmup_steps = schedule, warmup_steps
+        self.max_grad_norm = max_grad_norm
+        self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
+        self.reduce_sum = reduce_sum
+        self.mean_across_ranks = mean_across_ranks
+        self.no_sync = no_sync or nullcontext
+        self.step_count = 0
+
+        allowed = forget.trainable_filter(model)
+        inner = getattr(model, "module", model)
+        for name, p in inner.named_parameters():
+            if allowed is not None and name not in allowed:
+                p.requires_grad_(False)
+        self.param_names = [n for n, p in inner.named_parameters() if p.requires_grad]
+        self.params = [p for p in inner.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("no trainable parameters (check the objective's layer setting)")
+        if optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        elif optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.params, lr=lr, weight_decay=weight_decay)
+        else:
+            raise ValueError(f"unlearn.optimizer: '{optimizer}' is not allowed (adamw, sgd)")
+
+    # ---- gradients ----------------------------------------------------------------------------
+    def _backward_into(self, loss: torch.Tensor, buf: Optional[GradList], scale: float) -> GradList:
+        (loss * scale).backward()
+        out: GradList = []
+        for k, p in enumerate(self.params):
+            g = p.grad
+            p.grad = None
+            if g is not None and g.dtype != torch.float32:
+                g = g.float()  # fp32 buffers (spec 3.2 rule 5)
+            prev = None if buf is None else buf[k]
+            out.append(g if prev is None else (prev if g is None else prev.add_(g)))
+        return out
+
+    def task_gradients(self, micro_batches: Sequence[tuple[dict, dict]]) -> tuple[list[GradList], dict]:
+        """Accumulated, *unreduced* ``[ĝ_F, g_R1, ...]`` over the micro-batches and mean losses."""
+        n_tasks = 1 + len(self.retain)
+        bufs: list[Optional[GradList]] = [None] * n_tasks
+        losses = torch.zeros(n_tasks)
+        scale = 1.0 / len(micro_batches)
+        with self.no_sync():
+            for fb, rb in micro_batches:
+                tasks = [(self.forget, fb)] + [(obj, rb) for obj in self.retain]
+                for t, (obj, batch) in enumerate(tasks):
+                    loss = obj(self.model, batch, self.ctx)
+                    losses[t] += float(loss.detach()) * scale
+                    bufs[t] = self._backward_into(loss, bufs[t], scale)
+        return bufs, {"loss_forget": float(losses[0]), **{f"loss_retain_{i}": float(l) for i, l in enumerate(losses[1:])}}
+
+    # ---- one optimizer step -------------------------------------------------------------------
+    def step(self, micro_batches: Sequence[tuple[dict, dict]], probe_batch: Optional[dict] = None) -> dict[str, float]:
+        grads, metrics = self.task_gradients(micro_batches)
+        grads = self.reduce_task_grads(grads)
+        g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
+        metrics.update(step_diagnostics(grads[0], grads[1], g, self.reduce_sum))
+        metrics.update(self.synthesis.last_info)
+
+        if self.max_grad_norm is not None:
+            total = float(norm2(g, self.reduce_sum).sqrt())
+            coef = self.max_grad_norm / (total + 1e-6)
+            if coef < 1.0:
+                g = [None if t is None else t * coef for t in g]
+            metrics["grad_norm_before_clip"] = total
+        for p, t in zip(self.params, g):
+            p.grad = None if t is None else t.to(p.dtype)
+
+        lr = self._current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self._autolr_due() and probe_batch is not None:
+            lr, info = self._autolr(probe_batch)
+            metrics.update(info)
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics["lr"] = lr
+        self.step_count += 1
+        if not all(math.isfinite(v) for v in (metrics["loss_forget"], metrics["norm_update"])):
+            metrics["diverged"] = 1.0
+        return metrics
+
+    def _current_lr(self) -> float:
+        auto = getattr(self.synthesis, "autolr_lr", None)
+        if getattr(self.synthesis, "autolr", False) and auto is not None:
+            return auto
+        return lr_at(self.step_count, self.base_lr, self.total_steps, self.schedule, self.warmup_steps)
+
+    def _autolr_due(self) -> bool:
+        s = self.synthesis
+        return bool(getattr(s, "autolr", False)) and self.step_count % s.autolr_interval == 0
+
+    def _autolr(self, probe_batch: dict) -> tuple[float, dict]:
+        from raysweep.engine.autolr import autolr_step
+
+        probe_obj = self.retain[0]
+
+        def probe() -> float:
+            with torch.no_grad():
+                loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
+            return float(self.mean_across_ranks(loss)[0])  # every rank derives the same η
+
+        horizon = 1.0
+        if self.synthesis.autolr_horizon == "cosine":
+            horizon = 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
+        lr, info = autolr_step(self.params, self.optimizer, probe, horizon)
+        self.synthesis.autolr_lr = lr
+        return lr, info
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step_count,
+            "optimizer": self.optimizer.state_dict(),
+            "synthesis": self.synthesis.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.synthesis.load_state_dict(state["synthesis"])

@@ -1,0 +1,132 @@
+"""One unlearning trial on one process: load the target, N steps, evaluate before and after."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from raysweep.data.collate import QACollator
+from raysweep.data.sampler import PairedSampler
+from raysweep.data.tofu import TofuData
+from raysweep.engine.engine import UnlearningEngine
+from raysweep.evaluation.qa import qa_metrics
+from raysweep.models.build import load_causal_lm, load_tokenizer
+from raysweep.models.prepare import PreparedModels, load_job_data, prepare
+from raysweep.objectives import ObjectiveContext, build_objective
+from raysweep.spec import JobSpec
+from raysweep.synthesis import build_synthesis
+
+
+@dataclass
+class TrialParts:
+    """Everything a trial needs, built from a spec; shared by the local and the Ray paths."""
+
+    job: JobSpec
+    data: TofuData
+    prepared: PreparedModels
+    tokenizer: object
+    collator: QACollator
+    sampler: PairedSampler
+    model: torch.nn.Module
+    engine: UnlearningEngine
+    forget_needs_idk: bool
+
+
+def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_kwargs: Optional[dict] = None) -> TrialParts:
+    torch.manual_seed(job.seed)
+    data = load_job_data(job)
+    prepared = prepare(job, data)
+    tokenizer = load_tokenizer(prepared.tokenizer)
+    model = load_causal_lm(prepared.target, job.model.dtype)
+    u = job.unlearn
+    forget = build_objective(u.forget.name, u.forget.params)
+    retain = [build_objective(r.name, r.params) for r in u.retain]
+    ctx = ObjectiveContext()
+    if any(o.needs_reference for o in [forget, *retain]):
+        ref = copy.deepcopy(model).eval()  # π_ref: the frozen model before unlearning
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        ctx.reference_model = ref
+    model.train()
+    wrapped = model_wrapper(model) if model_wrapper else model
+    engine = UnlearningEngine(
+        wrapped, forget, retain, build_synthesis(u.method.name, u.method.params), ctx,
+        lr=u.lr, optimizer=u.optimizer, weight_decay=u.weight_decay, max_grad_norm=u.max_grad_norm,
+        total_steps=u.steps, schedule=u.schedule, warmup_steps=u.warmup_steps, **(engine_kwargs or {}),
+    )
+    collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
+    sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)
+    return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk)
+
+
+def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int = 1):
+    """This rank's micro-batches for global step ``step`` and a retain probe batch."""
+    accum = parts.job.unlearn.grad_accum
+    f_pairs = parts.sampler.batch(step, "forget", rank, world_size)
+    r_pairs = parts.sampler.batch(step, "retain", rank, world_size)
+    if len(f_pairs) % accum:
+        raise ValueError(f"unlearn.grad_accum: {accum} does not divide the per-rank batch {len(f_pairs)}")
+    m = len(f_pairs) // accum
+    out = []
+    for a in range(accum):
+        fp, rp = f_pairs[a * m:(a + 1) * m], r_pairs[a * m:(a + 1) * m]
+        fb = parts.collator([parts.data.forget[i] for _, i in fp], [i for _, i in fp],
+                            with_idk=parts.forget_needs_idk, epoch=fp[0][0])
+        rb = parts.collator([parts.data.retain[i] for _, i in rp], [i for _, i in rp])
+        out.append((fb, rb))
+    # AutoLR probes on the next step's retain rows: a fresh batch, identical after a resume.
+    probe_pairs = parts.sampler.batch(step + 1, "retain", rank, world_size)
+    probe = parts.collator([parts.data.retain[i] for _, i in probe_pairs], [i for _, i in probe_pairs])
+    return out, probe
+
+
+def evaluate_qa(parts: TrialParts, progress: bool = True) -> dict[str, float]:
+    e = parts.job.eval
+    cap = e.max_questions
+    out = {}
+    for split, rows in (("forget", parts.data.forget), ("retain", parts.data.retain)):
+        rows = rows[:cap] if cap else rows
+        out.update(qa_metrics(parts.model, parts.collator, rows, max_new_tokens=e.max_new_tokens,
+                              batch_size=e.batch_size, prefix=f"{split}_", progress=progress))
+    return out
+
+
+def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
+    parts = build_trial(job)
+    before = evaluate_qa(parts, progress)
+    history = []
+    t0 = time.time()
+    steps = job.unlearn.steps
+    report_every = max(1, steps // 10)
+    for step in range(steps):
+        batches, probe = micro_batches(parts, step)
+        metrics = parts.engine.step(batches, probe)
+        history.append(metrics)
+        if on_step:
+            on_step(step, metrics)
+        if progress and ((step + 1) % report_every == 0 or step + 1 == steps):
+            print(f"  unlearn step {step + 1}/{steps}: forget loss {metrics['loss_forget']:.3f} "
+                  f"retain loss {metrics['loss_retain_0']:.3f} cos(gF,gR) {metrics['cos_forget_retain']:+.3f} "
+                  f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
+        if metrics.get("diverged"):
+            print(f"  stopping: non-finite loss or update at step {step + 1}", file=sys.stderr)
+            break
+    after = evaluate_qa(parts, progress)
+    return {"before": before, "after": after, "history": history, "prepared_key": parts.prepared.key,
+            "seconds_unlearn": time.time() - t0}
+
+
+def format_table(result: dict) -> str:
+    rows = [("metric", "before", "after", "change")]
+    for key in result["before"]:
+        b, a = result["before"][key], result["after"][key]
+        rows.append((key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

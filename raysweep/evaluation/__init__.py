@@ -1,0 +1,1 @@
+"""Evaluation: metrics as flat ``{name: float}`` dicts, ready for tables and MLflow."""

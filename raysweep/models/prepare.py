@@ -1,0 +1,155 @@
+"""``raysweep prepare``: the *target* (fine-tuned on forget+retain) and the *retain reference*
+(fine-tuned on retain only, needed for forget quality), cached under a key hashed from the data,
+the model config and the training config. A second call reuses them and says so."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from raysweep.data.collate import QACollator
+from raysweep.data.tofu import TofuData, load_tofu, Subset
+from raysweep.models.build import (
+    build_tiny_llama,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_source,
+    train_tokenizer,
+)
+from raysweep.spec import JobSpec
+
+TINY = "tiny-llama"
+
+
+@dataclass
+class PreparedModels:
+    target: Path
+    retain_reference: Path
+    tokenizer: Path
+    key: str
+    reused: bool
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def data_fingerprint(data: TofuData) -> str:
+    return _hash([[r["question"], r["answer"]] for r in data.forget + data.retain])
+
+
+def load_job_data(job: JobSpec) -> TofuData:
+    subset = Subset(job.data.subset.authors, job.data.subset.forget_authors) if job.data.subset else None
+    return load_tofu(job.data.path, job.data.forget_split, subset)
+
+
+def prepare_key(job: JobSpec, data: TofuData) -> str:
+    return _hash({
+        "data": data_fingerprint(data),
+        "max_length": job.data.max_length,
+        "model": job.model.model_dump(mode="json"),
+        "prepare": job.prepare.model_dump(mode="json"),
+        "version": 1,
+    })
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def finetune(model, collator: QACollator, rows: list[dict], *, epochs: int, batch_size: int, lr: float,
+             weight_decay: float, warmup_ratio: float, seed: int, label: str) -> float:
+    """Plain supervised fine-tuning on answer tokens with linear warm-up and decay."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = (len(rows) + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    warmup = max(1, int(warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+    gen = torch.Generator().manual_seed(seed)
+    step, start, loss_ema = 0, time.time(), None
+    report_every = max(1, total // 10)
+    for epoch in range(epochs):
+        order = torch.randperm(len(rows), generator=gen).tolist()
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            batch = collator([rows[i] for i in idx], idx)
+            out = model(input_ids=batch["input_ids"].to(model.device),
+                        attention_mask=batch["attention_mask"].to(model.device),
+                        labels=batch["labels"].to(model.device))
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+            loss = float(out.loss)
+            loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+            step += 1
+            if step % report_every == 0 or step == total:
+                eta = (time.time() - start) / step * (total - step)
+                _log(f"  prepare {label}: epoch {epoch + 1}/{epochs} step {step}/{total} "
+                     f"loss {loss_ema:.3f} (eta {eta:.0f}s)")
+    model.eval()
+    return float(loss_ema)
+
+
+def _base_model_dir(job: JobSpec, data: TofuData) -> tuple[Path, Path]:
+    """Directory of the untrained/pretrained base model and of its tokenizer."""
+    if job.model.base != TINY:
+        src = Path(resolve_model_source(job.model.base, job.cache_dir))
+        return src, src
+    tiny = job.model.tiny
+    key = _hash({"texts": _hash(data.texts()), "tiny": tiny.model_dump(), "seed": job.prepare.seed, "v": 1})
+    out = job.cache_dir / "base" / f"tiny-llama-{key}"
+    if not (out / "config.json").exists():
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        tok = train_tokenizer(data.texts(), tiny.vocab_size, tmp)
+        build_tiny_llama(tok, tmp, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
+                         num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
+                         max_position_embeddings=tiny.max_position_embeddings, seed=job.prepare.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    return out, out
+
+
+def prepare(job: JobSpec, data: TofuData | None = None, force: bool = False) -> PreparedModels:
+    data = data or load_job_data(job)
+    key = prepare_key(job, data)
+    root = job.cache_dir / "prepared" / key
+    done = root / "meta.json"
+    if done.exists() and not force:
+        _log(f"prepare: reusing cached target and retain reference ({root})")
+        return PreparedModels(root / "target", root / "retain_reference", root / "target", key, True)
+
+    base_dir, tok_dir = _base_model_dir(job, data)
+    tokenizer = load_tokenizer(tok_dir)
+    collator = QACollator(tokenizer, job.data.max_length, seed=job.prepare.seed)
+    p = job.prepare
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"key": key, "base": str(base_dir), "n_forget": len(data.forget), "n_retain": len(data.retain)}
+    for label, rows in (("target", data.forget + data.retain), ("retain_reference", data.retain)):
+        _log(f"prepare: fine-tuning the {label.replace('_', ' ')} on {len(rows)} QA "
+             f"({p.epochs} epochs, batch {p.batch_size})")
+        t0 = time.time()
+        model = load_causal_lm(base_dir, job.model.dtype)
+        final_loss = finetune(model, collator, rows, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
+                              weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio, seed=p.seed, label=label)
+        model.save_pretrained(tmp / label)
+        tokenizer.save_pretrained(tmp / label)
+        meta[label] = {"final_loss": final_loss, "seconds": round(time.time() - t0, 1)}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+    _log(f"prepare: cached under {root}")
+    return PreparedModels(root / "target", root / "retain_reference", root / "target", key, False)

@@ -1,0 +1,120 @@
+"""The objective contract (spec 1, 2, 7.1, 8.3).
+
+An objective is a loss to **minimise**. Forget objectives carry their own sign (GA is ``-NLL``).
+``__call__(model, batch, ctx)`` returns a scalar tensor. A batch is a dict with ``input_ids``,
+``attention_mask``, ``labels`` (prompt and padding = -100) and ``index`` (row ids in the split,
+used to cache reference log-probs); IDK batches also carry ``idk_*`` tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+
+from raysweep.registry import Registry, UnknownNameError
+
+OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ObjectiveContext:
+    """Shared, frozen things objectives may need: the pre-unlearning model ``π_ref``."""
+
+    reference_model: Optional[torch.nn.Module] = None
+    # (split, row index) -> per-token log-probs of the reference model on that row's labels.
+    _ref_token_logprobs: dict = field(default_factory=dict)
+
+    def reference_token_logprobs(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logp_ref [B, T-1], mask [B, T-1])`` aligned with ``token_logprobs`` of the batch.
+
+        The reference is frozen, so each row is computed once and cached (spec 2.4).
+        """
+        if self.reference_model is None:
+            raise RuntimeError("this objective needs the frozen reference model, but none was given")
+        keys = [(split, int(i)) for i in batch["index"]]
+        missing = [n for n, k in enumerate(keys) if k not in self._ref_token_logprobs]
+        if missing:
+            sub = {k: v[missing] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            with torch.no_grad():
+                logits = self.reference_model(
+                    input_ids=sub["input_ids"], attention_mask=sub["attention_mask"]
+                ).logits
+                logp, mask = token_logprobs(logits.float(), sub["labels"])
+            for row, n in enumerate(missing):
+                self._ref_token_logprobs[keys[n]] = logp[row][mask[row]].cpu()
+        _, mask = shifted_labels(batch["labels"])
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=batch["labels"].device)
+        for row, key in enumerate(keys):
+            out[row][mask[row]] = self._ref_token_logprobs[key].to(out.device)
+        return out, mask
+
+
+@dataclass
+class Objective:
+    """Base class: subclasses are dataclasses whose fields are hyperparameters (spec defaults)."""
+
+    name: ClassVar[str] = ""
+    role: ClassVar[str] = "forget"  # "forget", "retain" or "any"
+    needs_reference: ClassVar[bool] = False
+    needs_idk: ClassVar[bool] = False
+
+    def __call__(self, model, batch: dict, ctx: ObjectiveContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def trainable_filter(self, model) -> Optional[list[str]]:
+        """Names of the only parameters that may train (RMU), or None for all."""
+        return None
+
+    @classmethod
+    def hyperparameters(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.init]
+
+
+def register(cls: type[Objective]) -> type[Objective]:
+    return OBJECTIVES.register(cls.name)(cls)
+
+
+def build_objective(name: str, params: dict[str, Any] | None = None) -> Objective:
+    cls = OBJECTIVES.get(name)
+    params = dict(params or {})
+    for key in params:
+        if key not in cls.hyperparameters():
+            raise UnknownNameError(f"hyperparameter of objective '{name}'", key, cls.hyperparameters())
+    return cls(**params)
+
+
+# ---- token-level helpers shared by every objective --------------------------------------------
+
+
+def shifted_labels(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token targets ``labels[:, 1:]`` and their mask (label != -100)."""
+    target = labels[:, 1:]
+    return target, target != IGNORE_INDEX
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log π(y_t | ·)`` for each label token, shape [B, T-1], and the label mask."""
+    target, mask = shifted_labels(labels)
+    logits = logits[:, :-1].float()
+    safe = target.clamp_min(0)
+    logp = torch.gather(F.log_softmax(logits, dim=-1), -1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def model_token_logprobs(model, batch: dict, prefix: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    logits = model(input_ids=batch[prefix + "input_ids"], attention_mask=batch[prefix + "attention_mask"]).logits
+    return token_logprobs(logits, batch[prefix + "labels"])
+
+
+def pooled_nll(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``NLL(B)``: the mean of -log p over all label tokens of the batch pooled (HF convention)."""
+    return -(logp * mask).sum() / mask.sum().clamp_min(1)
+
+
+def sequence_sums(logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``S(z) = -Σ_t log p_t`` per row and the number of label tokens ``T_z``."""
+    return -(logp * mask).sum(-1), mask.sum(-1).clamp_min(1)

@@ -1,0 +1,103 @@
+"""RMU: representation misdirection (spec 2.7).
+
+Forget: ``MSE(h_ℓ(x_f), c·u)`` with ``u = U/||U||``, ``U ~ Uniform[0,1)^d`` drawn once (seeded).
+Retain (``rmu_retain``): ``MSE(h_ℓ(x_r), h_ℓ^ref(x_r))``. ``h_ℓ`` is the output of decoder
+block ``ℓ``. Only ``mlp.down_proj.weight`` of blocks ``ℓ-2..ℓ`` trains. The MSE follows the
+open-unlearning/SAGO port: mean over the hidden dimension, then over label positions pooled.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from raysweep.objectives.base import Objective, register, shifted_labels
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    inner = getattr(model, "module", model)  # DDP
+    base = getattr(inner, "model", None)
+    if base is None or not hasattr(base, "layers"):
+        raise TypeError("RMU needs a decoder-only model with model.model.layers (Llama-style)")
+    return base.layers
+
+
+@contextmanager
+def capture_block_output(model, layer: int):
+    layers = decoder_layers(model)
+    if not 0 <= layer < len(layers):
+        raise ValueError(f"rmu.layer: {layer} is not allowed (0..{len(layers) - 1} for this model)")
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        store["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[layer].register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+def block_output(model, batch: dict, layer: int) -> torch.Tensor:
+    with capture_block_output(model, layer) as store:
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return store["h"].float()
+
+
+def _position_mask(batch: dict) -> torch.Tensor:
+    # Label positions (the tokens the model is asked to produce): shift back to input positions.
+    _, m = shifted_labels(batch["labels"])
+    mask = torch.zeros_like(batch["labels"], dtype=torch.bool)
+    mask[:, :-1] = m
+    return mask
+
+
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    per_pos = ((h - target) ** 2).mean(-1)
+    return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+
+
+@dataclass
+class _RMUBase(Objective):
+    layer: int = 2
+
+    def trainable_filter(self, model) -> list[str]:
+        names = []
+        for i in range(max(0, self.layer - 2), self.layer + 1):
+            names.append(f"model.layers.{i}.mlp.down_proj.weight")
+        return names
+
+
+@register
+@dataclass
+class RMU(_RMUBase):
+    name = "rmu"
+    steering_coeff: float = 6.5
+    seed: int = 0
+
+    def control_vector(self, dim: int, device) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        u = torch.rand(dim, generator=gen)  # uniform, not Gaussian: every entry positive
+        return (u / u.norm()).to(device)
+
+    def __call__(self, model, batch, ctx):
+        h = block_output(model, batch, self.layer)
+        target = self.steering_coeff * self.control_vector(h.shape[-1], h.device)
+        return masked_mse(h, target.expand_as(h), _position_mask(batch))
+
+
+@register
+@dataclass
+class RMURetain(_RMUBase):
+    name = "rmu_retain"
+    role = "retain"
+    needs_reference = True
+
+    def __call__(self, model, batch, ctx):
+        h = block_output(model, batch, self.layer)
+        with torch.no_grad():
+            ref = block_output(ctx.reference_model, batch, self.layer)
+        return masked_mse(h, ref, _position_mask(batch))

@@ -1,0 +1,252 @@
+"""Job YAML -> validated ``JobSpec``. Every error is one line: field, bad value, what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raysweep.registry import UnknownNameError
+
+
+class JobSpecError(ValueError):
+    """A bad job file; ``str()`` is a single line."""
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RAYSWEEP_CACHE", Path.home() / ".cache" / "raysweep"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SubsetSpec(_Strict):
+    authors: int = Field(20, gt=0)
+    forget_authors: int = Field(2, gt=0)
+
+
+class DataSpec(_Strict):
+    benchmark: Literal["tofu"] = "tofu"
+    path: Path
+    forget_split: str = "forget10"
+    subset: Optional[SubsetSpec] = None
+    max_length: int = Field(128, ge=16)
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError("directory does not exist (a folder with the TOFU jsonl files)")
+        return v
+
+    @model_validator(mode="after")
+    def _files(self):
+        from raysweep.data.tofu import FORGET_SPLITS, RETAIN_FOR
+
+        if self.subset is not None:
+            needed = ["full.jsonl"]
+        elif self.forget_split in FORGET_SPLITS:
+            needed = [f"{self.forget_split}.jsonl", f"{RETAIN_FOR[self.forget_split]}.jsonl"]
+        else:
+            raise ValueError(
+                f"@data.forget_split: {self.forget_split!r} is not allowed (allowed: {', '.join(FORGET_SPLITS)})"
+            )
+        for name in needed:
+            if not (self.path / name).is_file():
+                raise ValueError(f"@data.path: {str(self.path)!r} lacks the file {name!r} (a TOFU data folder)")
+        return self
+
+
+class TinyModelSpec(_Strict):
+    hidden_size: int = Field(256, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(768, gt=0)
+    vocab_size: int = Field(2048, ge=300)
+    max_position_embeddings: int = Field(256, gt=0)
+
+
+class ModelSpec(_Strict):
+    # "tiny-llama" (built from a config), "smollm2-135m", a local directory or a hub name.
+    base: str = "tiny-llama"
+    tiny: TinyModelSpec = TinyModelSpec()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class PrepareSpec(_Strict):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    seed: int = 0
+
+
+class NamedSpec(BaseModel):
+    """``{name: ..., <hyperparameter>: value, ...}``; hyperparameters are checked by the registry."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class UnlearnSpec(_Strict):
+    forget: NamedSpec
+    retain: list[NamedSpec]
+    method: NamedSpec = NamedSpec(name="graddiff")
+    steps: int = Field(20, gt=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: Optional[float] = Field(None, gt=0)
+    seed: int = 0
+
+    @field_validator("retain", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _names(self):
+        from raysweep.objectives import build_objective
+        from raysweep.synthesis import build_synthesis
+
+        _check_named("unlearn.forget", self.forget, build_objective)
+        for i, r in enumerate(self.retain):
+            _check_named(f"unlearn.retain[{i}]", r, build_objective)
+        _check_named("unlearn.method", self.method, build_synthesis)
+        return self
+
+
+class EvalSpec(_Strict):
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)
+    max_questions: Optional[int] = Field(None, gt=0)
+
+
+class JobSpec(_Strict):
+    name: str = "raysweep-job"
+    seed: int = 0
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+    prepare: PrepareSpec = PrepareSpec()
+    unlearn: UnlearnSpec
+    eval: EvalSpec = EvalSpec()
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    source: Optional[Path] = None
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, value: Any, allowed: str):
+        super().__init__(f"{field}: {value!r} is not allowed ({allowed})")
+        self.field = field
+
+
+def _check_named(field: str, spec: NamedSpec, build) -> None:
+    try:
+        build(spec.name, spec.params)
+    except UnknownNameError as err:
+        hint = f"; did you mean '{_close(err.name, err.allowed)}'?" if _close(err.name, err.allowed) else ""
+        sub = "name" if err.name == spec.name else err.name
+        raise ValueError(
+            f"@{field}.{sub}: {err.name!r} is not allowed (allowed: {', '.join(err.allowed)}){hint}"
+        ) from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"@{field}: {err}") from None
+
+
+def _close(name: str, allowed: list[str]) -> Optional[str]:
+    m = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    return m[0] if m else None
+
+
+def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    if msg.startswith("@"):  # our own message already names the field
+        return msg[1:]
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(model, e["loc"][:-1])
+        allowed = list(parent.model_fields) if parent else []
+        close = _close(str(e["loc"][-1]), allowed)
+        hint = f"; did you mean '{close}'?" if close else ""
+        return f"{loc}: unknown key (allowed: {', '.join(allowed)}){hint}"
+    if e["type"] == "missing":
+        return f"{loc}: missing (required)"
+    return f"{loc}: {e.get('input')!r} is not allowed ({msg})"
+
+
+def _model_at(model: type[BaseModel], loc) -> Optional[type[BaseModel]]:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+        if field is None:
+            return None if isinstance(part, str) else model
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+        else:
+            return None
+    return model
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    """Relative paths in a job file are relative to the job file's folder."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        p = Path(os.path.expandvars(data["path"])).expanduser()
+        data["path"] = p if p.is_absolute() else (base / p).resolve()
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("base"), str):
+        b = model["base"]
+        if b.startswith((".", "/", "~")):
+            p = Path(b).expanduser()
+            model["base"] = str(p if p.is_absolute() else (base / p).resolve())
+    return raw
+
+
+def parse_job(raw: dict, base_dir: Path = Path("."), source: Optional[Path] = None) -> JobSpec:
+    if not isinstance(raw, dict):
+        raise JobSpecError("a job file must be a YAML mapping")
+    raw = _resolve_paths(dict(raw), base_dir)
+    if source is not None:
+        raw["source"] = source
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise JobSpecError(_one_line(err, JobSpec)) from None
+
+
+def load_job(path: Union[str, Path], overrides: Optional[dict] = None) -> JobSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise JobSpecError(f"job file '{path}' does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise JobSpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return parse_job(raw, path.parent.resolve(), path.resolve())
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
