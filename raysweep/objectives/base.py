@@ -33,10 +33,10 @@ class ObjectiveContext:
 
         The reference is frozen, so each row is computed once and cached (spec 2.4).
         """
-        if self.reference_model is None:
-            raise RuntimeError("this objective needs the frozen reference model, but none was given")
         keys = [(split, int(i)) for i in batch["index"]]
         missing = [n for n, k in enumerate(keys) if k not in self._ref_token_logprobs]
+        if missing and self.reference_model is None:
+            raise RuntimeError("this objective needs the frozen reference model, but none was given")
         if missing:
             sub = {k: v[missing] for k, v in batch.items() if isinstance(v, torch.Tensor)}
             with torch.no_grad():

@@ -14,7 +14,7 @@ from raysweep.objectives.base import Objective, register, shifted_labels
 
 
 def log_one_minus_p(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    logits = logits.float()
+    logits = logits if logits.dtype == torch.float64 else logits.float()
     masked = logits.scatter(-1, target.unsqueeze(-1), float("-inf"))
     return torch.logsumexp(masked, -1) - torch.logsumexp(logits, -1)
 
