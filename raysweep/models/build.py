@@ -63,6 +63,7 @@ def build_tiny_llama(tokenizer, out_dir: Path, *, hidden_size: int, num_layers: 
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    _quiet_transformers()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
@@ -109,8 +110,16 @@ def resolve_model_source(base: str, cache_dir: Path) -> str:
     return str(convert_smollm2(cache_dir)) if base == SMOLLM2 else base
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard bars drown our own progress lines
+
+
 def load_causal_lm(name_or_path: str | Path, dtype: str = "float32", device: Optional[str] = None):
     from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
 
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype: '{dtype}' is not allowed ({', '.join(DTYPES)})")

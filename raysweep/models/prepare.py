@@ -90,7 +90,7 @@ def finetune(model, collator: QACollator, rows: list[dict], *, epochs: int, batc
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
-            loss = float(out.loss)
+            loss = float(out.loss.detach())
             loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
             step += 1
             if step % report_every == 0 or step == total:

@@ -1,0 +1,34 @@
+# Fresh machine: `make quickstart` runs the main job, `make test` runs the tests.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED=0
+export MLFLOW_DISABLE_TELEMETRY=true
+export HF_HUB_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+
+.PHONY: install quickstart test test-slow bench clean
+
+# torch is installed first, as the CPU wheel, so pip can never pick the CUDA build here;
+# constraints.txt pins the stack that was seen working together.
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/raysweep run jobs/tofu_tiny.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout=900
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow --timeout=3600
+
+clean:
+	rm -rf $(VENV) .pytest_cache

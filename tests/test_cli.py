@@ -1,0 +1,118 @@
+"""`raysweep prepare` / `raysweep run` end to end on a very small job, and one-line job errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One prepare for the whole session: every trial below starts from the same cached target."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_job(tmp_path, tofu_dir, cache=None, **unlearn):
+    job = {
+        "name": "tiny-test",
+        "data": {"path": str(tofu_dir), "subset": {"authors": 3, "forget_authors": 1}, "max_length": 96},
+        "model": {"base": "tiny-llama", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                                   "intermediate_size": 64, "vocab_size": 400}},
+        "prepare": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+        "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}, "method": {"name": "graddiff"},
+                    "steps": 3, "batch_size": 4, "lr": 1e-3, **unlearn},
+        "eval": {"max_new_tokens": 8, "max_questions": 6},
+        "cache_dir": str(cache or tmp_path / "cache"),
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def raysweep(*args, cwd=REPO):
+    """The real console entry point in a fresh process (exit codes, nothing shared)."""
+    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def raysweep_inproc(capsys, *args):
+    from raysweep.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_prepare_caches_and_says_so(tmp_path, tofu_dir):
+    job = tiny_job(tmp_path, tofu_dir)
+    first = raysweep("prepare", str(job))
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert not info["reused"] and Path(info["target"], "config.json").exists()
+    assert "prepare target: epoch" in first.stderr  # progress shown
+    second = raysweep("prepare", str(job))
+    assert json.loads(second.stdout)["reused"] and "reusing cached" in second.stderr
+    assert json.loads(second.stdout)["key"] == info["key"]
+    changed = raysweep("prepare", str(job), "--set", "prepare.epochs=1")
+    assert not json.loads(changed.stdout)["reused"]
+
+
+@pytest.mark.parametrize("method,forget,retain", [
+    ("sago", "npo", "nll"), ("pcgrad_r", "simnpo", "kl"), ("ngdiff", "ga", "nll"),
+    ("gru", "wga", "nll"), ("mgda", "uce", "nll"), ("graddiff", "idk", "nll"), ("graddiff", "tnpo", "nll"),
+])
+def test_run_prints_before_after_table(tmp_path, tofu_dir, shared_cache, capsys, method, forget, retain):
+    job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": method}, forget={"name": forget},
+                   retain={"name": retain})
+    out = tmp_path / "result.json"
+    res = raysweep_inproc(capsys, "run", str(job), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "forget_rougeL_recall" in res.stdout and "retain_answer_loss" in res.stdout
+    result = json.loads(out.read_text())
+    assert len(result["history"]) == 3
+    assert result["after"]["forget_answer_loss"] != result["before"]["forget_answer_loss"]
+    for step in result["history"]:
+        assert -1 <= step["cos_forget_retain"] <= 1 and step["norm_forget"] > 0
+
+
+def test_mgda_three_tasks(tmp_path, tofu_dir, shared_cache, capsys):
+    job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "mgda"}, forget={"name": "uce"},
+                   retain=[{"name": "kl"}, {"name": "nll"}])
+    out = tmp_path / "r.json"
+    res = raysweep_inproc(capsys, "run", str(job), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    hist = json.loads(out.read_text())["history"]
+    assert all(abs(sum(h[f"mgda_lambda_{i}"] for i in range(3)) - 1) < 1e-6 for h in hist)
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("unlearn.forget.name=npoo", "unlearn.forget.name: 'npoo' is not allowed (allowed: ga, "),
+    ("unlearn.method.name=sag0", "did you mean 'sago'?"),
+    ("unlearn.lr=-0.001", "unlearn.lr: -0.001 is not allowed (Input should be greater than 0)"),
+    ("unlearn.method.gama=2", "unlearn.method.gama: 'gama' is not allowed (allowed: gamma, alpha, alpha2); did you mean 'gamma'?"),
+    ("unlearn.optimizer=adam", "unlearn.optimizer: 'adam' is not allowed"),
+])
+def test_bad_job_fields_exit_with_one_line(tmp_path, tofu_dir, capsys, override, expected):
+    job = tiny_job(tmp_path, tofu_dir)
+    res = raysweep_inproc(capsys, "run", str(job), "--set", override)
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert expected in lines[0]
+
+
+def test_missing_data_file_is_one_line(tmp_path, tofu_dir):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    job = tiny_job(tmp_path, tofu_dir)
+    res = raysweep("run", str(job), "--set", f"data.path={empty}")
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [
+        f"raysweep: error: data.path: '{empty}' lacks the file 'full.jsonl' (a TOFU data folder)"]
+    res = raysweep("run", str(tmp_path / "nope.yaml"))
+    assert res.returncode != 0 and "does not exist" in res.stderr
