@@ -51,6 +51,51 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _metric_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics) if metrics else 6
+    lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  {'-' * 10}"]
+    lines += [f"{k.ljust(width)}  {v:.4g}" for k, v in metrics.items()]
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    import time
+
+    from raysweep.data.collate import QACollator
+    from raysweep.evaluation.suite import Evaluator
+    from raysweep.models.build import load_causal_lm, load_tokenizer
+    from raysweep.models.prepare import load_job_data, prepare
+    from raysweep.spec import load_job, parse_job
+
+    benchmarks = []
+    for b in args.benchmark:
+        benchmarks += ["wmdp_bio", "wmdp_cyber"] if b == "wmdp" else [b]
+    if args.job:
+        job = load_job(args.job, _parse_overrides(args.set))
+    else:
+        root = Path(args.data)
+        bench = "muse" if "muse" in benchmarks else "tofu"
+        raw = {"data": {"benchmark": bench, "path": str(root / ("muse_news" if bench == "muse" else "tofu"))},
+               "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
+               "eval": {"mcq_data": str(root)}}
+        job = parse_job(raw)
+    data = load_job_data(job)
+    reference = Path(args.reference) if args.reference else None
+    if reference is None and args.job and {"tofu", "muse"} & set(benchmarks):
+        reference = prepare(job, data).retain_reference
+    tok = load_tokenizer(args.model)
+    model = load_causal_lm(args.model, job.model.dtype)
+    evaluator = Evaluator(job, data, tok, QACollator(tok, job.data.max_length), reference, benchmarks)
+    t0 = time.time()
+    metrics = evaluator(model, progress=True)
+    print(_metric_table(metrics))
+    out = Path(args.out) if args.out else Path(args.model) / f"eval_{'_'.join(benchmarks)}.json"
+    out.write_text(json.dumps({"model": str(args.model), "benchmarks": benchmarks, "metrics": metrics,
+                               "seconds": time.time() - t0}, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="write the result (before/after metrics, per-step history) as JSON")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    e = sub.add_parser("eval", help="evaluate a model directory on a benchmark; writes JSON, prints a table")
+    e.add_argument("model", help="a model directory (save_pretrained layout)")
+    e.add_argument("--benchmark", action="append", required=True,
+                   choices=["qa", "tofu", "muse", "wmdp", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu"])
+    e.add_argument("--job", help="take data, subset and eval settings (and the retain reference) from a job")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    e.add_argument("--data", default=os.environ.get("RAYSWEEP_DATA", "../shared/data"),
+                   help="data root with tofu/, muse_news/, wmdp/, mmlu/ (without --job)")
+    e.add_argument("--reference", help="retain reference model directory (TOFU forget quality, MUSE privleak)")
+    e.add_argument("--out", help="JSON output path (default: MODEL/eval_<benchmarks>.json)")
+    e.set_defaults(func=cmd_eval)
 
     args = parser.parse_args(argv)
     from raysweep.data.tofu import DataError

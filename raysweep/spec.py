@@ -31,24 +31,28 @@ class SubsetSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    benchmark: Literal["tofu"] = "tofu"
+    benchmark: Literal["tofu", "muse"] = "tofu"
     path: Path
     forget_split: str = "forget10"
     subset: Optional[SubsetSpec] = None
+    # MUSE: how many forget-corpus articles to train/unlearn on (None = all 889).
+    n_forget_texts: Optional[int] = Field(None, gt=0)
     max_length: int = Field(128, ge=16)
 
     @field_validator("path")
     @classmethod
     def _exists(cls, v: Path) -> Path:
         if not v.is_dir():
-            raise ValueError("directory does not exist (a folder with the TOFU jsonl files)")
+            raise ValueError("directory does not exist (a folder with the benchmark's jsonl files)")
         return v
 
     @model_validator(mode="after")
     def _files(self):
         from raysweep.data.tofu import FORGET_SPLITS, RETAIN_FOR
 
-        if self.subset is not None:
+        if self.benchmark == "muse":
+            needed = ["raw_forget.jsonl", "privleak_retain2.jsonl", "privleak_holdout.jsonl"]
+        elif self.subset is not None:
             needed = ["full.jsonl"]
         elif self.forget_split in FORGET_SPLITS:
             needed = [f"{self.forget_split}.jsonl", f"{RETAIN_FOR[self.forget_split]}.jsonl"]
@@ -58,7 +62,9 @@ class DataSpec(_Strict):
             )
         for name in needed:
             if not (self.path / name).is_file():
-                raise ValueError(f"@data.path: {str(self.path)!r} lacks the file {name!r} (a TOFU data folder)")
+                raise ValueError(
+                    f"@data.path: {str(self.path)!r} lacks the file {name!r} (a {self.benchmark.upper()} data folder)"
+                )
         return self
 
 
@@ -130,10 +136,23 @@ class UnlearnSpec(_Strict):
         return self
 
 
+BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")
+
+
 class EvalSpec(_Strict):
+    # What the trial evaluates before and after; empty = the data's own benchmark.
+    benchmarks: list[Literal[BENCHMARKS]] = []
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)
+    # Cap on rows per evaluation split (None = every row, the open-unlearning convention).
     max_questions: Optional[int] = Field(None, gt=0)
+    # WMDP/MMLU: a fixed seeded subset of this many questions, from this data root.
+    mcq_questions: int = Field(200, gt=0)
+    mcq_seed: int = 0
+    mcq_data: Optional[Path] = None
+    # G-effect (spec 8.1) every K optimizer steps; 0 = off.
+    geffect_every: int = Field(0, ge=0)
+    geffect_block_groups: int = Field(3, gt=0)
 
 
 class JobSpec(_Strict):
@@ -210,6 +229,10 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         p = Path(os.path.expandvars(data["path"])).expanduser()
         data["path"] = p if p.is_absolute() else (base / p).resolve()
+    ev = raw.get("eval")
+    if isinstance(ev, dict) and isinstance(ev.get("mcq_data"), str):
+        p = Path(os.path.expandvars(ev["mcq_data"])).expanduser()
+        ev["mcq_data"] = p if p.is_absolute() else (base / p).resolve()
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         b = model["base"]

@@ -116,3 +116,44 @@ def test_missing_data_file_is_one_line(tmp_path, tofu_dir):
         f"raysweep: error: data.path: '{empty}' lacks the file 'full.jsonl' (a TOFU data folder)"]
     res = raysweep("run", str(tmp_path / "nope.yaml"))
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+def test_eval_command_writes_json_and_prints_table(tmp_path, tofu_dir, shared_cache, capsys):
+    job = tiny_job(tmp_path, tofu_dir, shared_cache)
+    prep = raysweep_inproc(capsys, "prepare", str(job))
+    info = json.loads(prep.stdout)
+    out = tmp_path / "eval.json"
+    res = raysweep_inproc(capsys, "eval", info["target"], "--benchmark", "tofu", "--job", str(job), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    metrics = json.loads(out.read_text())["metrics"]
+    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_truth_ratio",
+                "real_authors_prob", "world_facts_rougeL_recall", "mia_loss_auc"):
+        assert key in metrics and key in res.stdout
+    assert 0 <= metrics["forget_quality"] <= 1 and 0 <= metrics["model_utility"] <= 1
+    # The retain reference against its own truth ratios: forget quality 1 by construction.
+    ref = raysweep_inproc(capsys, "eval", info["retain_reference"], "--benchmark", "tofu", "--job", str(job),
+                          "--out", str(tmp_path / "ref.json"))
+    assert json.loads((tmp_path / "ref.json").read_text())["metrics"]["forget_quality"] == pytest.approx(1.0)
+
+
+def test_muse_prepare_recipe_and_metrics(tmp_path, capsys):
+    muse_dir = REPO.parent / "shared" / "data" / "muse_news"
+    job = {
+        "data": {"benchmark": "muse", "path": str(muse_dir), "n_forget_texts": 2, "max_length": 96},
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                           "vocab_size": 500, "max_position_embeddings": 256}},
+        "prepare": {"epochs": 1, "batch_size": 8},
+        "unlearn": {"forget": {"name": "npo"}, "retain": {"name": "nll"}, "method": {"name": "sago"},
+                    "steps": 2, "batch_size": 4},
+        "eval": {"benchmarks": ["muse"], "max_questions": 3, "batch_size": 8},
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    path = tmp_path / "muse.yaml"
+    path.write_text(yaml.safe_dump(job))
+    out = tmp_path / "r.json"
+    res = raysweep_inproc(capsys, "run", str(path), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = json.loads(out.read_text())["after"]
+    for key in ("muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak"):
+        assert key in after
+    assert 0 <= after["muse_privleak_auc"] <= 1 and 0 <= after["muse_verbmem_forget"] <= 100

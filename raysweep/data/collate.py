@@ -36,6 +36,15 @@ class QACollator:
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
         return ids, labels
 
+    def encode_text(self, text: str) -> tuple[list[int], list[int]]:
+        """Raw text (WMDP/MUSE corpora): every non-pad token is a label (spec 1)."""
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        ids = (bos + self.tok(text, add_special_tokens=False)["input_ids"])[: self.max_length]
+        return ids, [IGNORE_INDEX] * len(bos) + ids[len(bos):]
+
+    def encode_row(self, row: dict) -> tuple[list[int], list[int]]:
+        return self.encode_text(row["text"]) if "text" in row else self.encode(row["question"], row["answer"])
+
     def pad(self, seqs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in seqs)
         pad = self.tok.pad_token_id
@@ -49,7 +58,7 @@ class QACollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attn}
 
     def __call__(self, rows: Sequence[dict], indices: Sequence[int], with_idk: bool = False, epoch: int = 0):
-        batch = self.pad([self.encode(r["question"], r["answer"]) for r in rows])
+        batch = self.pad([self.encode_row(r) for r in rows])
         batch["index"] = torch.tensor(list(indices), dtype=torch.long)
         if with_idk:
             if not self.refusals:

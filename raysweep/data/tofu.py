@@ -38,7 +38,9 @@ class Subset:
 
 
 @dataclass
-class TofuData:
+class UnlearnData:
+    """Forget and retain rows (QA rows or raw ``{"text"}`` rows) plus evaluation side data."""
+
     forget: list[dict]
     retain: list[dict]
     holdout: list[dict] = field(default_factory=list)
@@ -51,7 +53,7 @@ class TofuData:
         """Every string a tokenizer for this job should cover."""
         out = []
         for row in self.forget + self.retain + self.holdout:
-            out += [row["question"], row["answer"]]
+            out += [row["text"]] if "text" in row else [row["question"], row["answer"]]
         for row in self.perturbed.values():
             out += [row.get("paraphrased_answer", "")] + list(row.get("perturbed_answer", []))
         return out + self.refusals
@@ -61,7 +63,7 @@ def load_tofu(
     data_dir: str | Path,
     forget_split: str = "forget10",
     subset: Optional[Subset] = None,
-) -> TofuData:
+) -> UnlearnData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"data.path: '{data_dir}' is not a directory (expected the TOFU jsonl files)")
@@ -97,4 +99,30 @@ def load_tofu(
                 perturbed.setdefault(row["question"], row)
     refusal_file = data_dir / "idontknow.txt"
     refusals = [l.strip() for l in refusal_file.read_text().splitlines() if l.strip()] if refusal_file.exists() else []
-    return TofuData(forget, retain, holdout, refusals, perturbed, data_dir)
+    return UnlearnData(forget, retain, holdout, refusals, perturbed, data_dir)
+
+
+def chunk_text(text: str, max_chars: int) -> list[str]:
+    """Split a long article at paragraph boundaries into pieces of at most ~max_chars."""
+    pieces, cur = [], ""
+    for para in text.split("\n\n"):
+        if cur and len(cur) + len(para) + 2 > max_chars:
+            pieces.append(cur)
+            cur = ""
+        cur = f"{cur}\n\n{para}" if cur else para
+    if cur:
+        pieces.append(cur)
+    return pieces
+
+
+def load_muse(data_dir: str | Path, n_forget_texts: Optional[int] = None, chunk_chars: int = 1200) -> UnlearnData:
+    """MUSE-News as raw text: forget = the forget corpus (``raw_forget``), retain = the retain
+    texts shipped for privleak (``privleak_retain2``), holdout = ``privleak_holdout``. Long
+    articles are chunked at paragraph boundaries so they fit a small model's context."""
+    data_dir = Path(data_dir)
+    forget_texts = [r["text"] for r in load_jsonl(data_dir / "raw_forget.jsonl")][:n_forget_texts]
+    retain_texts = [r["text"] for r in load_jsonl(data_dir / "privleak_retain2.jsonl")]
+    forget = [{"text": c} for t in forget_texts for c in chunk_text(t, chunk_chars)]
+    retain = [{"text": c} for t in retain_texts for c in chunk_text(t, chunk_chars)]
+    holdout = [{"text": r["text"]} for r in load_jsonl(data_dir / "privleak_holdout.jsonl")]
+    return UnlearnData(forget, retain, holdout, [], {}, data_dir)

@@ -49,6 +49,8 @@ class UnlearningEngine:
         reduce_sum: ReduceSum = identity_reduce,
         mean_across_ranks: Callable[[torch.Tensor], torch.Tensor] = identity_reduce,
         no_sync: Optional[Callable[[], Any]] = None,
+        geffect_every: int = 0,
+        geffect_block_groups: int = 3,
     ):
         self.model = model
         self.forget, self.retain = forget, list(retain)
@@ -62,6 +64,7 @@ class UnlearningEngine:
         self.mean_across_ranks = mean_across_ranks
         self.no_sync = no_sync or nullcontext
         self.step_count = 0
+        self.geffect_every = geffect_every
 
         allowed = forget.trainable_filter(model)
         inner = getattr(model, "module", model)
@@ -72,6 +75,11 @@ class UnlearningEngine:
         self.params = [p for p in inner.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters (check the objective's layer setting)")
+        if geffect_every:
+            from raysweep.evaluation.geffect import layer_groups
+
+            n_layers = getattr(getattr(inner, "config", None), "num_hidden_layers", 1)
+            self.geffect_groups = layer_groups(self.param_names, n_layers, geffect_block_groups)
         if optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
         elif optimizer == "sgd":
@@ -92,20 +100,42 @@ class UnlearningEngine:
             out.append(g if prev is None else (prev if g is None else prev.add_(g)))
         return out
 
+    def accumulated_gradient(self, objective: Objective, batches: Sequence[dict]) -> tuple[GradList, float]:
+        """One task's gradient, accumulated over micro-batches (mean), unreduced; and its mean loss."""
+        buf: Optional[GradList] = None
+        total = 0.0
+        scale = 1.0 / len(batches)
+        with self.no_sync():  # no DDP all-reduce inside backward: each task is reduced on its own
+            for batch in batches:
+                loss = objective(self.model, batch, self.ctx)
+                total += float(loss.detach()) * scale
+                buf = self._backward_into(loss, buf, scale)
+        return buf, total
+
     def task_gradients(self, micro_batches: Sequence[tuple[dict, dict]]) -> tuple[list[GradList], dict]:
         """Accumulated, *unreduced* ``[ĝ_F, g_R1, ...]`` over the micro-batches and mean losses."""
-        n_tasks = 1 + len(self.retain)
-        bufs: list[Optional[GradList]] = [None] * n_tasks
-        losses = torch.zeros(n_tasks)
-        scale = 1.0 / len(micro_batches)
-        with self.no_sync():
-            for fb, rb in micro_batches:
-                tasks = [(self.forget, fb)] + [(obj, rb) for obj in self.retain]
-                for t, (obj, batch) in enumerate(tasks):
-                    loss = obj(self.model, batch, self.ctx)
-                    losses[t] += float(loss.detach()) * scale
-                    bufs[t] = self._backward_into(loss, bufs[t], scale)
-        return bufs, {"loss_forget": float(losses[0]), **{f"loss_retain_{i}": float(l) for i, l in enumerate(losses[1:])}}
+        forget_batches = [fb for fb, _ in micro_batches]
+        retain_batches = [rb for _, rb in micro_batches]
+        grads, metrics = [], {}
+        g, metrics["loss_forget"] = self.accumulated_gradient(self.forget, forget_batches)
+        grads.append(g)
+        for i, obj in enumerate(self.retain):
+            g, metrics[f"loss_retain_{i}"] = self.accumulated_gradient(obj, retain_batches)
+            grads.append(g)
+        return grads, metrics
+
+    def _geffect(self, micro_batches, update: GradList) -> dict[str, float]:
+        """G-effect of the update on forget and retain data, per layer group (spec 8.1)."""
+        from raysweep.evaluation.geffect import geffect
+        from raysweep.objectives import build_objective
+
+        nll = build_objective("nll")
+        risk_f, _ = self.accumulated_gradient(nll, [fb for fb, _ in micro_batches])
+        risk_r, _ = self.accumulated_gradient(nll, [rb for _, rb in micro_batches])
+        risk_f, risk_r = self.reduce_task_grads([risk_f, risk_r])
+        out = geffect(risk_f, update, self.geffect_groups, "geffect_forget", self.reduce_sum)
+        out.update(geffect(risk_r, update, self.geffect_groups, "geffect_retain", self.reduce_sum))
+        return out
 
     # ---- one optimizer step -------------------------------------------------------------------
     def step(self, micro_batches: Sequence[tuple[dict, dict]], probe_batch: Optional[dict] = None) -> dict[str, float]:
@@ -114,6 +144,8 @@ class UnlearningEngine:
         g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
         metrics.update(step_diagnostics(grads[0], grads[1], g, self.reduce_sum))
         metrics.update(self.synthesis.last_info)
+        if self.geffect_every and self.step_count % self.geffect_every == 0:
+            metrics.update(self._geffect(micro_batches, g))
 
         if self.max_grad_norm is not None:
             total = float(norm2(g, self.reduce_sum).sqrt())

@@ -12,9 +12,9 @@ import torch
 
 from raysweep.data.collate import QACollator
 from raysweep.data.sampler import PairedSampler
-from raysweep.data.tofu import TofuData
+from raysweep.data.tofu import UnlearnData
 from raysweep.engine.engine import UnlearningEngine
-from raysweep.evaluation.qa import qa_metrics
+from raysweep.evaluation.suite import Evaluator
 from raysweep.models.build import load_causal_lm, load_tokenizer
 from raysweep.models.prepare import PreparedModels, load_job_data, prepare
 from raysweep.objectives import ObjectiveContext, build_objective
@@ -27,7 +27,7 @@ class TrialParts:
     """Everything a trial needs, built from a spec; shared by the local and the Ray paths."""
 
     job: JobSpec
-    data: TofuData
+    data: UnlearnData
     prepared: PreparedModels
     tokenizer: object
     collator: QACollator
@@ -35,6 +35,7 @@ class TrialParts:
     model: torch.nn.Module
     engine: UnlearningEngine
     forget_needs_idk: bool
+    evaluator: Evaluator
 
 
 def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_kwargs: Optional[dict] = None) -> TrialParts:
@@ -57,11 +58,14 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
     engine = UnlearningEngine(
         wrapped, forget, retain, build_synthesis(u.method.name, u.method.params), ctx,
         lr=u.lr, optimizer=u.optimizer, weight_decay=u.weight_decay, max_grad_norm=u.max_grad_norm,
-        total_steps=u.steps, schedule=u.schedule, warmup_steps=u.warmup_steps, **(engine_kwargs or {}),
+        total_steps=u.steps, schedule=u.schedule, warmup_steps=u.warmup_steps,
+        geffect_every=job.eval.geffect_every, geffect_block_groups=job.eval.geffect_block_groups,
+        **(engine_kwargs or {}),
     )
     collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
     sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)
-    return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk)
+    evaluator = Evaluator(job, data, tokenizer, collator, prepared.retain_reference)
+    return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk, evaluator)
 
 
 def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int = 1):
@@ -85,20 +89,9 @@ def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int =
     return out, probe
 
 
-def evaluate_qa(parts: TrialParts, progress: bool = True) -> dict[str, float]:
-    e = parts.job.eval
-    cap = e.max_questions
-    out = {}
-    for split, rows in (("forget", parts.data.forget), ("retain", parts.data.retain)):
-        rows = rows[:cap] if cap else rows
-        out.update(qa_metrics(parts.model, parts.collator, rows, max_new_tokens=e.max_new_tokens,
-                              batch_size=e.batch_size, prefix=f"{split}_", progress=progress))
-    return out
-
-
 def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
     parts = build_trial(job)
-    before = evaluate_qa(parts, progress)
+    before = parts.evaluator(parts.model, progress)
     history = []
     t0 = time.time()
     steps = job.unlearn.steps
@@ -116,7 +109,7 @@ def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[i
         if metrics.get("diverged"):
             print(f"  stopping: non-finite loss or update at step {step + 1}", file=sys.stderr)
             break
-    after = evaluate_qa(parts, progress)
+    after = parts.evaluator(parts.model, progress)
     return {"before": before, "after": after, "history": history, "prepared_key": parts.prepared.key,
             "seconds_unlearn": time.time() - t0}
 

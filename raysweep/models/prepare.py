@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from raysweep.data.collate import QACollator
-from raysweep.data.tofu import TofuData, load_tofu, Subset
+from raysweep.data.tofu import Subset, UnlearnData, load_muse, load_tofu
 from raysweep.models.build import (
     build_tiny_llama,
     load_causal_lm,
@@ -42,16 +42,18 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def data_fingerprint(data: TofuData) -> str:
-    return _hash([[r["question"], r["answer"]] for r in data.forget + data.retain])
+def data_fingerprint(data: UnlearnData) -> str:
+    return _hash([r.get("text") or [r["question"], r["answer"]] for r in data.forget + data.retain])
 
 
-def load_job_data(job: JobSpec) -> TofuData:
+def load_job_data(job: JobSpec) -> UnlearnData:
+    if job.data.benchmark == "muse":
+        return load_muse(job.data.path, job.data.n_forget_texts)
     subset = Subset(job.data.subset.authors, job.data.subset.forget_authors) if job.data.subset else None
     return load_tofu(job.data.path, job.data.forget_split, subset)
 
 
-def prepare_key(job: JobSpec, data: TofuData) -> str:
+def prepare_key(job: JobSpec, data: UnlearnData) -> str:
     return _hash({
         "data": data_fingerprint(data),
         "max_length": job.data.max_length,
@@ -101,7 +103,7 @@ def finetune(model, collator: QACollator, rows: list[dict], *, epochs: int, batc
     return float(loss_ema)
 
 
-def _base_model_dir(job: JobSpec, data: TofuData) -> tuple[Path, Path]:
+def _base_model_dir(job: JobSpec, data: UnlearnData) -> tuple[Path, Path]:
     """Directory of the untrained/pretrained base model and of its tokenizer."""
     if job.model.base != TINY:
         src = Path(resolve_model_source(job.model.base, job.cache_dir))
@@ -120,7 +122,7 @@ def _base_model_dir(job: JobSpec, data: TofuData) -> tuple[Path, Path]:
     return out, out
 
 
-def prepare(job: JobSpec, data: TofuData | None = None, force: bool = False) -> PreparedModels:
+def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False) -> PreparedModels:
     data = data or load_job_data(job)
     key = prepare_key(job, data)
     root = job.cache_dir / "prepared" / key

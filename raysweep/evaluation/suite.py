@@ -1,0 +1,132 @@
+"""One evaluator for the trial loop and ``raysweep eval``: a flat ``{name: float}`` per model.
+
+Reference-model quantities (the retain reference's forget truth ratios for forget quality, its
+privleak AUC) are computed once and cached next to the prepared models, keyed by everything
+that changes them, so a stale value is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from raysweep.data.collate import QACollator
+from raysweep.data.tofu import UnlearnData
+from raysweep.spec import JobSpec
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Evaluator:
+    def __init__(self, job: JobSpec, data: UnlearnData, tokenizer, collator: QACollator,
+                 retain_reference: Optional[Path] = None, benchmarks: Optional[list[str]] = None):
+        self.job, self.data, self.tok, self.collator = job, data, tokenizer, collator
+        self.benchmarks = list(benchmarks or job.eval.benchmarks or [job.data.benchmark])
+        self.retain_reference = Path(retain_reference) if retain_reference else None
+        self._tofu_sets = None
+        self._muse_sets = None
+        self._mcq: dict[str, list] = {}
+        self._reference: Optional[dict] = None
+
+    # ---- lazily built evaluation sets --------------------------------------------------------
+    @property
+    def tofu_sets(self):
+        from raysweep.evaluation.tofu import TofuEvalSets
+
+        if self._tofu_sets is None:
+            self._tofu_sets = TofuEvalSets(self.data, self.job.eval.max_questions)
+        return self._tofu_sets
+
+    @property
+    def muse_sets(self):
+        from raysweep.evaluation.muse import load_muse_eval
+
+        if self._muse_sets is None:
+            self._muse_sets = load_muse_eval(self.data.data_dir, self.job.eval.max_questions)
+        return self._muse_sets
+
+    def mcq_rows(self, name: str) -> list:
+        from raysweep.evaluation.mcq import load_mcq
+
+        if name not in self._mcq:
+            root = self.job.eval.mcq_data or Path(self.job.data.path).parent
+            self._mcq[name] = load_mcq(root, name, self.job.eval.mcq_questions, self.job.eval.mcq_seed)
+        return self._mcq[name]
+
+    # ---- the retain reference, cached on disk ------------------------------------------------
+    def _reference_key(self) -> str:
+        e = self.job.eval
+        payload = {"b": sorted(self.benchmarks), "max_q": e.max_questions, "len": self.job.data.max_length,
+                   "tokens": e.max_new_tokens, "v": 1}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+    def reference(self) -> dict:
+        if self._reference is not None:
+            return self._reference
+        self._reference = {}
+        needs = {"tofu", "muse"} & set(self.benchmarks)
+        if not needs or self.retain_reference is None:
+            return self._reference
+        cache = self.retain_reference.parent / f"reference_eval_{self._reference_key()}.json"
+        if cache.exists():
+            self._reference = json.loads(cache.read_text())
+            return self._reference
+        from raysweep.models.build import load_causal_lm
+
+        _log(f"  evaluating the retain reference once (cached in {cache.name})")
+        ref_model = load_causal_lm(self.retain_reference, self.job.model.dtype)
+        if "tofu" in needs:
+            from raysweep.evaluation.tofu import evaluate_tofu
+
+            m, per_q = evaluate_tofu(ref_model, self.collator, self.tofu_sets, max_new_tokens=self.job.eval.max_new_tokens,
+                                     batch_size=self.job.eval.batch_size)
+            self._reference["tofu_forget_truth_ratios"] = per_q["forget"]["truth_ratio"].tolist()
+        if "muse" in needs:
+            from raysweep.evaluation.muse import evaluate_muse
+
+            self._reference["muse_privleak_auc"] = evaluate_muse(ref_model, self.tok, self.muse_sets)["muse_privleak_auc"]
+        cache.write_text(json.dumps(self._reference))
+        return self._reference
+
+    # ---- evaluate one model ------------------------------------------------------------------
+    def __call__(self, model, progress: bool = True) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        out: dict[str, float] = {}
+        e = self.job.eval
+        for bench in self.benchmarks:
+            t0 = time.time()
+            if bench == "qa":
+                from raysweep.evaluation.qa import qa_metrics
+
+                for split, rows in (("forget", self.data.forget), ("retain", self.data.retain)):
+                    rows = rows[: e.max_questions] if e.max_questions else rows
+                    out.update(qa_metrics(model, self.collator, rows, max_new_tokens=e.max_new_tokens,
+                                          batch_size=e.batch_size, prefix=f"{split}_"))
+            elif bench == "tofu":
+                from raysweep.evaluation.tofu import evaluate_tofu
+
+                ratios = self.reference().get("tofu_forget_truth_ratios")
+                metrics, _ = evaluate_tofu(model, self.collator, self.tofu_sets, reference_forget_ratios=ratios,
+                                           max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=progress)
+                out.update(metrics)
+            elif bench == "muse":
+                from raysweep.evaluation.muse import AUC_RETRAIN_NEWS, evaluate_muse
+
+                ref_auc = self.reference().get("muse_privleak_auc", AUC_RETRAIN_NEWS)
+                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc))
+            else:
+                from raysweep.evaluation.mcq import mcq_accuracy
+
+                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size)
+            if progress:
+                _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
+        if was_training:
+            model.train()
+        return out
