@@ -89,9 +89,10 @@ def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int =
     return out, probe
 
 
-def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[int, dict], None]] = None) -> dict:
+def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[int, dict], None]] = None,
+              evaluate_before: bool = True) -> dict:
     parts = build_trial(job)
-    before = parts.evaluator(parts.model, progress)
+    before = parts.evaluator(parts.model, progress) if evaluate_before else {}
     history = []
     t0 = time.time()
     steps = job.unlearn.steps
@@ -116,8 +117,8 @@ def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[i
 
 def format_table(result: dict) -> str:
     rows = [("metric", "before", "after", "change")]
-    for key in result["before"]:
-        b, a = result["before"][key], result["after"][key]
+    for key in result["after"]:
+        b, a = result["before"].get(key, float("nan")), result["after"][key]
         rows.append((key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
