@@ -47,7 +47,8 @@ class UnlearningEngine:
         warmup_steps: int = 0,
         reduce_task_grads: Optional[ReduceTaskGrads] = None,
         reduce_sum: ReduceSum = identity_reduce,
-        mean_across_ranks: Callable[[torch.Tensor], torch.Tensor] = identity_reduce,
+        sum_across_ranks: Callable[[torch.Tensor], torch.Tensor] = identity_reduce,
+        world_size: int = 1,
         no_sync: Optional[Callable[[], Any]] = None,
         geffect_every: int = 0,
         geffect_block_groups: int = 3,
@@ -61,7 +62,8 @@ class UnlearningEngine:
         self.max_grad_norm = max_grad_norm
         self.reduce_task_grads = reduce_task_grads or (lambda grads: grads)
         self.reduce_sum = reduce_sum
-        self.mean_across_ranks = mean_across_ranks
+        self.sum_across_ranks = sum_across_ranks
+        self.world_size = world_size
         self.no_sync = no_sync or nullcontext
         self.step_count = 0
         self.geffect_every = geffect_every
@@ -105,11 +107,19 @@ class UnlearningEngine:
         buf: Optional[GradList] = None
         total = 0.0
         scale = 1.0 / len(batches)
-        with self.no_sync():  # no DDP all-reduce inside backward: each task is reduced on its own
-            for batch in batches:
-                loss = objective(self.model, batch, self.ctx)
-                total += float(loss.detach()) * scale
-                buf = self._backward_into(loss, buf, scale)
+        # Pooled means use the *global* number of units of this step, so the reduced gradient is
+        # the gradient of the one big batch, however tokens fall across ranks and micro-batches.
+        units = torch.tensor([float(sum(objective.units(b) for b in batches))])
+        global_units = float(self.sum_across_ranks(units)[0])
+        self.ctx.denominator = max(global_units, 1.0) / (self.world_size * len(batches))
+        try:
+            with self.no_sync():  # no DDP all-reduce inside backward: each task is reduced on its own
+                for batch in batches:
+                    loss = objective(self.model, batch, self.ctx)
+                    total += float(loss.detach()) * scale
+                    buf = self._backward_into(loss, buf, scale)
+        finally:
+            self.ctx.denominator = None
         return buf, total
 
     def task_gradients(self, micro_batches: Sequence[tuple[dict, dict]]) -> tuple[list[GradList], dict]:
@@ -117,11 +127,15 @@ class UnlearningEngine:
         forget_batches = [fb for fb, _ in micro_batches]
         retain_batches = [rb for _, rb in micro_batches]
         grads, metrics = [], {}
-        g, metrics["loss_forget"] = self.accumulated_gradient(self.forget, forget_batches)
-        grads.append(g)
-        for i, obj in enumerate(self.retain):
-            g, metrics[f"loss_retain_{i}"] = self.accumulated_gradient(obj, retain_batches)
+        losses = []
+        for obj, batches in [(self.forget, forget_batches)] + [(o, retain_batches) for o in self.retain]:
+            g, loss = self.accumulated_gradient(obj, batches)
             grads.append(g)
+            losses.append(loss)
+        # Each rank's loss is its share of the global pooled mean; the sum is the global value.
+        losses = (self.sum_across_ranks(torch.tensor(losses, dtype=torch.float64)) / self.world_size).tolist()
+        metrics["loss_forget"] = losses[0]
+        metrics.update({f"loss_retain_{i}": l for i, l in enumerate(losses[1:])})
         return grads, metrics
 
     def _geffect(self, micro_batches, update: GradList) -> dict[str, float]:
@@ -189,7 +203,7 @@ class UnlearningEngine:
         def probe() -> float:
             with torch.no_grad():
                 loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
-            return float(self.mean_across_ranks(loss)[0])  # every rank derives the same η
+            return float(self.sum_across_ranks(loss)[0]) / self.world_size  # same η on every rank
 
         horizon = 1.0
         if self.synthesis.autolr_horizon == "cosine":

@@ -25,8 +25,17 @@ class ObjectiveContext:
     """Shared, frozen things objectives may need: the pre-unlearning model ``π_ref``."""
 
     reference_model: Optional[torch.nn.Module] = None
+    # When set, the denominator of every pooled mean (tokens, positions or rows) for the task
+    # being computed: global units / (ranks x micro-batches). Makes a data-parallel, accumulated
+    # gradient equal the gradient of the one big batch, however the units fall across ranks.
+    denominator: Optional[float] = None
     # (split, row index) -> per-token log-probs of the reference model on that row's labels.
     _ref_token_logprobs: dict = field(default_factory=dict)
+
+    def normaliser(self, local_units: torch.Tensor | int) -> torch.Tensor | float:
+        if self.denominator is not None:
+            return self.denominator
+        return local_units.clamp_min(1) if isinstance(local_units, torch.Tensor) else max(1, local_units)
 
     def reference_token_logprobs(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(logp_ref [B, T-1], mask [B, T-1])`` aligned with ``token_logprobs`` of the batch.
@@ -64,6 +73,10 @@ class Objective:
 
     def __call__(self, model, batch: dict, ctx: ObjectiveContext) -> torch.Tensor:
         raise NotImplementedError
+
+    def units(self, batch: dict) -> int:
+        """How many units this objective averages over in ``batch`` (label tokens by default)."""
+        return int(shifted_labels(batch["labels"])[1].sum())
 
     def trainable_filter(self, model) -> Optional[list[str]]:
         """Names of the only parameters that may train (RMU), or None for all."""
@@ -110,9 +123,9 @@ def model_token_logprobs(model, batch: dict, prefix: str = "") -> tuple[torch.Te
     return token_logprobs(logits, batch[prefix + "labels"])
 
 
-def pooled_nll(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def pooled_nll(logp: torch.Tensor, mask: torch.Tensor, ctx: ObjectiveContext) -> torch.Tensor:
     """``NLL(B)``: the mean of -log p over all label tokens of the batch pooled (HF convention)."""
-    return -(logp * mask).sum() / mask.sum().clamp_min(1)
+    return -(logp * mask).sum() / ctx.normaliser(mask.sum())
 
 
 def sequence_sums(logp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

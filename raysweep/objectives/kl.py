@@ -31,6 +31,9 @@ class KL(Objective):
         logp, logq = F.log_softmax(logits, -1), F.log_softmax(ref, -1)
         per_pos = (logq.exp() * (logq - logp)).sum(-1)  # [B, T]
         if self.unmasked:
-            return per_pos.sum() / per_pos.shape[0] / per_pos.shape[1]
+            return per_pos.sum() / ctx.normaliser(per_pos.numel())
         mask = batch["attention_mask"].to(per_pos.dtype)
-        return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+        return (per_pos * mask).sum() / ctx.normaliser(mask.sum())
+
+    def units(self, batch: dict) -> int:
+        return batch["attention_mask"].numel() if self.unmasked else int(batch["attention_mask"].sum())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raysweep.objectives.base import Objective, model_token_logprobs, pooled_nll, register
+from raysweep.objectives.base import Objective, model_token_logprobs, pooled_nll, register, shifted_labels
 
 
 @register
@@ -15,7 +15,7 @@ class GA(Objective):
     name = "ga"
 
     def __call__(self, model, batch, ctx):
-        return -pooled_nll(*model_token_logprobs(model, batch))
+        return -pooled_nll(*model_token_logprobs(model, batch), ctx)
 
 
 @register
@@ -27,7 +27,7 @@ class NLL(Objective):
     role = "retain"
 
     def __call__(self, model, batch, ctx):
-        return pooled_nll(*model_token_logprobs(model, batch))
+        return pooled_nll(*model_token_logprobs(model, batch), ctx)
 
 
 @register
@@ -41,4 +41,7 @@ class IDK(Objective):
     def __call__(self, model, batch, ctx):
         if "idk_input_ids" not in batch:
             raise KeyError("the idk objective needs refusal batches (idk_input_ids); the data loader did not build them")
-        return pooled_nll(*model_token_logprobs(model, batch, prefix="idk_"))
+        return pooled_nll(*model_token_logprobs(model, batch, prefix="idk_"), ctx)
+
+    def units(self, batch: dict) -> int:
+        return int(shifted_labels(batch["idk_labels"])[1].sum())

@@ -24,7 +24,10 @@ class NPO(Objective):
         s_theta, _ = sequence_sums(logp, mask)
         s_ref, _ = sequence_sums(ref_logp, mask)
         r = s_ref - s_theta
-        return -(2.0 / self.beta) * F.logsigmoid(-self.beta * r).mean()
+        return -(2.0 / self.beta) * F.logsigmoid(-self.beta * r).sum() / ctx.normaliser(len(r))
+
+    def units(self, batch: dict) -> int:
+        return int(batch["labels"].shape[0])  # a mean over sequences
 
 
 @register
@@ -38,4 +41,7 @@ class SimNPO(Objective):
 
     def __call__(self, model, batch, ctx):
         s, length = sequence_sums(*model_token_logprobs(model, batch))
-        return -(2.0 / self.beta) * F.logsigmoid(self.beta * (s / length - self.delta)).mean()
+        return -(2.0 / self.beta) * F.logsigmoid(self.beta * (s / length - self.delta)).sum() / ctx.normaliser(len(s))
+
+    def units(self, batch: dict) -> int:
+        return int(batch["labels"].shape[0])

@@ -55,9 +55,9 @@ def _position_mask(batch: dict) -> torch.Tensor:
     return mask
 
 
-def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ctx) -> torch.Tensor:
     per_pos = ((h - target) ** 2).mean(-1)
-    return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+    return (per_pos * mask).sum() / ctx.normaliser(mask.sum())
 
 
 @dataclass
@@ -86,7 +86,7 @@ class RMU(_RMUBase):
     def __call__(self, model, batch, ctx):
         h = block_output(model, batch, self.layer)
         target = self.steering_coeff * self.control_vector(h.shape[-1], h.device)
-        return masked_mse(h, target.expand_as(h), _position_mask(batch))
+        return masked_mse(h, target.expand_as(h), _position_mask(batch), ctx)
 
 
 @register
@@ -100,4 +100,4 @@ class RMURetain(_RMUBase):
         h = block_output(model, batch, self.layer)
         with torch.no_grad():
             ref = block_output(ctx.reference_model, batch, self.layer)
-        return masked_mse(h, ref, _position_mask(batch))
+        return masked_mse(h, ref, _position_mask(batch), ctx)

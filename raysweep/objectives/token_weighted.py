@@ -12,9 +12,9 @@ import torch
 from raysweep.objectives.base import Objective, model_token_logprobs, register
 
 
-def _weighted_ascent(weights: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _weighted_ascent(weights: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor, ctx) -> torch.Tensor:
     # -mean_t(w_t ℓ_t) = mean_t(w_t log p_t)
-    return (weights.detach() * logp * mask).sum() / mask.sum().clamp_min(1)
+    return (weights.detach() * logp * mask).sum() / ctx.normaliser(mask.sum())
 
 
 @register
@@ -27,7 +27,7 @@ class WGA(Objective):
 
     def __call__(self, model, batch, ctx):
         logp, mask = model_token_logprobs(model, batch)
-        return _weighted_ascent(torch.exp(self.alpha * logp), logp, mask)
+        return _weighted_ascent(torch.exp(self.alpha * logp), logp, mask, ctx)
 
 
 @register
@@ -45,7 +45,7 @@ class TNPO(Objective):
         ref_logp, _ = ctx.reference_token_logprobs(batch, split="forget")
         p_b, ref_b = torch.exp(self.beta * logp), torch.exp(self.beta * ref_logp)
         w = 2.0 * torch.exp((self.beta + self.alpha) * logp) / (p_b + ref_b + 1e-5)
-        return _weighted_ascent(w, logp, mask)
+        return _weighted_ascent(w, logp, mask, ctx)
 
 
 @register

@@ -28,4 +28,4 @@ class UCE(Objective):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         target, mask = shifted_labels(batch["labels"])
         l1mp = log_one_minus_p(logits, target.clamp_min(0))
-        return -(l1mp * mask).sum() / mask.sum().clamp_min(1)
+        return -(l1mp * mask).sum() / ctx.normaliser(mask.sum())
