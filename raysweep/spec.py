@@ -130,6 +130,8 @@ class UnlearnSpec(_Strict):
         from raysweep.synthesis import build_synthesis
 
         _check_named("unlearn.forget", self.forget, build_objective)
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"@unlearn.grad_accum: {self.grad_accum} is not allowed (must divide batch_size={self.batch_size})")
         for i, r in enumerate(self.retain):
             _check_named(f"unlearn.retain[{i}]", r, build_objective)
         _check_named("unlearn.method", self.method, build_synthesis)
@@ -155,6 +157,18 @@ class EvalSpec(_Strict):
     geffect_block_groups: int = Field(3, gt=0)
 
 
+class TrainSpec(_Strict):
+    """Ray Train resources and fault tolerance for one trial."""
+
+    workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    threads_per_worker: int = Field(1, gt=0)
+    checkpoint_every: int = Field(0, ge=0)  # 0: checkpoint only at the end
+    keep_checkpoints: int = Field(2, gt=0)
+    max_failures: int = Field(2, ge=0)
+
+
 class JobSpec(_Strict):
     name: str = "raysweep-job"
     seed: int = 0
@@ -163,6 +177,7 @@ class JobSpec(_Strict):
     prepare: PrepareSpec = PrepareSpec()
     unlearn: UnlearnSpec
     eval: EvalSpec = EvalSpec()
+    train: TrainSpec = TrainSpec()
     cache_dir: Path = Field(default_factory=default_cache_dir)
     source: Optional[Path] = None
 

@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -17,4 +18,27 @@ def tofu_dir() -> Path:
     path = SHARED_DATA / "tofu"
     if not (path / "full.jsonl").exists():
         pytest.fail(f"TOFU data not found at {path} (set RAYSWEEP_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One prepare for the whole session: every trial below starts from the same cached target."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def tiny_job(tmp_path, tofu_dir, cache=None, **unlearn):
+    job = {
+        "name": "tiny-test",
+        "data": {"path": str(tofu_dir), "subset": {"authors": 3, "forget_authors": 1}, "max_length": 96},
+        "model": {"base": "tiny-llama", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
+                                                   "intermediate_size": 64, "vocab_size": 400}},
+        "prepare": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+        "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}, "method": {"name": "graddiff"},
+                    "steps": 3, "batch_size": 4, "lr": 1e-3, **unlearn},
+        "eval": {"max_new_tokens": 8, "max_questions": 6},
+        "cache_dir": str(cache or tmp_path / "cache"),
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
     return path

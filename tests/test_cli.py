@@ -8,30 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import tiny_job
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def shared_cache(tmp_path_factory):
-    """One prepare for the whole session: every trial below starts from the same cached target."""
-    return tmp_path_factory.mktemp("cache")
-
-
-def tiny_job(tmp_path, tofu_dir, cache=None, **unlearn):
-    job = {
-        "name": "tiny-test",
-        "data": {"path": str(tofu_dir), "subset": {"authors": 3, "forget_authors": 1}, "max_length": 96},
-        "model": {"base": "tiny-llama", "tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2,
-                                                   "intermediate_size": 64, "vocab_size": 400}},
-        "prepare": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
-        "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}, "method": {"name": "graddiff"},
-                    "steps": 3, "batch_size": 4, "lr": 1e-3, **unlearn},
-        "eval": {"max_new_tokens": 8, "max_questions": 6},
-        "cache_dir": str(cache or tmp_path / "cache"),
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
 
 
 def raysweep(*args, cwd=REPO):

@@ -20,6 +20,10 @@ from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce, 
 ReduceTaskGrads = Callable[[list[GradList]], list[GradList]]
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def lr_at(step: int, base_lr: float, total: int, schedule: str, warmup: int) -> float:
     """Learning rate as a pure function of the step (nothing to checkpoint)."""
     if warmup and step < warmup:
@@ -52,7 +56,10 @@ class UnlearningEngine:
         no_sync: Optional[Callable[[], Any]] = None,
         geffect_every: int = 0,
         geffect_block_groups: int = 3,
+        reduce_after_synthesis: bool = False,
     ):
+        """``reduce_after_synthesis=True`` is the *wrong* order (synthesise per rank, then average),
+        kept only so a test can show that it breaks equivalence for non-linear methods."""
         self.model = model
         self.forget, self.retain = forget, list(retain)
         self.synthesis = synthesis
@@ -64,7 +71,9 @@ class UnlearningEngine:
         self.reduce_sum = reduce_sum
         self.sum_across_ranks = sum_across_ranks
         self.world_size = world_size
-        self.no_sync = no_sync or nullcontext
+        # DDP's no_sync when the model is wrapped: both task backwards stay local (spec 3.2 rule 2a).
+        self.no_sync = no_sync or getattr(model, "no_sync", None) or nullcontext
+        self.reduce_after_synthesis = reduce_after_synthesis
         self.step_count = 0
         self.geffect_every = geffect_every
 
@@ -77,6 +86,7 @@ class UnlearningEngine:
         self.params = [p for p in inner.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters (check the objective's layer setting)")
+        self.device = self.params[0].device
         if geffect_every:
             from raysweep.evaluation.geffect import layer_groups
 
@@ -115,6 +125,7 @@ class UnlearningEngine:
         try:
             with self.no_sync():  # no DDP all-reduce inside backward: each task is reduced on its own
                 for batch in batches:
+                    batch = to_device(batch, self.device)
                     loss = objective(self.model, batch, self.ctx)
                     total += float(loss.detach()) * scale
                     buf = self._backward_into(loss, buf, scale)
@@ -154,8 +165,13 @@ class UnlearningEngine:
     # ---- one optimizer step -------------------------------------------------------------------
     def step(self, micro_batches: Sequence[tuple[dict, dict]], probe_batch: Optional[dict] = None) -> dict[str, float]:
         grads, metrics = self.task_gradients(micro_batches)
-        grads = self.reduce_task_grads(grads)
-        g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
+        if self.reduce_after_synthesis:
+            g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
+            g = self.reduce_task_grads([g])[0]
+            grads = self.reduce_task_grads(grads)  # for the diagnostics only
+        else:
+            grads = self.reduce_task_grads(grads)
+            g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
         metrics.update(step_diagnostics(grads[0], grads[1], g, self.reduce_sum))
         metrics.update(self.synthesis.last_info)
         if self.geffect_every and self.step_count % self.geffect_every == 0:
@@ -174,7 +190,7 @@ class UnlearningEngine:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self._autolr_due() and probe_batch is not None:
-            lr, info = self._autolr(probe_batch)
+            lr, info = self._autolr(to_device(probe_batch, self.device))
             metrics.update(info)
         else:
             self.optimizer.step()

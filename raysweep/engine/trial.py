@@ -54,7 +54,13 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
             p.requires_grad_(False)
         ctx.reference_model = ref
     model.train()
+    allowed = forget.trainable_filter(model)
+    if allowed is not None:  # freeze before any DDP wrapper registers its hooks
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in allowed)
     wrapped = model_wrapper(model) if model_wrapper else model
+    if ctx.reference_model is not None:
+        ctx.reference_model.to(next(model.parameters()).device)
     engine = UnlearningEngine(
         wrapped, forget, retain, build_synthesis(u.method.name, u.method.params), ctx,
         lr=u.lr, optimizer=u.optimizer, weight_decay=u.weight_decay, max_grad_norm=u.max_grad_norm,

@@ -1,0 +1,111 @@
+"""The per-worker unlearning loop, independent of Ray (Ray Train calls it, tests call it with a
+plain gloo process group). Every rank builds the same trial, draws its own slice of each global
+batch, reduces each task gradient separately, synthesises identically, clips and steps."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from raysweep.distributed.checkpoint import load_checkpoint, save_checkpoint
+from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
+from raysweep.engine.trial import build_trial, micro_batches
+from raysweep.spec import JobSpec
+
+
+@dataclass
+class WorkerOptions:
+    checkpoint_every: int = 0           # 0: only at the end
+    resume_from: Optional[str] = None   # a checkpoint directory
+    stop_at_step: Optional[int] = None  # stop early (after checkpointing) - used to test resume
+    fail_at_step: Optional[int] = None  # rank 1 exits hard once at this step (fault test)
+    fail_marker: Optional[str] = None   # file that records the failure happened
+    check_sync: bool = False            # all-gather a parameter hash after every step
+    evaluate: bool = True               # final evaluation on rank 0
+    sharded_scalars: bool = False       # synthesis scalars through all_reduce (FSDP-style path)
+    reduce_after_synthesis: bool = False  # the wrong order, for the negative test only
+
+
+Reporter = Callable[[dict, Optional[str]], None]  # (metrics, checkpoint dir or None)
+
+
+def parameter_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for _, p in sorted(getattr(model, "module", model).state_dict().items()):
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report: Reporter,
+               options: WorkerOptions, checkpoint_root: str) -> dict:
+    torch.manual_seed(job.seed)
+
+    def wrap(model):
+        model.to(device)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+        return model
+
+    holder: dict = {}
+
+    def reduce_grads(grads):
+        return holder["reducer"](grads)
+
+    engine_kwargs = dict(
+        reduce_task_grads=reduce_grads,
+        sum_across_ranks=sum_scalars,
+        world_size=world,
+        reduce_after_synthesis=options.reduce_after_synthesis,
+    )
+    if options.sharded_scalars:
+        engine_kwargs["reduce_sum"] = sum_scalars
+    parts = build_trial(job, model_wrapper=wrap, engine_kwargs=engine_kwargs)
+    engine = parts.engine
+    holder["reducer"] = TaskGradReducer(engine.params)
+    start = 0
+    if options.resume_from:
+        start = load_checkpoint(Path(options.resume_from), engine.model, engine)
+        if rank == 0:
+            print(f"  resumed from step {start} ({options.resume_from})", file=sys.stderr, flush=True)
+
+    steps = job.unlearn.steps
+    metrics: dict = {}
+    t0 = time.time()
+    for step in range(start, steps):
+        if options.fail_at_step == step and rank == 1 and options.fail_marker and not os.path.exists(options.fail_marker):
+            Path(options.fail_marker).write_text(f"failed at step {step}")
+            os._exit(1)  # a hard crash: no cleanup, no report
+        batches, probe = micro_batches(parts, step, rank, world)
+        metrics = engine.step(batches, probe)
+        metrics["step"] = step + 1
+        metrics["step_seconds"] = (time.time() - t0) / (step + 1 - start)
+        if options.check_sync and is_distributed():
+            hashes = [None] * world
+            dist.all_gather_object(hashes, parameter_hash(engine.model))
+            metrics["params_in_sync"] = float(len(set(hashes)) == 1)
+        last = step + 1 == steps or step + 1 == options.stop_at_step
+        ckpt = None
+        if (options.checkpoint_every and (step + 1) % options.checkpoint_every == 0) or last:
+            if rank == 0:
+                ckpt = str(save_checkpoint(Path(checkpoint_root) / f"step_{step + 1:06d}", engine.model, engine))
+        if metrics.get("diverged"):
+            metrics["stopped"] = "diverged: non-finite loss or update"
+            report(metrics, ckpt)
+            return metrics
+        if last and options.evaluate and step + 1 == steps:
+            final = parts.evaluator(parts.model, progress=False) if rank == 0 else {}
+            metrics.update({f"final/{k}": v for k, v in final.items()})
+        report(metrics, ckpt)
+        if step + 1 == options.stop_at_step:
+            break
+    return metrics

@@ -1,0 +1,51 @@
+"""Run a function on W real processes joined by a gloo process group (no Ray), collect results."""
+
+import os
+import pickle
+import socket
+import traceback
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank, world, port, fn, args, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        # Plain pickle bytes: tensors copied, not shared through file descriptors that die with us.
+        queue.put((rank, "ok", pickle.dumps(fn(rank, world, *args))))
+    except Exception:  # noqa: BLE001 - shipped back to the test
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_ranks(fn, world, *args, timeout=300):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    for _ in range(world):
+        rank, status, value = queue.get(timeout=timeout)
+        if status == "error":
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"rank {rank} failed:\n{value}")
+        results[rank] = pickle.loads(value)
+    for p in procs:
+        p.join(timeout=60)
+    return [results[r] for r in range(world)]

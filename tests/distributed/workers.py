@@ -1,0 +1,31 @@
+"""Functions that run inside spawned ranks (importable by the spawn start method)."""
+
+import torch
+
+from raysweep.distributed.worker import WorkerOptions, run_worker
+from raysweep.spec import load_job
+
+
+def unlearn(rank, world, job_path, overrides, options, ckpt_root):
+    job = load_job(job_path, overrides)
+    reports = []
+    run_worker(job, rank, world, torch.device("cpu"), lambda m, c: reports.append((m, c)),
+               WorkerOptions(**options), f"{ckpt_root}/rank{rank}")
+    return reports
+
+
+def sharded_synthesis(rank, world, name, params, seed, steps):
+    """Each rank holds a contiguous slice of every gradient tensor (FSDP-style flat sharding)."""
+    from raysweep.distributed.collectives import sum_scalars
+    from raysweep.synthesis import SynthContext, build_synthesis
+
+    from ..synthesis.test_methods import random_grads
+
+    method = build_synthesis(name, params)
+    outs = []
+    for step in range(steps):
+        tasks = random_grads(seed + step, n_tasks=3 if name == "mgda" else 2)
+        shards = [[None if t is None else torch.tensor_split(t.reshape(-1), world)[rank].clone() for t in task] for task in tasks]
+        out = method(shards, SynthContext(reduce_sum=sum_scalars))
+        outs.append(([None if t is None else t for t in out], dict(method.last_info)))
+    return outs
