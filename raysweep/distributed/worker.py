@@ -53,7 +53,7 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         return model
 
     holder: dict = {}
@@ -88,6 +88,7 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
         batches, probe = micro_batches(parts, step, rank, world)
         metrics = engine.step(batches, probe)
         metrics["step"] = step + 1
+        metrics["start_step"] = start
         metrics["step_seconds"] = (time.time() - t0) / (step + 1 - start)
         if options.check_sync and is_distributed():
             hashes = [None] * world

@@ -14,7 +14,7 @@ from raysweep.synthesis import SYNTHESIS, build_synthesis
 from ..conftest import tiny_job
 from ..synthesis.test_methods import SHAPES, random_grads
 from . import workers
-from .gloo import run_ranks
+from raysweep.distributed.local import run_ranks
 
 TOL = 2e-6
 METHOD_PARAMS = {"graddiff": {}, "pcgrad_r": {"alpha": 0.5}, "sago": {"alpha": 0.5}, "sago_prefer_retain": {},

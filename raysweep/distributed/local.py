@@ -1,4 +1,7 @@
-"""Run a function on W real processes joined by a gloo process group (no Ray), collect results."""
+"""Run a function on W local processes joined by a gloo process group, without Ray.
+
+Used by the data-parallel tests and the step-time benchmark: the same worker loop as Ray Train
+runs, minus the cluster machinery. ``fn(rank, world, *args)`` must be importable (spawn)."""
 
 import os
 import pickle
@@ -15,11 +18,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, fn, args, queue):
+def _entry(rank, world, port, fn, args, queue, threads):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world)
         # Plain pickle bytes: tensors copied, not shared through file descriptors that die with us.
@@ -31,11 +34,11 @@ def _entry(rank, world, port, fn, args, queue):
             dist.destroy_process_group()
 
 
-def run_ranks(fn, world, *args, timeout=300):
+def run_ranks(fn, world, *args, timeout=600, threads=1):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue, threads)) for r in range(world)]
     for p in procs:
         p.start()
     results = {}
