@@ -44,7 +44,10 @@ def cmd_run(args) -> int:
     u = job.unlearn
     print(f"raysweep run: {job.name}: forget={u.forget.name} retain={','.join(r.name for r in u.retain)} "
           f"method={u.method.name} steps={u.steps} lr={u.lr}", file=sys.stderr)
-    result = run_trial(job, progress=not args.quiet)
+    if args.ray or job.train.workers > 1 or job.train.use_gpu:
+        result = _run_on_ray_train(job, args)
+    else:
+        result = run_trial(job, progress=not args.quiet)
     print(format_table(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
@@ -96,6 +99,32 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _run_on_ray_train(job, args) -> dict:
+    """One trial as a Ray Train run (DDP workers, checkpoints, restart on failure)."""
+    import ray
+
+    from raysweep.distributed.ray_train import build_trainer
+    from raysweep.distributed.worker import WorkerOptions
+    from raysweep.engine.trial import build_trial
+    from raysweep.models.prepare import prepare
+
+    prepare(job)  # once on the driver, before any worker looks for the cached models
+    parts = build_trial(job)
+    before = parts.evaluator(parts.model, progress=not args.quiet)
+    del parts
+    if not ray.is_initialized():
+        ray.init(address=args.address, **({} if args.address else {"num_cpus": max(4, job.train.workers + 2)}))
+    storage = str(Path(args.storage).resolve()) if args.storage else str((job.cache_dir / "ray_results").resolve())
+    name = f"{job.name}-{int(__import__('time').time())}"
+    result = build_trainer(job, WorkerOptions(checkpoint_every=job.train.checkpoint_every), name=name,
+                           storage_path=storage).fit()
+    if result.error is not None:
+        raise RuntimeError(f"ray train run failed: {result.error}")
+    after = {k[len("final/"):]: v for k, v in result.metrics.items() if k.startswith("final/")}
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}", file=sys.stderr)
+    return {"before": before, "after": after, "history": [], "checkpoint": result.checkpoint.path if result.checkpoint else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
     r.add_argument("--out", help="write the result (before/after metrics, per-step history) as JSON")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--ray", action="store_true", help="run as a Ray Train job (implied by train.workers > 1)")
+    r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    r.add_argument("--storage", help="Ray Train storage path for checkpoints (default: <cache_dir>/ray_results)")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate a model directory on a benchmark; writes JSON, prints a table")

@@ -136,3 +136,15 @@ def test_muse_prepare_recipe_and_metrics(tmp_path, capsys):
     for key in ("muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak"):
         assert key in after
     assert 0 <= after["muse_privleak_auc"] <= 1 and 0 <= after["muse_verbmem_forget"] <= 100
+
+
+@pytest.mark.timeout(600)
+def test_run_on_ray_train_from_the_job_file(tmp_path, tofu_dir, shared_cache):
+    """`train.workers: 2` in the job makes `raysweep run` a Ray Train run (2 gloo workers)."""
+    job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "sago"})
+    res = raysweep("run", str(job), "--set", "train.workers=2", "--storage", str(tmp_path / "ray"),
+                   "--out", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["checkpoint"] and Path(result["checkpoint"], "model.safetensors").exists()
+    assert result["after"]["forget_rougeL_recall"] >= 0 and "forget_rougeL_recall" in res.stdout
