@@ -125,6 +125,57 @@ def _run_on_ray_train(job, args) -> dict:
     return {"before": before, "after": after, "history": [], "checkpoint": result.checkpoint.path if result.checkpoint else None}
 
 
+def cmd_launch(args) -> int:
+    from raysweep.spec import load_job
+    from raysweep.sweep.driver import launch
+    from raysweep.sweep.report import format_report
+
+    job = load_job(args.job, _parse_overrides(args.set))
+    report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name)
+    print(format_report(report))
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from raysweep.sweep.driver import resume
+    from raysweep.sweep.report import format_report
+
+    report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address)
+    print(format_report(report))
+    return 0
+
+
+def _tracking_client(args):
+    from raysweep.sweep import tracking
+    from raysweep.sweep.driver import default_tracking_uri
+
+    tracking.fail_fast_http()
+    uri = args.tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise tracking.TrackingError(f"no tracking database at {uri} (run raysweep launch first, or pass --tracking-uri)")
+    return tracking.client(uri), uri
+
+
+def cmd_pareto(args) -> int:
+    from raysweep.sweep.report import format_report, pareto_report
+
+    c, uri = _tracking_client(args)
+    report = pareto_report(c, uri, args.sweep, log_plot=not args.no_log, plot_path=args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from raysweep.sweep.report import status_report
+
+    c, uri = _tracking_client(args)
+    print(status_report(c, uri, args.sweep))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,14 +208,44 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", help="JSON output path (default: MODEL/eval_<benchmarks>.json)")
     e.set_defaults(func=cmd_eval)
 
+    la = sub.add_parser("launch", help="run a sweep (Ray Tune + Optuna, trials on Ray Train, MLflow tracking)")
+    la.add_argument("job")
+    la.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    la.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    la.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    la.add_argument("--storage", help="Tune/Train storage path (default: <cwd>/runs)")
+    la.add_argument("--name", help="sweep name (default: <job name>-<timestamp>)")
+    la.set_defaults(func=cmd_launch)
+
+    re_ = sub.add_parser("resume", help="resume a sweep whose driver died (Tuner.restore)")
+    re_.add_argument("sweep")
+    re_.add_argument("--tracking-uri")
+    re_.add_argument("--address")
+    re_.set_defaults(func=cmd_resume)
+
+    pa = sub.add_parser("pareto", help="the Pareto front of a sweep, from MLflow alone")
+    pa.add_argument("sweep")
+    pa.add_argument("--tracking-uri")
+    pa.add_argument("--json", action="store_true", help="machine-readable output")
+    pa.add_argument("--plot", help="where to write the plot (default: pareto_<sweep>.png)")
+    pa.add_argument("--no-log", action="store_true", help="do not log the plot to the parent run")
+    pa.set_defaults(func=cmd_pareto)
+
+    st = sub.add_parser("status", help="trials of a sweep and their states")
+    st.add_argument("sweep")
+    st.add_argument("--tracking-uri")
+    st.set_defaults(func=cmd_status)
+
     args = parser.parse_args(argv)
     from raysweep.data.tofu import DataError
     from raysweep.registry import UnknownNameError
     from raysweep.spec import JobSpecError
+    from raysweep.sweep.space import SearchSpaceError
+    from raysweep.sweep.tracking import TrackingError
 
     try:
         return args.func(args)
-    except (JobSpecError, DataError, UnknownNameError, FileNotFoundError) as err:
+    except (JobSpecError, DataError, UnknownNameError, FileNotFoundError, SearchSpaceError, TrackingError) as err:
         print(f"raysweep: error: {err}", file=sys.stderr)
         return 2
 

@@ -91,6 +91,9 @@ class PrepareSpec(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     seed: int = 0
+    # The retain reference (trained without the forget set) is what TOFU forget quality and MUSE
+    # privleak compare against; a job that uses neither can skip training it.
+    retain_reference: bool = True
 
 
 class NamedSpec(BaseModel):
@@ -169,6 +172,63 @@ class TrainSpec(_Strict):
     max_failures: int = Field(2, ge=0)
 
 
+# Metrics each benchmark produces, for validating a sweep's objectives at load time.
+_SPLIT_METRICS = ("answer_loss", "prob", "rougeL_recall", "truth_ratio")
+BENCHMARK_METRICS = {
+    "qa": [f"{s}_{m}" for s in ("forget", "retain") for m in ("answer_loss", "answer_prob", "rougeL_recall")],
+    "tofu": [f"{s}_{m}" for s in ("forget", "retain", "real_authors", "world_facts") for m in _SPLIT_METRICS]
+    + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc"],
+    "muse": ["muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak"],
+    **{b: [f"{b}_acc"] for b in ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")},
+}
+
+
+class ConstraintSpec(_Strict):
+    """Retention-first constraint, passed to Optuna as a real constraint (feasible when <= 0)."""
+
+    metric: str
+    at_least: Optional[float] = None
+    at_least_fraction_of_target: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_bound(self):
+        if (self.at_least is None) == (self.at_least_fraction_of_target is None):
+            raise ValueError("@sweep.constraint: give exactly one of at_least, at_least_fraction_of_target")
+        return self
+
+
+class SweepSpec(_Strict):
+    search_space: Path
+    objectives: dict[str, Literal["min", "max"]]
+    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
+    num_trials: int = Field(8, gt=0)
+    max_concurrent: int = Field(2, gt=0)
+    seed: int = 0
+    constraint: Optional[ConstraintSpec] = None
+    reference_point: Optional[dict[str, float]] = None
+    checkpoint: Literal["artifact", "uri"] = "artifact"
+    tracking_uri: Optional[str] = None
+    storage_path: Optional[Path] = None
+    experiment: Optional[str] = None
+    # Early stop of clearly failed trials: non-finite losses always; and this retain-loss ceiling.
+    stop_if_retain_loss_above: Optional[float] = Field(None, gt=0)
+    trial_cpus: float = Field(0.25, gt=0)
+
+    @field_validator("search_space")
+    @classmethod
+    def _space_exists(cls, v: Path) -> Path:
+        if not v.is_file():
+            raise ValueError("file does not exist (a search space YAML)")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _some(cls, v):
+        if not v:
+            raise ValueError("at least one objective")
+        return v
+
+
 class JobSpec(_Strict):
     name: str = "raysweep-job"
     seed: int = 0
@@ -178,8 +238,29 @@ class JobSpec(_Strict):
     unlearn: UnlearnSpec
     eval: EvalSpec = EvalSpec()
     train: TrainSpec = TrainSpec()
+    sweep: Optional[SweepSpec] = None
     cache_dir: Path = Field(default_factory=default_cache_dir)
     source: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _sweep_metrics(self):
+        if self.sweep is None:
+            return self
+        benches = self.eval.benchmarks or [self.data.benchmark]
+        known = [m for b in benches for m in BENCHMARK_METRICS[b]]
+        names = list(self.sweep.objectives) + ([self.sweep.constraint.metric] if self.sweep.constraint else [])
+        names += list(self.sweep.reference_point or {})
+        for name in names:
+            if name not in known:
+                raise ValueError(
+                    f"@sweep: metric {name!r} is not allowed (metrics of eval.benchmarks {benches}: {', '.join(known)})"
+                    f"{'; did you mean ' + repr(_close(name, known)) + '?' if _close(name, known) else ''}")
+        needs_ref = {"forget_quality", "log10_forget_quality"} & set(names)
+        if needs_ref and not self.prepare.retain_reference:
+            raise ValueError(f"@prepare.retain_reference: False is not allowed (sweep uses {sorted(needs_ref)[0]})")
+        if self.sweep.reference_point and set(self.sweep.reference_point) != set(self.sweep.objectives):
+            raise ValueError("@sweep.reference_point: give one value for every objective")
+        return self
 
 
 class _FieldError(ValueError):
@@ -244,6 +325,12 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         p = Path(os.path.expandvars(data["path"])).expanduser()
         data["path"] = p if p.is_absolute() else (base / p).resolve()
+    sw = raw.get("sweep")
+    if isinstance(sw, dict):
+        for key in ("search_space", "storage_path"):
+            if isinstance(sw.get(key), str) and "://" not in sw[key]:
+                p = Path(os.path.expandvars(sw[key])).expanduser()
+                sw[key] = p if p.is_absolute() else (base / p).resolve()
     ev = raw.get("eval")
     if isinstance(ev, dict) and isinstance(ev.get("mcq_data"), str):
         p = Path(os.path.expandvars(ev["mcq_data"])).expanduser()

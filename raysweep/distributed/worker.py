@@ -32,6 +32,9 @@ class WorkerOptions:
     evaluate: bool = True               # final evaluation on rank 0
     sharded_scalars: bool = False       # synthesis scalars through all_reduce (FSDP-style path)
     reduce_after_synthesis: bool = False  # the wrong order, for the negative test only
+    max_retain_loss: Optional[float] = None  # early stop: a retain loss above this is divergence
+    mlflow_tracking_uri: Optional[str] = None  # rank 0 logs per-step metrics to this run
+    mlflow_run_id: Optional[str] = None
 
 
 Reporter = Callable[[dict, Optional[str]], None]  # (metrics, checkpoint dir or None)
@@ -80,6 +83,11 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
 
     steps = job.unlearn.steps
     metrics: dict = {}
+    tracker = None
+    if rank == 0 and options.mlflow_run_id:
+        from raysweep.sweep.tracking import client
+
+        tracker = client(options.mlflow_tracking_uri)
     t0 = time.time()
     for step in range(start, steps):
         if options.fail_at_step == step and rank == 1 and options.fail_marker and not os.path.exists(options.fail_marker):
@@ -101,6 +109,11 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
                 ckpt = str(save_checkpoint(Path(checkpoint_root) / f"step_{step + 1:06d}", engine.model, engine))
         if metrics.get("diverged"):
             metrics["stopped"] = "diverged: non-finite loss or update"
+        elif options.max_retain_loss is not None and metrics["loss_retain_0"] > options.max_retain_loss:
+            metrics["stopped"] = f"diverged: retain loss {metrics['loss_retain_0']:.3g} > {options.max_retain_loss:g}"
+        if tracker is not None:
+            _log_step(tracker, options.mlflow_run_id, metrics, step + 1)
+        if metrics.get("stopped"):
             report(metrics, ckpt)
             return metrics
         if last and options.evaluate and step + 1 == steps:
@@ -110,3 +123,14 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
         if step + 1 == options.stop_at_step:
             break
     return metrics
+
+
+def _log_step(tracker, run_id: str, metrics: dict, step: int) -> None:
+    from raysweep.sweep.tracking import log_metrics
+
+    for attempt in range(3):  # sqlite under concurrent trials can be briefly locked
+        try:
+            log_metrics(tracker, run_id, {f"train/{k}": v for k, v in metrics.items()}, step)
+            return
+        except Exception:  # noqa: BLE001 - tracking must never kill training
+            time.sleep(0.5 * (attempt + 1))

@@ -32,7 +32,7 @@ TINY = "tiny-llama"
 @dataclass
 class PreparedModels:
     target: Path
-    retain_reference: Path
+    retain_reference: Path | None  # None when the job skips it (prepare.retain_reference: false)
     tokenizer: Path
     key: str
     reused: bool
@@ -129,7 +129,7 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False) 
     done = root / "meta.json"
     if done.exists() and not force:
         _log(f"prepare: reusing cached target and retain reference ({root})")
-        return PreparedModels(root / "target", root / "retain_reference", root / "target", key, True)
+        return PreparedModels(root / "target", _reference_dir(root), root / "target", key, True)
 
     base_dir, tok_dir = _base_model_dir(job, data)
     tokenizer = load_tokenizer(tok_dir)
@@ -138,7 +138,10 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False) 
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     meta = {"key": key, "base": str(base_dir), "n_forget": len(data.forget), "n_retain": len(data.retain)}
-    for label, rows in (("target", data.forget + data.retain), ("retain_reference", data.retain)):
+    plan = [("target", data.forget + data.retain)]
+    if p.retain_reference:
+        plan.append(("retain_reference", data.retain))
+    for label, rows in plan:
         _log(f"prepare: fine-tuning the {label.replace('_', ' ')} on {len(rows)} QA "
              f"({p.epochs} epochs, batch {p.batch_size})")
         t0 = time.time()
@@ -154,4 +157,9 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False) 
     root.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, root)
     _log(f"prepare: cached under {root}")
-    return PreparedModels(root / "target", root / "retain_reference", root / "target", key, False)
+    return PreparedModels(root / "target", _reference_dir(root), root / "target", key, False)
+
+
+def _reference_dir(root: Path):
+    ref = root / "retain_reference"
+    return ref if ref.exists() else None

@@ -1,0 +1,1 @@
+"""Sweeps: search spaces, the Ray Tune + Optuna driver, MLflow tracking, Pareto fronts."""

@@ -1,0 +1,69 @@
+"""Pareto fronts and hypervolume for mixed min/max objectives (spec 9.5).
+
+Every objective is first turned into "higher is better" (minimised ones are negated); a point
+dominates another if it is >= in every objective and > in at least one. The hypervolume is the
+measure of the union of boxes between the reference point and each point that is at least as
+good as the reference in every objective: exact sweep in 2-D, slicing in higher dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def to_maximise(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    for d in directions:
+        if d not in ("min", "max"):
+            raise ValueError(f"objective direction {d!r} is not allowed (min, max)")
+    sign = np.array([1.0 if d == "max" else -1.0 for d in directions])
+    return np.asarray(points, dtype=np.float64) * sign
+
+
+def non_dominated(points, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the Pareto-optimal rows (duplicates of an optimal point all stay)."""
+    p = to_maximise(points, directions)
+    n = len(p)
+    mask = np.ones(n, dtype=bool)
+    for i in range(n):
+        ge = np.all(p >= p[i], axis=1)
+        gt = np.any(p > p[i], axis=1)
+        if np.any(ge & gt):
+            mask[i] = False
+    return mask
+
+
+def _hv_max(p: np.ndarray, ref: np.ndarray) -> float:
+    """Hypervolume of maximisation points above ``ref`` (all coordinates > ref)."""
+    if len(p) == 0:
+        return 0.0
+    if p.shape[1] == 1:
+        return float(p[:, 0].max() - ref[0])
+    if p.shape[1] == 2:
+        # spec 9.5: non-dominated points sorted by the first objective descending
+        keep = non_dominated(p, ["max", "max"])
+        q = np.unique(p[keep], axis=0)
+        q = q[np.argsort(-q[:, 0], kind="stable")]
+        hv, f_prev = 0.0, ref[1]
+        for u, f in q:
+            if f > f_prev:
+                hv += (u - ref[0]) * (f - f_prev)
+                f_prev = f
+        return float(hv)
+    # slice along the last objective
+    order = np.argsort(p[:, -1])
+    levels = np.concatenate([[ref[-1]], p[order, -1]])
+    hv = 0.0
+    for k in range(len(order)):
+        height = levels[k + 1] - levels[k]
+        if height > 0:
+            hv += height * _hv_max(p[order[k:], :-1], ref[:-1])
+    return float(hv)
+
+
+def hypervolume(points, directions: Sequence[str], reference) -> float:
+    p = to_maximise(points, directions)
+    r = to_maximise(np.asarray(reference, dtype=np.float64)[None, :], directions)[0]
+    inside = p[np.all(p > r, axis=1)]
+    return _hv_max(inside, r)

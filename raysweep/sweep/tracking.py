@@ -1,0 +1,106 @@
+"""MLflow layout of a sweep: one parent run per sweep, one child run per Tune trial.
+
+Parent tags: ``raysweep.sweep`` (the sweep name, what the CLI takes), ``raysweep.role=parent``,
+``raysweep.storage`` (the Tune experiment path), ``raysweep.objectives`` (JSON {metric: min|max}),
+``raysweep.reference_point`` (JSON, optional). Artifacts: ``job.yaml``, ``job.json``,
+``search_space.yaml``. Child tags: ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``,
+``raysweep.checkpoint_uri``, ``raysweep.node``; a trial keeps one child run across restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+SWEEP_TAG = "raysweep.sweep"
+ROLE_TAG = "raysweep.role"
+TRIAL_TAG = "raysweep.trial_id"
+
+
+class TrackingError(RuntimeError):
+    """One-line errors for the CLI (unknown sweep, unreachable server, ...)."""
+
+
+def client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def fail_fast_http() -> None:
+    # A dead tracking server should be a clear error within seconds, not minutes of retries.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def experiment_id(c, name: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    return exp.experiment_id if exp else c.create_experiment(name)
+
+
+def find_parent(c, sweep: str, tracking_uri: str):
+    try:
+        exps = c.search_experiments()
+    except Exception as err:  # noqa: BLE001 - any transport error means unreachable
+        raise TrackingError(f"cannot reach the tracking server at {tracking_uri}: {str(err).splitlines()[0][:200]}") from None
+    ids = [e.experiment_id for e in exps]
+    runs = c.search_runs(ids, filter_string=f"tags.`{ROLE_TAG}` = 'parent'", max_results=5000) if ids else []
+    for r in runs:
+        if r.data.tags.get(SWEEP_TAG) == sweep:
+            return r
+    known = sorted({r.data.tags.get(SWEEP_TAG, "?") for r in runs})
+    raise TrackingError(f"unknown sweep '{sweep}' at {tracking_uri} (known: {', '.join(known) or 'none'})")
+
+
+def child_runs(c, parent) -> list:
+    return c.search_runs([parent.info.experiment_id],
+                         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
+
+
+def get_or_create_child(c, parent_run_id: str, experiment: str, trial_id: str, sweep: str, params: dict,
+                        tags: dict) -> str:
+    """The trial's one child run: reused when the trial restarts (resume), created otherwise."""
+    found = c.search_runs([experiment], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                                                     f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            c.update_run(run_id, status="RUNNING")
+        c.set_tag(run_id, "raysweep.restarts", str(int(found[0].data.tags.get("raysweep.restarts", "0")) + 1))
+        return run_id
+    run = c.create_run(experiment, tags={"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: sweep,
+                                         "mlflow.runName": f"trial-{trial_id}", **tags})
+    from mlflow.entities import Param
+
+    if params:
+        c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+    return run.info.run_id
+
+
+def log_metrics(c, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
+    import math
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    batch = [Metric(k.replace(":", "_"), float(v), ts, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))]
+    for i in range(0, len(batch), 900):
+        c.log_batch(run_id, metrics=batch[i:i + 900])
+
+
+def close_stale_runs(c, parent, reason: str) -> int:
+    """Child runs still RUNNING when their sweep is not: KILLED, with the reason as a tag."""
+    n = 0
+    for r in child_runs(c, parent):
+        if r.info.status == "RUNNING":
+            c.set_tag(r.info.run_id, "raysweep.status_reason", reason)
+            c.set_terminated(r.info.run_id, status="KILLED")
+            n += 1
+    return n
+
+
+def parent_objectives(parent) -> dict[str, str]:
+    return json.loads(parent.data.tags.get("raysweep.objectives", "{}"))
