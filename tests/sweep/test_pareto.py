@@ -1,0 +1,74 @@
+"""Pareto front and hypervolume against brute-force references (ties, duplicates, min/max mixes)."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from raysweep.sweep.pareto import hypervolume, non_dominated
+
+
+def brute_front(points, directions):
+    """Definition, literally: i is on the front unless some j is no worse everywhere and better once."""
+    def better_or_equal(a, b, d):
+        return a >= b if d == "max" else a <= b
+
+    def strictly_better(a, b, d):
+        return a > b if d == "max" else a < b
+
+    out = []
+    for i, p in enumerate(points):
+        dominated = any(
+            all(better_or_equal(q[k], p[k], d) for k, d in enumerate(directions))
+            and any(strictly_better(q[k], p[k], d) for k, d in enumerate(directions))
+            for j, q in enumerate(points) if j != i)
+        out.append(not dominated)
+    return np.array(out)
+
+
+def brute_hypervolume(points, directions, ref):
+    """Exact area/volume of the union of boxes by coordinate compression: sum every grid cell
+    that some point's box covers."""
+    sign = np.array([1 if d == "max" else -1 for d in directions])
+    p = np.asarray(points, float) * sign
+    r = np.asarray(ref, float) * sign
+    p = p[np.all(p > r, axis=1)]
+    if len(p) == 0:
+        return 0.0
+    axes = [np.unique(np.concatenate([[r[k]], p[:, k]])) for k in range(p.shape[1])]
+    total = 0.0
+    for cell in itertools.product(*[range(len(a) - 1) for a in axes]):
+        upper = np.array([axes[k][c + 1] for k, c in enumerate(cell)])
+        if np.any(np.all(p >= upper, axis=1)):
+            total += np.prod([axes[k][c + 1] - axes[k][c] for k, c in enumerate(cell)])
+    return total
+
+
+DIRECTIONS = [["max", "max"], ["min", "max"], ["min", "min"], ["max", "min", "max"], ["min", "min", "max"]]
+
+
+@pytest.mark.parametrize("seed", range(25))
+@pytest.mark.parametrize("directions", DIRECTIONS)
+def test_front_and_hypervolume_match_brute_force(seed, directions):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 14))
+    pts = rng.integers(0, 6, size=(n, len(directions))).astype(float) / 5  # many ties
+    if n > 2:
+        pts[1] = pts[0]  # an exact duplicate
+    np.testing.assert_array_equal(non_dominated(pts, directions), brute_front(pts, directions))
+    ref = [(-0.1 if d == "max" else 1.1) for d in directions]
+    assert hypervolume(pts, directions, ref) == pytest.approx(brute_hypervolume(pts, directions, ref), abs=1e-12)
+    # A reference point inside the cloud: points not better than it everywhere do not count.
+    mid = [0.5] * len(directions)
+    assert hypervolume(pts, directions, mid) == pytest.approx(brute_hypervolume(pts, directions, mid), abs=1e-12)
+
+
+def test_hypervolume_of_known_staircase():
+    pts = [[0.2, 0.9], [0.5, 0.5], [0.9, 0.1], [0.4, 0.4]]  # the last is dominated
+    assert hypervolume(pts, ["max", "max"], [0, 0]) == pytest.approx(0.2 * 0.9 + 0.3 * 0.5 + 0.4 * 0.1)
+    assert list(non_dominated(pts, ["max", "max"])) == [True, True, True, False]
+
+
+def test_bad_direction():
+    with pytest.raises(ValueError, match="not allowed"):
+        non_dominated([[1, 2]], ["max", "maximise"])

@@ -1,0 +1,122 @@
+"""A real sweep: local Ray, Ray Tune + a real Optuna study, Ray Train trials, sqlite MLflow; then
+the front from MLflow alone, and the CLI's one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ..conftest import REPO, tiny_job
+
+
+def constrained_job(tmp_path, tofu_dir, cache, n_trials=4):
+    path = tiny_job(tmp_path, tofu_dir, cache, steps=3, batch_size=4)
+    job = yaml.safe_load(path.read_text())
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": {"graddiff": {"alpha": {"loguniform": [0.1, 3.0]}}, "sago": {"alpha": {"loguniform": [0.1, 2.0]}}},
+        "unlearn": {"lr": {"loguniform": [1e-4, 5e-2]}},
+    }))
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8}
+    job["sweep"] = {
+        "search_space": str(space),
+        "objectives": {"forget_rougeL_recall": "min", "retain_answer_loss": "min"},
+        "constraint": {"metric": "retain_rougeL_recall", "at_least_fraction_of_target": 0.98},
+        "sampler": "random", "num_trials": n_trials, "max_concurrent": 2, "seed": 1,
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage_path": str(tmp_path / "runs"),
+    }
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def raysweep(*args, cwd):
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.run([sys.executable, "-m", "raysweep.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=900, env=env)
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, tofu_dir, shared_cache):
+    import ray
+
+    from raysweep.spec import load_job
+    from raysweep.sweep.driver import launch
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    job = load_job(constrained_job(tmp, tofu_dir, shared_cache))
+    try:
+        report = launch(job, name="constrained")
+    finally:
+        ray.shutdown()
+    return tmp, job, report
+
+
+def test_constrained_sweep_never_reports_an_infeasible_trial_on_its_front(finished_sweep):
+    tmp, job, report = finished_sweep
+    assert report["n_finished"] == 4
+    assert report["front"], "some trial must be feasible"
+    assert all(r["feasible"] for r in report["front"])
+    infeasible = [r for r in report["trials"] if not r["feasible"]]
+    # The constraint is real: a large lr breaks retention, and such trials never reach the front.
+    assert infeasible, "the space must produce infeasible trials for this check to mean something"
+    assert not any(r["pareto"] for r in infeasible)
+
+
+def test_optuna_saw_the_constraint(finished_sweep):
+    from mlflow.tracking import MlflowClient
+
+    tmp, job, report = finished_sweep
+    c = MlflowClient(job.sweep.tracking_uri)
+    children = [r for r in c.search_runs([c.get_experiment_by_name("raysweep/tiny-test").experiment_id])
+                if r.data.tags.get("raysweep.role") != "parent"]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert "retention_constraint" in r.data.metrics and "feasible" in r.data.metrics
+        assert any(k.startswith("train/") for k in r.data.metrics)  # per-step metrics
+        assert r.data.tags["raysweep.checkpoint_uri"].startswith("runs:/")
+    hist = c.get_metric_history(children[0].info.run_id, "train/cos_forget_retain")
+    assert len(hist) == 3  # one value per step
+
+
+def test_pareto_from_mlflow_alone_matches_the_sweep(finished_sweep):
+    import ray
+
+    tmp, job, report = finished_sweep
+    assert not ray.is_initialized()
+    res = raysweep("pareto", "constrained", "--tracking-uri", job.sweep.tracking_uri, "--json",
+                   "--plot", str(tmp / "front.png"), cwd=tmp)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = json.loads(res.stdout)
+    assert {r["trial_id"] for r in again["front"]} == {r["trial_id"] for r in report["front"]}
+    assert again["hypervolume"] == pytest.approx(report["hypervolume"])
+    assert (tmp / "front.png").stat().st_size > 10_000
+    table = raysweep("pareto", "constrained", "--tracking-uri", job.sweep.tracking_uri, "--no-log", cwd=tmp)
+    assert "Pareto front of sweep constrained" in table.stdout and "hypervolume" in table.stdout
+    status = raysweep("status", "constrained", "--tracking-uri", job.sweep.tracking_uri, cwd=tmp)
+    assert "FINISHED: 4" in status.stdout
+
+
+def test_pareto_errors_are_one_line(finished_sweep, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    tmp, job, _ = finished_sweep
+    uri = job.sweep.tracking_uri
+    unknown = raysweep("pareto", "nope", "--tracking-uri", uri, cwd=tmp)
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().splitlines() == [
+        f"raysweep: error: unknown sweep 'nope' at {uri} (known: constrained)"]
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name("raysweep/tiny-test").experiment_id
+    c.create_run(exp, tags={"raysweep.sweep": "empty", "raysweep.role": "parent", "raysweep.objectives": "{}"})
+    empty = raysweep("pareto", "empty", "--tracking-uri", uri, cwd=tmp)
+    assert empty.returncode != 0
+    assert empty.stderr.strip().splitlines() == ["raysweep: error: sweep 'empty' has no finished trials yet"]
+
+    dead = raysweep("pareto", "constrained", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp)
+    lines = dead.stderr.strip().splitlines()
+    assert dead.returncode != 0 and len(lines) == 1
+    assert lines[0].startswith("raysweep: error: cannot reach the tracking server at http://127.0.0.1:9")
