@@ -88,6 +88,13 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
         from raysweep.sweep.tracking import client
 
         tracker = client(options.mlflow_tracking_uri)
+        try:
+            import ray
+
+            if ray.is_initialized():  # where this trial's rank 0 really ran (multi-node sweeps)
+                tracker.set_tag(options.mlflow_run_id, "raysweep.worker_node", ray.get_runtime_context().get_node_id())
+        except Exception:  # noqa: BLE001 - tracking must never kill training
+            pass
     t0 = time.time()
     for step in range(start, steps):
         if options.fail_at_step == step and rank == 1 and options.fail_marker and not os.path.exists(options.fail_marker):

@@ -17,15 +17,16 @@ def constrained_job(tmp_path, tofu_dir, cache, n_trials=4):
     job = yaml.safe_load(path.read_text())
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({
-        "method": {"graddiff": {"alpha": {"loguniform": [0.1, 3.0]}}, "sago": {"alpha": {"loguniform": [0.1, 2.0]}}},
-        "unlearn": {"lr": {"loguniform": [1e-4, 5e-2]}},
+        # graddiff with a large retain weight raises retain probability; GA alone lowers it.
+        "method": {"graddiff": {"alpha": {"choice": [0.0, 4.0]}}},
+        "unlearn": {"lr": {"loguniform": [3e-3, 3e-2]}},
     }))
     job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8}
     job["sweep"] = {
         "search_space": str(space),
-        "objectives": {"forget_rougeL_recall": "min", "retain_answer_loss": "min"},
-        "constraint": {"metric": "retain_rougeL_recall", "at_least_fraction_of_target": 0.98},
-        "sampler": "random", "num_trials": n_trials, "max_concurrent": 2, "seed": 1,
+        "objectives": {"forget_answer_loss": "max", "retain_answer_loss": "min"},
+        "constraint": {"metric": "retain_answer_prob", "at_least_fraction_of_target": 1.0},
+        "sampler": "random", "num_trials": n_trials, "max_concurrent": 2, "seed": 2,
         "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage_path": str(tmp_path / "runs"),
     }
     path.write_text(yaml.safe_dump(job))

@@ -1,0 +1,121 @@
+"""Sweep resume after the driver is SIGKILLed, and a sweep on a two-node Ray cluster with an
+`mlflow server` on loopback. Slow: several minutes of real Ray Tune + Ray Train."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+
+from ..conftest import tiny_job
+from ..sweep.test_sweep import constrained_job
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_job(tmp_path, tofu_dir, cache, n_trials, steps, tracking_uri=None, cpus_per_worker=1):
+    path = constrained_job(tmp_path, tofu_dir, cache, n_trials=n_trials)
+    job = yaml.safe_load(path.read_text())
+    job["unlearn"]["steps"] = steps
+    job["train"] = {"checkpoint_every": 5, "cpus_per_worker": cpus_per_worker}
+    job["sweep"].pop("constraint")
+    if tracking_uri:
+        job["sweep"]["tracking_uri"] = tracking_uri
+    path.write_text(yaml.safe_dump(job))
+    return path, job
+
+
+def child_runs(uri, experiment="raysweep/tiny-test"):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("raysweep.role") != "parent"]
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=6, steps=25)
+    prepare(load_job(path))
+    uri = job["sweep"]["tracking_uri"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    log = open(tmp_path / "launch.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "killme"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    started = set()
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            runs = child_runs(uri)
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs):
+                break
+            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+            time.sleep(2)
+        else:
+            pytest.fail("the sweep never reached a mid-point: " + (tmp_path / "launch.log").read_text()[-3000:])
+        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        finished_before = {r.data.tags["raysweep.trial_id"] for r in child_runs(uri) if r.info.status == "FINISHED"}
+        os.kill(driver.pid, signal.SIGKILL)  # the driver dies, mid-sweep
+        driver.wait(timeout=30)
+        time.sleep(5)
+
+        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", "killme", "--tracking-uri", uri],
+                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+        assert "Pareto front of sweep killme" in resumed.stdout
+    finally:
+        for pid in started:  # orphaned ray:: helpers of the killed driver, by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    runs = child_runs(uri)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    ids = [r.data.tags["raysweep.trial_id"] for r in finished]
+    assert len(ids) == len(set(ids)), "one FINISHED child run per trial"
+    assert len(set(ids)) == 6, "the sweep reached its budget"
+    for r in finished:
+        if r.data.tags["raysweep.trial_id"] in finished_before:
+            assert "raysweep.restarts" not in r.data.tags, "a finished trial ran again"
+    assert not [r for r in runs if r.info.status == "RUNNING"], "no stale RUNNING runs"
+
+
+def test_two_node_cluster_with_mlflow_server(tmp_path, tofu_dir, shared_cache, mlflow_server):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raysweep.spec import load_job
+    from raysweep.sweep.driver import launch
+
+    # A worker asks for 2 of a node's 3 logical CPUs, so two concurrent trials need both nodes.
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=4, steps=10, tracking_uri=mlflow_server,
+                          cpus_per_worker=2)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    cluster.add_node(num_cpus=3)
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        report = launch(load_job(path), address=cluster.address, name="twonode")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert report["n_finished"] == 4
+    nodes = {r.data.tags.get("raysweep.worker_node") for r in child_runs(mlflow_server)}
+    assert len(nodes) == 2, f"trials ran on {nodes}"
+    res = subprocess.run([sys.executable, "-m", "raysweep.cli", "pareto", "twonode", "--tracking-uri", mlflow_server,
+                          "--json", "--no-log", "--plot", str(tmp_path / "p.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert {r["trial_id"] for r in json.loads(res.stdout)["front"]} == {r["trial_id"] for r in report["front"]}
