@@ -108,6 +108,17 @@ def sweep_trial(config: dict, ctx: dict) -> None:
         node[parts[-1]] = value
     job = JobSpec.model_validate(raw)
     c = tracking.client(ctx["tracking_uri"])
+    done = tracking.find_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id)
+    if done is not None and done.info.status == "FINISHED":
+        # Tune's experiment snapshot can lag the trial's real end (driver killed in between):
+        # a restored trial that already finished replays its recorded result instead of running.
+        m = done.data.metrics
+        replay = {k: m[f"objective/{k}"] for k in job.sweep.objectives if f"objective/{k}" in m}
+        if CONSTRAINT_KEY in m:
+            replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY], "feasible": m.get("feasible", 0.0)})
+        c.set_tag(done.info.run_id, "raysweep.result_replayed", "1")
+        tune.report({**replay, "mlflow_run_id": done.info.run_id, "trial_done": 1.0})
+        return
     params = {k: v for k, v in config.items()}
     tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name,
             "raysweep.node": ray.get_runtime_context().get_node_id()}

@@ -58,16 +58,21 @@ def child_runs(c, parent) -> list:
                          filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
 
 
+def find_child(c, parent_run_id: str, experiment: str, trial_id: str):
+    found = c.search_runs([experiment], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
+                                                     f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    return found[0] if found else None
+
+
 def get_or_create_child(c, parent_run_id: str, experiment: str, trial_id: str, sweep: str, params: dict,
                         tags: dict) -> str:
     """The trial's one child run: reused when the trial restarts (resume), created otherwise."""
-    found = c.search_runs([experiment], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and "
-                                                     f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    if found:
-        run_id = found[0].info.run_id
-        if found[0].info.status != "RUNNING":
+    found = find_child(c, parent_run_id, experiment, trial_id)
+    if found is not None:
+        run_id = found.info.run_id
+        if found.info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
-        c.set_tag(run_id, "raysweep.restarts", str(int(found[0].data.tags.get("raysweep.restarts", "0")) + 1))
+        c.set_tag(run_id, "raysweep.restarts", str(int(found.data.tags.get("raysweep.restarts", "0")) + 1))
         return run_id
     run = c.create_run(experiment, tags={"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: sweep,
                                          "mlflow.runName": f"trial-{trial_id}", **tags})
