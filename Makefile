@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/raysweep run jobs/tofu_tiny.yaml
+	$(BIN)/raysweep launch jobs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=900

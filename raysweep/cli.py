@@ -116,7 +116,7 @@ def _run_on_ray_train(job, args) -> dict:
         ray.init(address=args.address, **({} if args.address else {"num_cpus": max(4, job.train.workers + 2)}))
     storage = str(Path(args.storage).resolve()) if args.storage else str((job.cache_dir / "ray_results").resolve())
     name = f"{job.name}-{int(__import__('time').time())}"
-    result = build_trainer(job, WorkerOptions(checkpoint_every=job.train.checkpoint_every), name=name,
+    result = build_trainer(job, WorkerOptions(), name=name,
                            storage_path=storage).fit()
     if result.error is not None:
         raise RuntimeError(f"ray train run failed: {result.error}")
@@ -176,19 +176,22 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _job_arguments(parser) -> None:
+    parser.add_argument("job")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="fine-tune and cache the target and the retain reference")
-    p.add_argument("job")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    _job_arguments(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
     p.set_defaults(func=cmd_prepare)
 
     r = sub.add_parser("run", help="run one unlearning trial on this process and print a table")
-    r.add_argument("job")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    _job_arguments(r)
     r.add_argument("--out", help="write the result (before/after metrics, per-step history) as JSON")
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--ray", action="store_true", help="run as a Ray Train job (implied by train.workers > 1)")
@@ -209,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_eval)
 
     la = sub.add_parser("launch", help="run a sweep (Ray Tune + Optuna, trials on Ray Train, MLflow tracking)")
-    la.add_argument("job")
-    la.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    _job_arguments(la)
     la.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     la.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     la.add_argument("--storage", help="Tune/Train storage path (default: <cwd>/runs)")

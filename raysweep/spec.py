@@ -365,11 +365,12 @@ def load_job(path: Union[str, Path], overrides: Optional[dict] = None) -> JobSpe
     except yaml.YAMLError as err:
         raise JobSpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return parse_job(raw, path.parent.resolve(), path.resolve())
 
 
-def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+def set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    """``raw['a']['b'] = value`` for ``dotted = 'a.b'``, creating mappings on the way."""
     node = raw
     parts = dotted.split(".")
     for p in parts[:-1]:

@@ -23,7 +23,7 @@ from raysweep.spec import JobSpec
 
 @dataclass
 class WorkerOptions:
-    checkpoint_every: int = 0           # 0: only at the end
+    checkpoint_every: Optional[int] = None  # None: the job's train.checkpoint_every; 0: only at the end
     resume_from: Optional[str] = None   # a checkpoint directory
     stop_at_step: Optional[int] = None  # stop early (after checkpointing) - used to test resume
     fail_at_step: Optional[int] = None  # rank 1 exits hard once at this step (fault test)
@@ -82,6 +82,7 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
             print(f"  resumed from step {start} ({options.resume_from})", file=sys.stderr, flush=True)
 
     steps = job.unlearn.steps
+    every = job.train.checkpoint_every if options.checkpoint_every is None else options.checkpoint_every
     metrics: dict = {}
     tracker = None
     if rank == 0 and options.mlflow_run_id:
@@ -111,7 +112,7 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
             metrics["params_in_sync"] = float(len(set(hashes)) == 1)
         last = step + 1 == steps or step + 1 == options.stop_at_step
         ckpt = None
-        if (options.checkpoint_every and (step + 1) % options.checkpoint_every == 0) or last:
+        if (every and (step + 1) % every == 0) or last:
             if rank == 0:
                 ckpt = str(save_checkpoint(Path(checkpoint_root) / f"step_{step + 1:06d}", engine.model, engine))
         if metrics.get("diverged"):

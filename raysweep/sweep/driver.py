@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from raysweep.spec import JobSpec, JobSpecError
+from raysweep.spec import JobSpec, JobSpecError, set_dotted
 from raysweep.sweep.space import SearchSpace
 from raysweep.sweep import tracking
 
@@ -101,11 +101,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
     overrides = space.overrides(config)
     raw = json.loads(ctx["job_json"])
     for key, value in overrides.items():
-        node = raw
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        set_dotted(raw, key, value)
     job = JobSpec.model_validate(raw)
     c = tracking.client(ctx["tracking_uri"])
     done = tracking.find_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id)
@@ -124,7 +120,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
             "raysweep.node": ray.get_runtime_context().get_node_id()}
     run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
                                           params, tags)
-    options = WorkerOptions(checkpoint_every=job.train.checkpoint_every, mlflow_tracking_uri=ctx["tracking_uri"],
+    options = WorkerOptions(mlflow_tracking_uri=ctx["tracking_uri"],
                             mlflow_run_id=run_id, max_retain_loss=job.sweep.stop_if_retain_loss_above)
     trainer = build_trainer(job, options, name=f"{ctx['sweep']}-{trial_id}",
                             storage_path=os.path.join(ctx["storage"], "train"), callbacks=[TuneReportCallback()])

@@ -69,5 +69,7 @@ def test_resume_and_worker_failure_reach_the_uninterrupted_parameters(ray_local,
     crashed = fit(job_path, tmp_path, "crash", fail_at_step=4, fail_marker=str(marker))
     assert marker.exists(), "rank 1 must really have died"
     assert crashed.metrics["step"] == 6.0
-    assert crashed.metrics["start_step"] == 4.0, "restarted from the last checkpoint, not from scratch"
+    # Restarted from a checkpoint, not from scratch: the one at step 4 when Ray Train registered it
+    # before noticing the crash, else the one at step 2 (registration is asynchronous).
+    assert crashed.metrics["start_step"] in (2.0, 4.0), "restarted from the last checkpoint, not from scratch"
     assert diff(load_weights(crashed.checkpoint.path), full) == 0.0
