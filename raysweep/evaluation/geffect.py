@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from raysweep.synthesis.primitives import GradList, ReduceSum, dot_per_tensor_local, identity_reduce
+from raysweep.synthesis.primitives import GradList, ReduceSum, dot_per_tensor, identity_reduce
 
 _BLOCK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
@@ -37,7 +37,7 @@ def layer_groups(param_names: Sequence[str], num_layers: int, block_groups: int 
 
 def geffect(risk_grad: GradList, update: GradList, groups: Sequence[str], prefix: str,
             reduce_sum: ReduceSum = identity_reduce) -> dict[str, float]:
-    per_tensor = reduce_sum(dot_per_tensor_local(risk_grad, update)).double().cpu()
+    per_tensor = dot_per_tensor(risk_grad, update, reduce_sum).double().cpu()
     out: dict[str, float] = {}
     for g, v in zip(groups, per_tensor.tolist()):
         key = f"{prefix}/{g}"

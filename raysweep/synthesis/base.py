@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-import torch
 
 from raysweep.registry import Registry
 from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce
@@ -83,10 +82,3 @@ def build_synthesis(name: str, params: dict[str, Any] | None = None) -> Synthesi
 
             raise UnknownNameError(f"hyperparameter of synthesis '{name}'", key, allowed)
     return cls(**params)
-
-
-def to_device_state(state: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: ([None if t is None else t.to(device) for t in v] if isinstance(v, list) else v)
-        for k, v in state.items()
-    }

@@ -101,7 +101,3 @@ def combine(coefs: Sequence[torch.Tensor | float], grads: Sequence[GradList]) ->
             acc = term if acc is None else acc + term
         out.append(acc)
     return out
-
-
-def zeros_like_grads(template: GradList) -> GradList:
-    return [None if t is None else torch.zeros_like(_f32(t)) for t in template]
