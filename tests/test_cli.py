@@ -138,6 +138,7 @@ def test_muse_prepare_recipe_and_metrics(tmp_path, capsys):
     assert 0 <= after["muse_privleak_auc"] <= 1 and 0 <= after["muse_verbmem_forget"] <= 100
 
 
+@pytest.mark.slow  # the Ray Train path itself is in the default suite (tests/distributed)
 @pytest.mark.timeout(600)
 def test_run_on_ray_train_from_the_job_file(tmp_path, tofu_dir, shared_cache):
     """`train.workers: 2` in the job makes `raysweep run` a Ray Train run (2 gloo workers)."""

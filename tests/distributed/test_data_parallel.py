@@ -37,6 +37,16 @@ def final_weights(reports):
     return load_weights(ckpt)
 
 
+_ONE_WORKER: dict = {}
+
+
+def one_worker(job_path, tmp_path, method):
+    """The 1-worker reference, run once per method and shared by the positive and negative tests."""
+    if method not in _ONE_WORKER:
+        _ONE_WORKER[method] = run(job_path, tmp_path, 1, method)
+    return _ONE_WORKER[method]
+
+
 def run(job_path, tmp_path, world, method, forget="ga", **opts):
     overrides = {"unlearn.method": {"name": method, **METHOD_PARAMS[method]}, "unlearn.forget": {"name": forget}}
     options = {"evaluate": False, "check_sync": world > 1, **opts}
@@ -50,7 +60,7 @@ def max_diff(a, b):
 @pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
 def test_two_workers_equal_one_worker_with_the_double_batch(job_path, tmp_path, method):
     assert set(METHOD_PARAMS) == set(SYNTHESIS.names())
-    one = run(job_path, tmp_path, 1, method)
+    one = one_worker(job_path, tmp_path, method)
     two = run(job_path, tmp_path, 2, method)
     w1, w2 = final_weights(one[0]), final_weights(two[0])
     start = load_weights_of_target(job_path)
@@ -66,7 +76,7 @@ def test_two_workers_equal_one_worker_with_the_double_batch(job_path, tmp_path, 
 @pytest.mark.parametrize("method", ["sago", "pcgrad_r"])
 def test_synthesise_then_average_breaks_equivalence(job_path, tmp_path, method):
     """The negative case: the order the field's frameworks get wrong must fail the same check."""
-    one = run(job_path, tmp_path, 1, method)
+    one = one_worker(job_path, tmp_path, method)
     wrong = run(job_path, tmp_path, 2, method, reduce_after_synthesis=True)
     assert max_diff(final_weights(one[0]), final_weights(wrong[0])) > 100 * TOL
 
