@@ -149,3 +149,14 @@ def test_run_on_ray_train_from_the_job_file(tmp_path, tofu_dir, shared_cache):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checkpoint"] and Path(result["checkpoint"], "model.safetensors").exists()
     assert result["after"]["forget_rougeL_recall"] >= 0 and "forget_rougeL_recall" in res.stdout
+
+
+def test_ngdiff_autolr_through_a_trial(tmp_path, tofu_dir, shared_cache, capsys):
+    job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "ngdiff", "autolr": True, "autolr_interval": 2},
+                   optimizer="sgd", lr=0.5)
+    out = tmp_path / "r.json"
+    res = raysweep_inproc(capsys, "run", str(job), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    hist = json.loads(out.read_text())["history"]
+    assert "autolr_probe_0" in hist[0] and "autolr_probe_0" not in hist[1] and "autolr_probe_0" in hist[2]
+    assert hist[1]["lr"] == hist[0]["lr"]  # between probes the adapted rate is kept

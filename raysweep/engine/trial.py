@@ -75,7 +75,7 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
 
 
 def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int = 1):
-    """This rank's micro-batches for global step ``step`` and a retain probe batch."""
+    """This rank's micro-batches for global step ``step``, and a retain probe batch for AutoLR."""
     accum = parts.job.unlearn.grad_accum
     f_pairs = parts.sampler.batch(step, "forget", rank, world_size)
     r_pairs = parts.sampler.batch(step, "retain", rank, world_size)
@@ -89,6 +89,8 @@ def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int =
                             with_idk=parts.forget_needs_idk, epoch=fp[0][0])
         rb = parts.collator([parts.data.retain[i] for _, i in rp], [i for _, i in rp])
         out.append((fb, rb))
+    if not getattr(parts.engine.synthesis, "autolr", False):
+        return out, None
     # AutoLR probes on the next step's retain rows: a fresh batch, identical after a resume.
     probe_pairs = parts.sampler.batch(step + 1, "retain", rank, world_size)
     probe = parts.collator([parts.data.retain[i] for _, i in probe_pairs], [i for _, i in probe_pairs])
