@@ -296,4 +296,7 @@ def finish(c, tracking_uri: str, sweep: str) -> dict:
     if closed:
         _log(f"sweep {sweep}: closed {closed} stale RUNNING trial run(s) as KILLED")
     c.set_terminated(parent.info.run_id, status="FINISHED")
-    return pareto_report(c, tracking_uri, sweep, log_plot=True)
+    # The plot lives with the sweep's Tune/Train storage (and in MLflow), not in the cwd.
+    storage = parent.data.tags.get("raysweep.storage")
+    plot = os.path.join(storage, f"pareto_{sweep}.png") if storage and os.path.isdir(storage) else None
+    return pareto_report(c, tracking_uri, sweep, log_plot=True, plot_path=plot)
