@@ -26,17 +26,17 @@ def worker(rank, world, job_path, overrides, warmup):
     import torch
 
     from raysweep.distributed.worker import WorkerOptions, run_worker
+    from raysweep.reporting import TrialReporter
     from raysweep.spec import load_job
 
     job = load_job(job_path, overrides)
-    times, last = [], [time.perf_counter()]
+    times = []
 
-    def report(metrics, ckpt):
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
+    class StepTimes(TrialReporter):
+        def step(self, step, metrics):
+            times.append(metrics["step_seconds"])
 
-    run_worker(job, rank, world, torch.device("cpu"), report, WorkerOptions(evaluate=False),
+    run_worker(job, rank, world, torch.device("cpu"), StepTimes(), WorkerOptions(evaluate=False),
                tempfile.mkdtemp())
     return times[warmup:]
 

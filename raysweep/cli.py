@@ -37,7 +37,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from raysweep.engine.trial import format_table, run_trial
+    from raysweep.engine.local import format_table, run_trial
     from raysweep.spec import load_job
 
     job = load_job(args.job, _parse_overrides(args.set))
@@ -100,29 +100,76 @@ def cmd_eval(args) -> int:
 
 
 def _run_on_ray_train(job, args) -> dict:
-    """One trial as a Ray Train run (DDP workers, checkpoints, restart on failure)."""
-    import ray
+    """One trial on Ray: inline in a one-trial Tune run for one worker (the sweep's own trial
+    path), a Ray Train ``TorchTrainer`` (DDP workers) for several. Checkpoints and restarts on
+    failure either way; the before/after evaluations run on the workers, split across them."""
+    import time
 
-    from raysweep.distributed.ray_train import build_trainer
+    from raysweep.distributed.inline import runs_inline
     from raysweep.distributed.worker import WorkerOptions
-    from raysweep.engine.trial import build_trial
-    from raysweep.models.prepare import prepare
+    from raysweep.engine.local import split_result
+    from raysweep.sweep.driver import quiet_logging, ray_init_for_run
 
-    prepare(job)  # once on the driver, before any worker looks for the cached models
-    parts = build_trial(job)
-    before = parts.evaluator(parts.model, progress=not args.quiet)
-    del parts
-    if not ray.is_initialized():
-        ray.init(address=args.address, **({} if args.address else {"num_cpus": max(4, job.train.workers + 2)}))
+    quiet_logging(args.verbose)
     storage = str(Path(args.storage).resolve()) if args.storage else str((job.cache_dir / "ray_results").resolve())
-    name = f"{job.name}-{int(__import__('time').time())}"
-    result = build_trainer(job, WorkerOptions(), name=name,
-                           storage_path=storage).fit()
+    name = f"{job.name}-{int(time.time())}"
+    options = WorkerOptions(evaluate_before=True)
+    if runs_inline(job):
+        out, checkpoint = _run_inline_on_tune(job, options, args, storage, name)
+    else:
+        from raysweep.distributed.ray_train import build_trainer
+        from raysweep.models.prepare import prepare
+
+        prepare(job)  # once on the driver, before any worker looks for the cached models
+        ray_init_for_run(args.address, job, args.verbose)
+        result = build_trainer(job, options, name=name, storage_path=storage).fit()
+        if result.error is not None:
+            raise RuntimeError(f"ray train run failed: {result.error}")
+        out, checkpoint = result.metrics, (result.checkpoint.path if result.checkpoint else None)
+    print(f"checkpoint: {checkpoint}", file=sys.stderr)
+    return {**split_result(out), "history": [], "checkpoint": checkpoint,
+            "step_seconds_median": out.get("step_seconds_median"), "seconds_unlearn": out.get("unlearn_seconds"),
+            "startup": {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("startup/")}}
+
+
+def _run_inline_on_tune(job, options, args, storage: str, name: str):
+    from ray import tune
+
+    from raysweep.distributed.inline import trial_resources
+    from raysweep.reporting import ReportingOptions
+    from raysweep.reporting.progress import board_name
+    from raysweep.sweep.driver import progress_board, ray_init_for_run
+    from raysweep.sweep.console import make_console
+    from raysweep.sweep.space import SearchSpace
+
+    ray_init_for_run(args.address, job, args.verbose)
+    board = progress_board(name)
+    options.reporting = ReportingOptions(progress_board=board_name(name), progress_every_seconds=5.0)
+    console = make_console(name, SearchSpace({}), 1, {}, board=board, summary_every=1e9)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(_inline_run_trial, job_json=job.model_dump_json(),
+                                                 options=options.to_dict()), trial_resources(job)),
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=2 if args.verbose else 0,
+                                  callbacks=[console],
+                                  failure_config=tune.FailureConfig(max_failures=job.train.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=job.train.keep_checkpoints)))
+    result = tuner.fit()[0]
     if result.error is not None:
-        raise RuntimeError(f"ray train run failed: {result.error}")
-    after = {k[len("final/"):]: v for k, v in result.metrics.items() if k.startswith("final/")}
-    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}", file=sys.stderr)
-    return {"before": before, "after": after, "history": [], "checkpoint": result.checkpoint.path if result.checkpoint else None}
+        raise RuntimeError(f"ray run failed: {str(result.error).splitlines()[0]}")
+    return result.metrics, (result.checkpoint.path if result.checkpoint else None)
+
+
+def _inline_run_trial(config, job_json: str, options: dict) -> None:
+    from ray import tune
+
+    from raysweep.distributed.inline import run_inline
+    from raysweep.distributed.worker import WorkerOptions
+    from raysweep.spec import JobSpec
+
+    opts = WorkerOptions.from_dict(options)
+    opts.reporting.progress_label = tune.get_context().get_trial_id()
+    run_inline(JobSpec.model_validate_json(job_json), opts)
 
 
 def cmd_launch(args) -> int:
@@ -131,7 +178,8 @@ def cmd_launch(args) -> int:
     from raysweep.sweep.report import format_report
 
     job = load_job(args.job, _parse_overrides(args.set))
-    report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name)
+    report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name,
+                    verbose=args.verbose)
     print(format_report(report))
     return 0
 
@@ -140,7 +188,7 @@ def cmd_resume(args) -> int:
     from raysweep.sweep.driver import resume
     from raysweep.sweep.report import format_report
 
-    report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address)
+    report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address, verbose=args.verbose)
     print(format_report(report))
     return 0
 
@@ -196,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true")
     r.add_argument("--ray", action="store_true", help="run as a Ray Train job (implied by train.workers > 1)")
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    r.add_argument("--storage", help="Ray Train storage path for checkpoints (default: <cache_dir>/ray_results)")
+    r.add_argument("--storage", help="Ray storage path for checkpoints (default: <cache_dir>/ray_results)")
+    r.add_argument("--verbose", action="store_true", help="show Ray's own output (worker logs, reports)")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate a model directory on a benchmark; writes JSON, prints a table")
@@ -217,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     la.add_argument("--storage", help="Tune/Train storage path (default: <cwd>/runs)")
     la.add_argument("--name", help="sweep name (default: <job name>-<timestamp>)")
+    la.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output (worker logs, reports)")
     la.set_defaults(func=cmd_launch)
 
     re_ = sub.add_parser("resume", help="resume a sweep whose driver died (Tuner.restore)")
     re_.add_argument("sweep")
     re_.add_argument("--tracking-uri")
     re_.add_argument("--address")
+    re_.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
     re_.set_defaults(func=cmd_resume)
 
     pa = sub.add_parser("pareto", help="the Pareto front of a sweep, from MLflow alone")

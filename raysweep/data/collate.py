@@ -25,8 +25,19 @@ class QACollator:
         self.seed = seed
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token")
+        # Rows are tokenised once per collator: every step and every evaluation reuse them.
+        self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
 
     def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        key = (question, answer)
+        hit = self._encoded.get(key)
+        if hit is None:
+            if len(self._encoded) >= 200_000:
+                self._encoded.clear()
+            hit = self._encoded[key] = self._encode(question, answer)
+        return hit
+
+    def _encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         prompt = self.tok(format_prompt(question), add_special_tokens=False)["input_ids"]
         ans = self.tok(" " + answer, add_special_tokens=False)["input_ids"]
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
@@ -69,14 +80,22 @@ class QACollator:
             batch.update({f"idk_{k}": v for k, v in idk.items()})
         return batch
 
+    def prompt_ids(self, question: str) -> list[int]:
+        """The prompt tokens a greedy answer is generated from (BOS included)."""
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        return bos + self.tok(format_prompt(question), add_special_tokens=False)["input_ids"]
+
     def prompts(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched greedy generation."""
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        encoded = [bos + self.tok(format_prompt(q), add_special_tokens=False)["input_ids"] for q in questions]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(encoded), width), self.tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):
-            ids[i, width - len(e):] = torch.tensor(e)
-            attn[i, width - len(e):] = 1
-        return {"input_ids": ids, "attention_mask": attn}
+        return left_pad([self.prompt_ids(q) for q in questions], self.tok.pad_token_id)
+
+
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left padding, so every row's last prompt token sits at the same position for generation."""
+    width = max(len(e) for e in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, e in enumerate(seqs):
+        ids[i, width - len(e):] = torch.tensor(e, dtype=torch.long)
+        attn[i, width - len(e):] = 1
+    return {"input_ids": ids, "attention_mask": attn}

@@ -1,16 +1,23 @@
-"""The per-worker unlearning loop, independent of Ray (Ray Train calls it, tests call it with a
-plain gloo process group). Every rank builds the same trial, draws its own slice of each global
-batch, reduces each task gradient separately, synthesises identically, clips and steps."""
+"""The per-worker unlearning loop, independent of Ray. The bare engine (``raysweep run``), a
+one-worker trial inside a Tune trial and every rank of a Ray Train run all call ``run_worker``.
+
+Every rank builds the same trial, draws its own slice of each global batch, reduces each task
+gradient separately, synthesises identically, clips and steps. What the loop tells the world goes
+through one :class:`~raysweep.reporting.TrialReporter`: ``step`` after every optimizer step
+(buffered sinks: MLflow, progress), ``report`` only when it matters (a checkpoint, the final
+evaluation, an early stop), so a Ray round trip is never paid per step.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -18,7 +25,12 @@ import torch.distributed as dist
 from raysweep.distributed.checkpoint import load_checkpoint, save_checkpoint
 from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
 from raysweep.engine.trial import build_trial, micro_batches
+from raysweep.evaluation.batching import torch_distributed_shard
+from raysweep.reporting import ReportingOptions, TrialReporter, as_reporter
 from raysweep.spec import JobSpec
+
+# Steps excluded from the steady-state step time (allocator warm-up, first-touch of caches).
+WARMUP_STEPS = 2
 
 
 @dataclass
@@ -26,18 +38,26 @@ class WorkerOptions:
     checkpoint_every: Optional[int] = None  # None: the job's train.checkpoint_every; 0: only at the end
     resume_from: Optional[str] = None   # a checkpoint directory
     stop_at_step: Optional[int] = None  # stop early (after checkpointing) - used to test resume
-    fail_at_step: Optional[int] = None  # rank 1 exits hard once at this step (fault test)
+    fail_at_step: Optional[int] = None  # rank 1 (rank 0 when alone) exits hard once at this step (fault test)
     fail_marker: Optional[str] = None   # file that records the failure happened
     check_sync: bool = False            # all-gather a parameter hash after every step
-    evaluate: bool = True               # final evaluation on rank 0
-    sharded_scalars: bool = False       # synthesis scalars through all_reduce (FSDP-style path)
+    evaluate: bool = True               # final evaluation, split across the ranks
+    evaluate_before: bool = False       # also evaluate the starting model (``raysweep run``)
+    save_checkpoints: bool = True       # False: the bare engine's one-off run keeps no checkpoint
     reduce_after_synthesis: bool = False  # the wrong order, for the negative test only
     max_retain_loss: Optional[float] = None  # early stop: a retain loss above this is divergence
-    mlflow_tracking_uri: Optional[str] = None  # rank 0 logs per-step metrics to this run
-    mlflow_run_id: Optional[str] = None
+    reporting: Optional[ReportingOptions] = None  # rank 0's MLflow and progress sinks
+    timings: dict = field(default_factory=dict)  # start-up seconds measured before the loop (Tune, Train)
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "WorkerOptions":
+        raw = dict(raw)
+        if isinstance(raw.get("reporting"), dict):
+            raw["reporting"] = ReportingOptions(**raw["reporting"])
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
-Reporter = Callable[[dict, Optional[str]], None]  # (metrics, checkpoint dir or None)
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def parameter_hash(model: torch.nn.Module) -> str:
@@ -47,8 +67,41 @@ def parameter_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report: Reporter,
-               options: WorkerOptions, checkpoint_root: str) -> dict:
+def stop_reason(metrics: dict, max_retain_loss: Optional[float]) -> Optional[str]:
+    """Why the trial must stop now, or None. Losses are global, so every rank agrees."""
+    if metrics.get("diverged"):
+        return "diverged: non-finite loss or update"
+    if max_retain_loss is not None and metrics["loss_retain_0"] > max_retain_loss:
+        return f"diverged: retain loss {metrics['loss_retain_0']:.3g} > {max_retain_loss:g}"
+    return None
+
+
+def _evaluate(parts, prefix: str) -> dict:
+    metrics = parts.evaluator(parts.model, progress=False, shard=torch_distributed_shard())
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, reporter, options: WorkerOptions,
+               checkpoint_root: Optional[str]) -> dict:
+    """Run (or continue) the trial; returns the last report's metrics (``final/*`` and
+    ``before/*`` evaluations included when asked for)."""
+    reporter = as_reporter(reporter)
+    failed = True
+    try:
+        result = _run(job, rank, world, device, reporter, options, checkpoint_root)
+        failed = False
+        return result
+    finally:
+        try:
+            reporter.close()
+        except Exception:
+            if not failed:  # a delivery error must not hide the error that stopped the trial
+                raise
+
+
+def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: TrialReporter,
+         options: WorkerOptions, checkpoint_root: Optional[str]) -> dict:
+    t_build = time.time()
     torch.manual_seed(job.seed)
 
     def wrap(model):
@@ -64,81 +117,82 @@ def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, report
     def reduce_grads(grads):
         return holder["reducer"](grads)
 
-    engine_kwargs = dict(
-        reduce_task_grads=reduce_grads,
-        sum_across_ranks=sum_scalars,
-        world_size=world,
-        reduce_after_synthesis=options.reduce_after_synthesis,
-    )
-    if options.sharded_scalars:
-        engine_kwargs["reduce_sum"] = sum_scalars
+    # Under DDP every rank holds the whole reduced gradient, so global scalars are local sums
+    # (reduce_sum stays the identity); only unit counts and losses are summed across ranks.
+    engine_kwargs = dict(reduce_task_grads=reduce_grads, sum_across_ranks=sum_scalars, world_size=world,
+                         reduce_after_synthesis=options.reduce_after_synthesis)
     parts = build_trial(job, model_wrapper=wrap, engine_kwargs=engine_kwargs)
     engine = parts.engine
     holder["reducer"] = TaskGradReducer(engine.params)
+    timings = {**options.timings, **{f"build/{k}": v for k, v in parts.timings.items()}}
     start = 0
     if options.resume_from:
+        t0 = time.time()
         start = load_checkpoint(Path(options.resume_from), engine.model, engine)
+        timings["resume"] = time.time() - t0
         if rank == 0:
             print(f"  resumed from step {start} ({options.resume_from})", file=sys.stderr, flush=True)
+    timings["build"] = time.time() - t_build
 
     steps = job.unlearn.steps
     every = job.train.checkpoint_every if options.checkpoint_every is None else options.checkpoint_every
-    metrics: dict = {}
-    tracker = None
-    if rank == 0 and options.mlflow_run_id:
-        from raysweep.sweep.tracking import client
+    summary: dict = {f"startup/{k}": v for k, v in timings.items()}
+    if options.evaluate_before and start == 0:
+        t0 = time.time()
+        summary.update(_evaluate(parts, "before"))
+        summary["eval_seconds/before"] = time.time() - t0
 
-        tracker = client(options.mlflow_tracking_uri)
-        try:
-            import ray
+    def save(step: int) -> Optional[str]:
+        if rank != 0 or not options.save_checkpoints or checkpoint_root is None:
+            return None
+        return str(save_checkpoint(Path(checkpoint_root) / f"step_{step:06d}", engine.model, engine))
 
-            if ray.is_initialized():  # where this trial's rank 0 really ran (multi-node sweeps)
-                tracker.set_tag(options.mlflow_run_id, "raysweep.worker_node", ray.get_runtime_context().get_node_id())
-        except Exception:  # noqa: BLE001 - tracking must never kill training
-            pass
-    t0 = time.time()
+    def finish(metrics: dict, step: int, stopped: Optional[str]) -> dict:
+        out = {**metrics, **summary}
+        if step_times:
+            steady = step_times[WARMUP_STEPS:] or step_times
+            out["step_seconds_median"] = statistics.median(steady)
+            out["steps_timed"] = float(len(steady))
+        out["unlearn_seconds"] = unlearn_seconds
+        if stopped:
+            out["stopped"] = stopped
+        elif options.evaluate and step == steps:
+            t0 = time.time()
+            out.update(_evaluate(parts, "final"))
+            out["eval_seconds/final"] = time.time() - t0
+        return out
+
+    metrics: dict = {"step": float(start), "start_step": float(start), "total_steps": float(steps)}
+    step_times: list[float] = []
+    unlearn_seconds = 0.0
     for step in range(start, steps):
-        if options.fail_at_step == step and rank == 1 and options.fail_marker and not os.path.exists(options.fail_marker):
+        if options.fail_at_step == step and rank == min(1, world - 1) and options.fail_marker \
+                and not os.path.exists(options.fail_marker):
             Path(options.fail_marker).write_text(f"failed at step {step}")
             os._exit(1)  # a hard crash: no cleanup, no report
+        t0 = time.time()
         batches, probe = micro_batches(parts, step, rank, world)
         metrics = engine.step(batches, probe)
-        metrics["step"] = step + 1
-        metrics["start_step"] = start
-        metrics["step_seconds"] = (time.time() - t0) / (step + 1 - start)
+        step_times.append(time.time() - t0)
+        unlearn_seconds += step_times[-1]
+        metrics.update(step=float(step + 1), start_step=float(start), total_steps=float(steps),
+                       step_seconds=step_times[-1])
         if options.check_sync and is_distributed():
             hashes = [None] * world
             dist.all_gather_object(hashes, parameter_hash(engine.model))
             metrics["params_in_sync"] = float(len(set(hashes)) == 1)
-        last = step + 1 == steps or step + 1 == options.stop_at_step
-        ckpt = None
-        if (every and (step + 1) % every == 0) or last:
-            if rank == 0:
-                ckpt = str(save_checkpoint(Path(checkpoint_root) / f"step_{step + 1:06d}", engine.model, engine))
-        if metrics.get("diverged"):
-            metrics["stopped"] = "diverged: non-finite loss or update"
-        elif options.max_retain_loss is not None and metrics["loss_retain_0"] > options.max_retain_loss:
-            metrics["stopped"] = f"diverged: retain loss {metrics['loss_retain_0']:.3g} > {options.max_retain_loss:g}"
-        if tracker is not None:
-            _log_step(tracker, options.mlflow_run_id, metrics, step + 1)
-        if metrics.get("stopped"):
-            report(metrics, ckpt)
-            return metrics
-        if last and options.evaluate and step + 1 == steps:
-            final = parts.evaluator(parts.model, progress=False) if rank == 0 else {}
-            metrics.update({f"final/{k}": v for k, v in final.items()})
-        report(metrics, ckpt)
-        if step + 1 == options.stop_at_step:
-            break
-    return metrics
-
-
-def _log_step(tracker, run_id: str, metrics: dict, step: int) -> None:
-    from raysweep.sweep.tracking import log_metrics
-
-    for attempt in range(3):  # sqlite under concurrent trials can be briefly locked
-        try:
-            log_metrics(tracker, run_id, {f"train/{k}": v for k, v in metrics.items()}, step)
-            return
-        except Exception:  # noqa: BLE001 - tracking must never kill training
-            time.sleep(0.5 * (attempt + 1))
+        stopped = stop_reason(metrics, options.max_retain_loss)
+        reporter.step(step + 1, metrics)
+        last = stopped is not None or step + 1 == steps or step + 1 == options.stop_at_step
+        due = bool(every) and (step + 1) % every == 0
+        if last:
+            out = finish(metrics, step + 1, stopped)
+            reporter.report(out, save(step + 1))
+            return out
+        if due:
+            reporter.report(metrics, save(step + 1))
+    # Restored from the checkpoint of the last step (the process died after it but before the
+    # trial was recorded as done): nothing left to train, but the end must still be reported.
+    out = finish(metrics, int(metrics["step"]), None)
+    reporter.report(out, None)
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -36,14 +35,40 @@ class TrialParts:
     engine: UnlearningEngine
     forget_needs_idk: bool
     evaluator: Evaluator
+    timings: dict = field(default_factory=dict)  # seconds per start-up part, for benchmarks and MLflow
+
+
+# Trials of a sweep reuse their process (Tune's reuse_actors): the parsed data and the tokenizer
+# are kept per process, so only the first trial of a process pays for them.
+_PROCESS_CACHE: dict = {}
+
+
+def _cached(key, build):
+    if key not in _PROCESS_CACHE:
+        if len(_PROCESS_CACHE) > 16:
+            _PROCESS_CACHE.clear()
+        _PROCESS_CACHE[key] = build()
+    return _PROCESS_CACHE[key]
 
 
 def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_kwargs: Optional[dict] = None) -> TrialParts:
+    timings: dict[str, float] = {}
+    clock = [time.time()]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        timings[name] = now - clock[0]
+        clock[0] = now
+
     torch.manual_seed(job.seed)
-    data = load_job_data(job)
-    prepared = prepare(job, data)
-    tokenizer = load_tokenizer(prepared.tokenizer)
+    data = _cached(("data", job.data.model_dump_json()), lambda: load_job_data(job))
+    lap("data")
+    prepared = prepare(job, data, quiet=True)
+    lap("prepare_lookup")
+    tokenizer = _cached(("tokenizer", str(prepared.tokenizer)), lambda: load_tokenizer(prepared.tokenizer))
+    lap("tokenizer")
     model = load_causal_lm(prepared.target, job.model.dtype)
+    lap("model_load")
     u = job.unlearn
     forget = build_objective(u.forget.name, u.forget.params)
     retain = [build_objective(r.name, r.params) for r in u.retain]
@@ -58,9 +83,11 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
     if allowed is not None:  # freeze before any DDP wrapper registers its hooks
         for name, p in model.named_parameters():
             p.requires_grad_(name in allowed)
+    lap("reference_copy")
     wrapped = model_wrapper(model) if model_wrapper else model
     if ctx.reference_model is not None:
         ctx.reference_model.to(next(model.parameters()).device)
+    lap("model_wrap")
     engine = UnlearningEngine(
         wrapped, forget, retain, build_synthesis(u.method.name, u.method.params), ctx,
         lr=u.lr, optimizer=u.optimizer, weight_decay=u.weight_decay, max_grad_norm=u.max_grad_norm,
@@ -71,7 +98,9 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
     collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
     sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)
     evaluator = Evaluator(job, data, tokenizer, collator, prepared.retain_reference)
-    return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk, evaluator)
+    lap("engine_and_evaluator")
+    return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk, evaluator,
+                      timings)
 
 
 def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int = 1):
@@ -95,40 +124,3 @@ def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int =
     probe_pairs = parts.sampler.batch(step + 1, "retain", rank, world_size)
     probe = parts.collator([parts.data.retain[i] for _, i in probe_pairs], [i for _, i in probe_pairs])
     return out, probe
-
-
-def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[int, dict], None]] = None,
-              evaluate_before: bool = True) -> dict:
-    parts = build_trial(job)
-    before = parts.evaluator(parts.model, progress) if evaluate_before else {}
-    history = []
-    t0 = time.time()
-    steps = job.unlearn.steps
-    report_every = max(1, steps // 10)
-    for step in range(steps):
-        batches, probe = micro_batches(parts, step)
-        metrics = parts.engine.step(batches, probe)
-        history.append(metrics)
-        if on_step:
-            on_step(step, metrics)
-        if progress and ((step + 1) % report_every == 0 or step + 1 == steps):
-            print(f"  unlearn step {step + 1}/{steps}: forget loss {metrics['loss_forget']:.3f} "
-                  f"retain loss {metrics['loss_retain_0']:.3f} cos(gF,gR) {metrics['cos_forget_retain']:+.3f} "
-                  f"({time.time() - t0:.1f}s)", file=sys.stderr, flush=True)
-        if metrics.get("diverged"):
-            print(f"  stopping: non-finite loss or update at step {step + 1}", file=sys.stderr)
-            break
-    after = parts.evaluator(parts.model, progress)
-    return {"before": before, "after": after, "history": history, "prepared_key": parts.prepared.key,
-            "seconds_unlearn": time.time() - t0}
-
-
-def format_table(result: dict) -> str:
-    rows = [("metric", "before", "after", "change")]
-    for key in result["after"]:
-        b, a = result["before"].get(key, float("nan")), result["after"][key]
-        rows.append((key, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

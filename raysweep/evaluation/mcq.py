@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from raysweep.data.tofu import load_jsonl
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches
 
 LETTERS = ("A", "B", "C", "D")
 WMDP_FILES = {"wmdp_bio": "wmdp/wmdp-bio.jsonl", "wmdp_cyber": "wmdp/wmdp-cyber.jsonl",
@@ -46,7 +47,8 @@ def load_mcq(data_root: Path, benchmark: str, n: Optional[int] = None, seed: int
 
 
 @torch.no_grad()
-def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> torch.Tensor:
+def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
+                          shard: Shard = LOCAL) -> torch.Tensor:
     """[n, 4] summed log-probs of ``" <letter>"`` given the formatted question."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     items = []
@@ -54,9 +56,8 @@ def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: in
         ctx = bos + tokenizer(format_question(row), add_special_tokens=False)["input_ids"]
         for letter in LETTERS:
             items.append((ctx, tokenizer(" " + letter, add_special_tokens=False)["input_ids"]))
-    scores = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+
+    def score(chunk):
         width = max(len(c) + len(a) for c, a in chunk)
         ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -65,14 +66,18 @@ def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: in
             ids[i, :len(seq)] = torch.tensor(seq)
             attn[i, :len(seq)] = 1
         logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits.float(), -1)
+        out = []
         for i, (c, a) in enumerate(chunk):
             pos = torch.arange(len(c) - 1, len(c) + len(a) - 1)
-            scores.append(float(logp[i, pos, torch.tensor(a)].sum()))
+            out.append(float(logp[i, pos, torch.tensor(a)].sum()))
+        return out
+
+    scores = map_batches(items, batch_size, score, length=lambda it: len(it[0]) + len(it[1]), shard=shard)
     return torch.tensor(scores).reshape(len(rows), len(LETTERS))
 
 
-def mcq_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 32) -> float:
+def mcq_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 32, shard: Shard = LOCAL) -> float:
     model.eval()
-    ll = choice_loglikelihoods(model, tokenizer, rows, batch_size)
+    ll = choice_loglikelihoods(model, tokenizer, rows, batch_size, shard)
     answers = torch.tensor([r["answer"] for r in rows])
     return float((ll.argmax(-1) == answers).float().mean())

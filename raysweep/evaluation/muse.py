@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from raysweep.data.tofu import load_jsonl
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches
+from raysweep.evaluation.qa import greedy_generate
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc
 from raysweep.objectives.base import token_logprobs
@@ -41,27 +43,13 @@ def truncate_at_stops(text: str) -> str:
     return text[:cut].strip()
 
 
-@torch.no_grad()
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-                         max_prompt_tokens: int = 512) -> list[str]:
+                         max_prompt_tokens: int = 512, shard: Shard = LOCAL) -> list[str]:
     # Keep the prompt's end (the question) when it would not fit the model's context.
     max_prompt_tokens = min(max_prompt_tokens, _context(model) - max_new_tokens - 1)
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        enc = [tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts[start:start + batch_size]]
-        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        enc = [bos + e for e in enc]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        for i, e in enumerate(enc):  # left padding for generation
-            ids[i, width - len(e):] = torch.tensor(e)
-            attn[i, width - len(e):] = 1
-        gen = model.generate(input_ids=ids.to(model.device), attention_mask=attn.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-    return out
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+    return greedy_generate(model, tokenizer, enc, max_new_tokens, batch_size, shard)
 
 
 def _context(model) -> int:
@@ -69,14 +57,15 @@ def _context(model) -> int:
 
 
 def knowmem(model, tokenizer, qa: Sequence[dict], icl: Sequence[dict], max_new_tokens: int = 32,
-            batch_size: int = 16) -> float:
+            batch_size: int = 16, shard: Shard = LOCAL) -> float:
     prompts = [knowmem_prompt(icl, r["question"]) for r in qa]
-    gens = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size)
+    gens = greedy_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, shard=shard)
     return 100.0 * float(np.mean([rouge_l(r["answer"], truncate_at_stops(g), stem=False)["f1"] for r, g in zip(qa, gens)]))
 
 
-def verbmem(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 16) -> float:
-    gens = greedy_continuations(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size)
+def verbmem(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 128, batch_size: int = 16,
+            shard: Shard = LOCAL) -> float:
+    gens = greedy_continuations(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens, batch_size, shard=shard)
     scores = []
     for r, g in zip(rows, gens):
         gt_ids = tokenizer(r["gt"], add_special_tokens=False)["input_ids"][:max_new_tokens]
@@ -86,28 +75,31 @@ def verbmem(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 128, b
 
 @torch.no_grad()
 def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = MIN_K_FRACTION, max_length: int = 512,
-                 batch_size: int = 8) -> np.ndarray:
+                 batch_size: int = 8, shard: Shard = LOCAL) -> np.ndarray:
     """Mean of the lowest ``k`` fraction of token log-probs, per text (higher = more member-like)."""
-    scores = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     max_length = min(max_length, _context(model))
-    for start in range(0, len(texts), batch_size):
-        enc = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_length] for t in texts[start:start + batch_size]]
-        width = max(len(e) for e in enc)
-        ids = torch.full((len(enc), width), tokenizer.pad_token_id, dtype=torch.long)
+    enc = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_length] for t in texts]
+
+    def score(batch):
+        width = max(len(e) for e in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         attn = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
+        for i, e in enumerate(batch):
             ids[i, :len(e)] = torch.tensor(e)
             labels[i, :len(e)] = torch.tensor(e)
             attn[i, :len(e)] = 1
         logits = model(input_ids=ids.to(model.device), attention_mask=attn.to(model.device)).logits
         logp, mask = token_logprobs(logits, labels.to(model.device))
+        out = []
         for row, m in zip(logp.cpu(), mask.cpu()):
             vals = np.sort(row[m].numpy())
             n = max(1, int(len(vals) * k))
-            scores.append(float(vals[:n].mean()))
-    return np.asarray(scores)
+            out.append(float(vals[:n].mean()))
+        return out
+
+    return np.asarray(map_batches(enc, batch_size, score, length=len, shard=shard))
 
 
 def privleak(auc_value: float, auc_reference: float = AUC_RETRAIN_NEWS) -> float:
@@ -123,17 +115,18 @@ def load_muse_eval(data_dir: Path, max_rows: Optional[int] = None) -> dict[str, 
 
 
 def evaluate_muse(model, tokenizer, sets: dict[str, list[dict]], auc_reference: float = AUC_RETRAIN_NEWS,
-                  batch_size: int = 16, verbmem_tokens: int = 128, knowmem_tokens: int = 32) -> dict[str, float]:
+                  batch_size: int = 16, verbmem_tokens: int = 128, knowmem_tokens: int = 32,
+                  shard: Shard = LOCAL) -> dict[str, float]:
     model.eval()
-    forget = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_forget"]])
-    holdout = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_holdout"]])
+    forget = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_forget"]], shard=shard)
+    holdout = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_holdout"]], shard=shard)
     a = auc(holdout, forget)
     return {
         "muse_knowmem_forget": knowmem(model, tokenizer, sets["knowmem_forget_qa"], sets["knowmem_forget_qa_icl"],
-                                       knowmem_tokens, batch_size),
+                                       knowmem_tokens, batch_size, shard),
         "muse_knowmem_retain": knowmem(model, tokenizer, sets["knowmem_retain2_qa"], sets["knowmem_retain2_qa_icl"],
-                                       knowmem_tokens, batch_size),
-        "muse_verbmem_forget": verbmem(model, tokenizer, sets["verbmem_forget"], verbmem_tokens, batch_size),
+                                       knowmem_tokens, batch_size, shard),
+        "muse_verbmem_forget": verbmem(model, tokenizer, sets["verbmem_forget"], verbmem_tokens, batch_size, shard),
         "muse_privleak_auc": a,
         "muse_privleak": privleak(a, auc_reference),
     }

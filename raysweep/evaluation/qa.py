@@ -1,8 +1,12 @@
-"""QA metrics on a split (spec 9.1 per-question quantities), batched.
+"""QA metrics on a split (spec 9.1 per-question quantities), batched and rank-sharded.
 
 * ``answer_loss``: mean over questions of the length-normalised answer loss ``ℓ̄(q, a)``;
 * ``answer_prob``: mean of ``P̄(a|q) = exp(-ℓ̄(q, a))``;
 * ``rougeL_recall``: ROUGE-L recall of greedy answers against the true answers.
+
+Both scoring loops run through :func:`raysweep.evaluation.batching.map_batches`: length-sorted
+batches (little padding), greedy generation with the KV cache from left-padded prompts, and with
+several ranks each rank scores its share of the batches.
 """
 
 from __future__ import annotations
@@ -12,60 +16,59 @@ from typing import Sequence
 
 import torch
 
-from raysweep.data.collate import QACollator
+from raysweep.data.collate import QACollator, left_pad
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.objectives.base import sequence_sums, token_logprobs
 
 
-def _batches(n: int, size: int):
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))
-
-
 @torch.no_grad()
 def normalised_answer_losses(model, collator: QACollator, questions: Sequence[str], answers: Sequence[str],
-                             batch_size: int = 64) -> torch.Tensor:
+                             batch_size: int = 64, shard: Shard = LOCAL) -> torch.Tensor:
     """``ℓ̄(q, a)`` for each pair."""
-    out = []
-    for idx in _batches(len(questions), batch_size):
-        batch = collator.pad([collator.encode(questions[i], answers[i]) for i in idx])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        s, length = sequence_sums(*token_logprobs(logits, batch["labels"]))
-        out.append((s / length).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    encoded = [collator.encode(q, a) for q, a in zip(questions, answers)]
+
+    def score(batch):
+        padded = {k: v.to(model.device) for k, v in collator.pad(batch).items()}
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+        s, length = sequence_sums(*token_logprobs(logits, padded["labels"]))
+        return (s / length).cpu().tolist()
+
+    losses = map_batches(encoded, batch_size, score, length=lambda e: len(e[0]), shard=shard)
+    return torch.tensor(losses, dtype=torch.float32)
 
 
 @torch.no_grad()
+def greedy_generate(model, tokenizer, prompt_ids: Sequence[list[int]], max_new_tokens: int,
+                    batch_size: int = 64, shard: Shard = LOCAL) -> list[str]:
+    """Greedy continuations of tokenised prompts, decoded without special tokens."""
+
+    def generate(batch):
+        enc = {k: v.to(model.device) for k, v in left_pad(batch, tokenizer.pad_token_id).items()}
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    return map_batches(list(prompt_ids), batch_size, generate, length=len, shard=shard)
+
+
 def greedy_answers(model, collator: QACollator, questions: Sequence[str], max_new_tokens: int = 64,
-                   batch_size: int = 64) -> list[str]:
-    tok = collator.tok
-    answers: list[str] = []
-    for idx in _batches(len(questions), batch_size):
-        batch = collator.prompts([questions[i] for i in idx])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        gen = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
-        new = gen[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-    return answers
+                   batch_size: int = 64, shard: Shard = LOCAL) -> list[str]:
+    gens = greedy_generate(model, collator.tok, [collator.prompt_ids(q) for q in questions], max_new_tokens,
+                           batch_size, shard)
+    return [g.strip() for g in gens]
 
 
 def qa_metrics(model, collator: QACollator, rows: Sequence[dict], *, max_new_tokens: int = 64,
-               batch_size: int = 64, prefix: str = "", progress: bool = False) -> dict[str, float]:
+               batch_size: int = 64, prefix: str = "", progress: bool = False, shard: Shard = LOCAL) -> dict[str, float]:
     was_training = model.training
     model.eval()
     questions = [r["question"] for r in rows]
     answers = [r["answer"] for r in rows]
     if progress:
         print(f"  evaluating {prefix.rstrip('_') or 'split'}: {len(rows)} questions", file=sys.stderr, flush=True)
-    losses = normalised_answer_losses(model, collator, questions, answers, batch_size)
-    generated = greedy_answers(model, collator, questions, max_new_tokens, batch_size)
+    losses = normalised_answer_losses(model, collator, questions, answers, batch_size, shard)
+    generated = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
     recall = [rouge_l(a, g)["recall"] for a, g in zip(answers, generated)]
     if was_training:
         model.train()

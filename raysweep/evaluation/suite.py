@@ -16,6 +16,7 @@ from typing import Optional
 
 from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
+from raysweep.evaluation.batching import LOCAL, Shard
 from raysweep.spec import JobSpec
 
 
@@ -95,7 +96,8 @@ class Evaluator:
         return self._reference
 
     # ---- evaluate one model ------------------------------------------------------------------
-    def __call__(self, model, progress: bool = True) -> dict[str, float]:
+    def __call__(self, model, progress: bool = True, shard: Shard = LOCAL) -> dict[str, float]:
+        """Every benchmark's metrics; with several ranks each scores its share (same numbers)."""
         was_training = model.training
         model.eval()
         out: dict[str, float] = {}
@@ -108,24 +110,25 @@ class Evaluator:
                 for split, rows in (("forget", self.data.forget), ("retain", self.data.retain)):
                     rows = rows[: e.max_questions] if e.max_questions else rows
                     out.update(qa_metrics(model, self.collator, rows, max_new_tokens=e.max_new_tokens,
-                                          batch_size=e.batch_size, prefix=f"{split}_"))
+                                          batch_size=e.batch_size, prefix=f"{split}_", shard=shard))
             elif bench == "tofu":
                 from raysweep.evaluation.tofu import evaluate_tofu
 
                 ratios = self.reference().get("tofu_forget_truth_ratios")
                 metrics, _ = evaluate_tofu(model, self.collator, self.tofu_sets, reference_forget_ratios=ratios,
-                                           max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=progress)
+                                           max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=progress,
+                                           shard=shard)
                 out.update(metrics)
             elif bench == "muse":
                 from raysweep.evaluation.muse import AUC_RETRAIN_NEWS, evaluate_muse
 
                 ref_auc = self.reference().get("muse_privleak_auc", AUC_RETRAIN_NEWS)
-                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc))
+                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard))
             else:
                 from raysweep.evaluation.mcq import mcq_accuracy
 
-                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size)
-            if progress:
+                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size, shard)
+            if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
         if was_training:
             model.train()

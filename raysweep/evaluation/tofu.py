@@ -21,6 +21,7 @@ import torch
 
 from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData, load_jsonl
+from raysweep.evaluation.batching import LOCAL, Shard
 from raysweep.evaluation.qa import greedy_answers, normalised_answer_losses
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc, harmonic_mean, ks_pvalue
@@ -54,20 +55,15 @@ def model_utility(numbers: dict[str, float]) -> float:
     return harmonic_mean([numbers[k] for k in keys])
 
 
-def _losses_by_pair(model, collator, pairs: list[tuple[str, str]], batch_size: int) -> np.ndarray:
+def _losses_by_pair(model, collator, pairs: list[tuple[str, str]], batch_size: int, shard: Shard = LOCAL) -> np.ndarray:
     if not pairs:
         return np.zeros(0)
-    # Sort by length so batches pad little; undo the order afterwards.
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    losses = normalised_answer_losses(model, collator, [pairs[i][0] for i in order],
-                                      [pairs[i][1] for i in order], batch_size).numpy()
-    out = np.empty(len(pairs))
-    out[order] = losses
-    return out
+    return normalised_answer_losses(model, collator, [q for q, _ in pairs], [a for _, a in pairs], batch_size,
+                                    shard).double().numpy()
 
 
 def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_prob: bool,
-                max_new_tokens: int, batch_size: int, generate: bool = True) -> dict[str, np.ndarray]:
+                max_new_tokens: int, batch_size: int, generate: bool = True, shard: Shard = LOCAL) -> dict[str, np.ndarray]:
     """Per-question arrays for one split. ``rows`` carry ``question``, ``answer``,
     ``perturbed_answer`` (list) and, for forget/retain, ``paraphrased_answer``."""
     questions = [r["question"] for r in rows]
@@ -75,7 +71,7 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
     pairs = [(r["question"], r["answer"]) for r in rows]
     pairs += [(r["question"], r.get("paraphrased_answer", r["answer"])) for r in rows]
     pairs += [(r["question"], p) for r in rows for p in r["perturbed_answer"]]
-    losses = _losses_by_pair(model, collator, pairs, batch_size)
+    losses = _losses_by_pair(model, collator, pairs, batch_size, shard)
     n = len(rows)
     answer, para, pert = losses[:n], losses[n:2 * n], losses[2 * n:].reshape(n, m)
     if normalise_prob:  # real authors / world facts: P̄(a) / (P̄(a) + Σ_j P̄(â_j))
@@ -85,7 +81,7 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
         prob = np.exp(-answer)
     out = {"answer_loss": answer, "prob": prob, "truth_ratio": truth_ratio(para, pert)}
     if generate:
-        gen = greedy_answers(model, collator, questions, max_new_tokens, batch_size)
+        gen = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
         out["rougeL_recall"] = np.array([rouge_l(r["answer"], g)["recall"] for r, g in zip(rows, gen)])
         out["generated"] = gen
     return out
@@ -117,7 +113,8 @@ class TofuEvalSets:
 
 @torch.no_grad()
 def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_forget_ratios=None,
-                  max_new_tokens: int = 64, batch_size: int = 64, progress: bool = False) -> tuple[dict, dict]:
+                  max_new_tokens: int = 64, batch_size: int = 64, progress: bool = False,
+                  shard: Shard = LOCAL) -> tuple[dict, dict]:
     """Returns (flat metrics, per-question arrays). ``reference_forget_ratios``: the retain
     reference's forget-split truth ratios; without them forget quality is absent, never made up."""
     was_training = model.training
@@ -130,7 +127,7 @@ def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_
 
             print(f"  tofu eval: {split} ({len(rows)} questions)", file=sys.stderr, flush=True)
         s = score_split(model, collator, rows, normalise_prob=split in ("real_authors", "world_facts"),
-                        max_new_tokens=max_new_tokens, batch_size=batch_size)
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, shard=shard)
         per_q[split] = s
         metrics[f"{split}_prob"] = float(np.mean(s["prob"]))
         metrics[f"{split}_rougeL_recall"] = float(np.mean(s["rougeL_recall"]))
@@ -145,7 +142,7 @@ def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_
         metrics["forget_quality"] = fq
         metrics["log10_forget_quality"] = math.log10(max(fq, 1e-300))
     if sets.holdout:
-        hold = _losses_by_pair(model, collator, [(r["question"], r["answer"]) for r in sets.holdout], batch_size)
+        hold = _losses_by_pair(model, collator, [(r["question"], r["answer"]) for r in sets.holdout], batch_size, shard)
         # Loss attack: members (forget) should have lower loss than non-members (holdout).
         metrics["mia_loss_auc"] = auc(hold, per_q["forget"]["answer_loss"])
         per_q["holdout"] = {"answer_loss": hold}

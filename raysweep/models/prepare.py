@@ -122,13 +122,15 @@ def _base_model_dir(job: JobSpec, data: UnlearnData) -> tuple[Path, Path]:
     return out, out
 
 
-def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False) -> PreparedModels:
+def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, quiet: bool = False) -> PreparedModels:
+    """``quiet``: say nothing when the cache answers (trials look the models up at every start)."""
     data = data or load_job_data(job)
     key = prepare_key(job, data)
     root = job.cache_dir / "prepared" / key
     done = root / "meta.json"
     if done.exists() and not force:
-        _log(f"prepare: reusing cached target and retain reference ({root})")
+        if not quiet:
+            _log(f"prepare: reusing cached target and retain reference ({root})")
         return PreparedModels(root / "target", _reference_dir(root), root / "target", key, True)
 
     base_dir, tok_dir = _base_model_dir(job, data)

@@ -1,5 +1,6 @@
-"""The sweep driver: one Ray Tune run whose trials are Ray Train runs, searched by Optuna over
-several objectives, tracked in MLflow, resumable after the driver dies."""
+"""The sweep driver: assembles one Ray Tune run whose trials (``sweep/trial.py``) are searched by
+Optuna over several objectives (``sweep/searcher.py``), tracked in MLflow (``sweep/tracking.py``),
+shown on the console (``sweep/console.py``) and resumable after the driver dies."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from raysweep.spec import JobSpec, JobSpecError, set_dotted
-from raysweep.sweep.space import SearchSpace
+from raysweep.spec import JobSpec, JobSpecError
 from raysweep.sweep import tracking
-
-CONSTRAINT_KEY = "retention_constraint"
+from raysweep.sweep.searcher import make_searcher
+from raysweep.sweep.space import SearchSpace
+from raysweep.sweep.trial import sweep_trial
+from raysweep.distributed.inline import runs_inline, trial_resources
+from raysweep.reporting.progress import board_name
 
 
 def _log(msg: str) -> None:
@@ -30,160 +33,96 @@ def default_storage() -> str:
     return str((Path.cwd() / "runs").resolve())
 
 
-# ---- Optuna with real constraints ------------------------------------------------------------
-def make_sampler(name: str, seed: int):
-    import optuna
-
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    return optuna.samplers.RandomSampler(seed=seed)
-
-
-def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, constrained: bool):
-    from ray.tune.search.optuna import OptunaSearch
-
-    class ConstrainedOptunaSearch(OptunaSearch):
-        """Sets the trial's retention constraint (``trial.set_constraint``) before telling Optuna,
-        and tells failed or early-stopped trials as FAIL/PRUNED instead of a list of Nones."""
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            from optuna.trial import TrialState
-
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None or trial_id in self._completed_trials:
-                return super().on_trial_complete(trial_id, result, error)
-            if constrained and result and _finite(result.get(CONSTRAINT_KEY)):
-                ot_trial.set_constraint("retention", float(result[CONSTRAINT_KEY]))
-            values = [result.get(m) for m in self.metric] if result else None
-            if values is None or not all(_finite(v) for v in values):
-                state = TrialState.FAIL if error else TrialState.PRUNED
-                self._ot_study.tell(ot_trial, None, state=state)
-                self._completed_trials.add(trial_id)
-                return None
-            return super().on_trial_complete(trial_id, result, error)
-
-    return ConstrainedOptunaSearch(
-        space=space.define_by_run,
-        metric=list(objectives),
-        mode=[objectives[m] for m in objectives],
-        sampler=make_sampler(sampler, seed),
-    )
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(float(v))
-
-
-# ---- one trial (runs inside Ray Tune) --------------------------------------------------------
-def constraint_value(job: JobSpec, metrics: dict, target: dict) -> Optional[float]:
-    """``threshold - value``: feasible when <= 0."""
-    c = job.sweep.constraint
-    if c is None or not _finite(metrics.get(c.metric)):
-        return None
-    threshold = c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
-    return float(threshold - metrics[c.metric])
-
-
-def sweep_trial(config: dict, ctx: dict) -> None:
-    import ray
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from raysweep.distributed.ray_train import build_trainer
-    from raysweep.distributed.worker import WorkerOptions
-
-    trial_id = tune.get_context().get_trial_id()
-    space = SearchSpace(ctx["space"], ctx["space_source"])
-    overrides = space.overrides(config)
-    raw = json.loads(ctx["job_json"])
-    for key, value in overrides.items():
-        set_dotted(raw, key, value)
-    job = JobSpec.model_validate(raw)
-    c = tracking.client(ctx["tracking_uri"])
-    done = tracking.find_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id)
-    if done is not None and done.info.status == "FINISHED":
-        # Tune's experiment snapshot can lag the trial's real end (driver killed in between):
-        # a restored trial that already finished replays its recorded result instead of running.
-        m = done.data.metrics
-        replay = {k: m[f"objective/{k}"] for k in job.sweep.objectives if f"objective/{k}" in m}
-        if CONSTRAINT_KEY in m:
-            replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY], "feasible": m.get("feasible", 0.0)})
-        c.set_tag(done.info.run_id, "raysweep.result_replayed", "1")
-        tune.report({**replay, "mlflow_run_id": done.info.run_id, "trial_done": 1.0})
-        return
-    params = {k: v for k, v in config.items()}
-    tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name,
-            "raysweep.node": ray.get_runtime_context().get_node_id()}
-    run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
-                                          params, tags)
-    options = WorkerOptions(mlflow_tracking_uri=ctx["tracking_uri"],
-                            mlflow_run_id=run_id, max_retain_loss=job.sweep.stop_if_retain_loss_above)
-    trainer = build_trainer(job, options, name=f"{ctx['sweep']}-{trial_id}",
-                            storage_path=os.path.join(ctx["storage"], "train"), callbacks=[TuneReportCallback()])
-    try:
-        result = trainer.fit()
-        error = result.error
-    except Exception as err:  # noqa: BLE001 - recorded, then re-raised for Tune
-        result, error = None, err
-    if error is not None:
-        c.set_tag(run_id, "raysweep.status_reason", f"error: {str(error).splitlines()[0][:500]}")
-        c.set_terminated(run_id, status="FAILED")
-        raise RuntimeError(f"trial {trial_id} failed: {error}")
-    metrics = result.metrics or {}
-    final = {k[len("final/"):]: v for k, v in metrics.items() if k.startswith("final/")}
-    stopped = metrics.get("stopped")
-    objectives = {m: final.get(m) for m in job.sweep.objectives}
-    report: dict[str, Any] = {"mlflow_run_id": run_id, "trial_done": 1.0}
-    report.update({m: float(v) for m, v in objectives.items() if _finite(v)})
-    cval = constraint_value(job, final, ctx["target_metrics"])
-    if cval is not None:
-        report[CONSTRAINT_KEY] = cval
-        report["feasible"] = float(cval <= 0)
-    tracking.log_metrics(c, run_id, {**{f"final/{k}": v for k, v in final.items()},
-                                     **{f"objective/{m}": v for m, v in report.items() if m in objectives},
-                                     **({"feasible": report["feasible"], CONSTRAINT_KEY: cval} if cval is not None else {})})
-    if result.checkpoint is not None:
-        uri = result.checkpoint.path
-        if job.sweep.checkpoint == "artifact":
-            c.log_artifacts(run_id, result.checkpoint.path, "checkpoint")
-            uri = f"runs:/{run_id}/checkpoint"
-        c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
-    if stopped:
-        report["stopped_reason"] = str(stopped)
-        c.set_tag(run_id, "raysweep.status_reason", f"early stop: {stopped}")
-        c.set_terminated(run_id, status="FAILED")
-    else:
-        c.set_terminated(run_id, status="FINISHED")
-    tune.report(report)
-
-
 # ---- launch / resume ---------------------------------------------------------------------------
-def _ray_init(address: Optional[str], job: JobSpec) -> None:
+def quiet_logging(verbose: bool) -> None:
+    """Ray's, Tune's, MLflow's and alembic's chatter only with ``--verbose``; errors always."""
+    import logging
+
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.tune", "ray.train", "mlflow", "alembic", "optuna"):
+        logging.getLogger(name).setLevel(level)
+    # mlflow configures its own logger when first imported: tell it through its variable too.
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "INFO" if verbose else "WARNING"
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    except ImportError:
+        pass
+    # Ray 2.60's default output engine prints its experiment box even when silent; the legacy
+    # one honours verbose=0.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
+
+
+def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> None:
+    import logging
+
     import ray
 
-    # Per-step Train reports (forwarded for progress) carry no objectives; only the trial's final
-    # report does. Set before Ray starts so the trial processes inherit it too.
+    # Checkpoint reports of a trial carry no objectives; only its final report does. Set before
+    # Ray starts so the trial processes inherit it too.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-
+    quiet_logging(verbose)
     if ray.is_initialized():
         return
+    # Worker output (Ray Train's per-report dumps, controller warnings) reaches the console only
+    # with --verbose; trial events and errors reach it through the sweep console either way.
+    common = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
+                  configure_logging=True)
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **common)
     else:
-        # Logical CPUs for every concurrent trial: its function, the train controller, its workers.
-        per_trial = job.sweep.trial_cpus + job.train.workers * job.train.cpus_per_worker + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(job.sweep.max_concurrent * per_trial)),
-                 include_dashboard=False, configure_logging=False)
+        sw, t = job.sweep, job.train
+        # Logical CPUs for every concurrent trial: inline, its worker; on Ray Train, its function,
+        # the train controller and its workers.
+        per_trial = t.cpus_per_worker if runs_inline(job) else sw.trial_cpus + t.workers * t.cpus_per_worker + 1
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(sw.max_concurrent * per_trial)),
+                 include_dashboard=False, **common)
 
 
 def _trainable(ctx: dict, job: JobSpec):
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), {"cpu": job.sweep.trial_cpus})
+    resources = trial_resources(job) if runs_inline(job) else {"cpu": job.sweep.trial_cpus}
+    return tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), resources)
+
+
+def ray_init_for_run(address: Optional[str], job: JobSpec, verbose: bool = False) -> None:
+    """Ray for a single ``raysweep run --ray``: room for the trial (and a Train controller)."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    common = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
+                  configure_logging=True)
+    if address:
+        ray.init(address=address, **common)
+    else:
+        need = job.train.workers * job.train.cpus_per_worker + (0 if runs_inline(job) else 2)
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, **common)
+
+
+def progress_board(sweep: str):
+    import ray
+
+    from raysweep.reporting.progress import ProgressBoard
+
+    return ray.remote(num_cpus=0)(ProgressBoard).options(name=board_name(sweep), get_if_exists=True).remote()
+
+
+def _tuner_configs(job: JobSpec, verbose: bool):
+    """Tune's failure handling: inline trials are retried by Tune from their last checkpoint (the
+    job's max_failures); Ray Train trials are retried by Ray Train, and Tune retries once more."""
+    from ray import tune
+
+    inline = runs_inline(job)
+    return dict(
+        failure_config=tune.FailureConfig(max_failures=job.train.max_failures if inline else 1),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+        verbose=2 if verbose else 0,
+    )
 
 
 def target_metrics(job: JobSpec) -> dict:
@@ -209,7 +148,9 @@ def target_metrics(job: JobSpec) -> dict:
 
 
 def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
-           storage: Optional[str] = None, name: Optional[str] = None) -> dict:
+           storage: Optional[str] = None, name: Optional[str] = None, verbose: bool = False,
+           callbacks: Optional[list] = None, progress_every_seconds: float = 10.0,
+           summary_every_seconds: float = 30.0) -> dict:
     import yaml
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -221,6 +162,7 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     tracking_uri = tracking_uri or sw.tracking_uri or default_tracking_uri()
     storage = str(Path(storage).resolve()) if storage else str(sw.storage_path or default_storage())
     name = name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    quiet_logging(verbose)
     target = target_metrics(job)
 
     c = tracking.client(tracking_uri)
@@ -245,24 +187,41 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
 
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job_json, "tracking_uri": tracking_uri,
            "parent_run_id": pid, "experiment_id": exp_id, "sweep": name, "storage": os.path.join(storage, name),
-           "target_metrics": target}
-    _ray_init(address, job)
+           "target_metrics": target, "progress_every_seconds": progress_every_seconds}
+    ray_init(address, job, verbose)
+    board = progress_board(name)
+    ctx["progress_board"] = board_name(name)
     searcher = ConcurrencyLimiter(make_searcher(space, sw.objectives, sw.sampler, sw.seed, sw.constraint is not None),
                                   max_concurrent=sw.max_concurrent)
+    console = _console(name, space, job, board, summary_every_seconds)
     tuner = tune.Tuner(
         _trainable(ctx, job),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=1)),
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials, reuse_actors=runs_inline(job)),
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[console, *(callbacks or [])],
+                                  **_tuner_configs(job, verbose)),
     )
-    _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time; tracking {tracking_uri}")
+    how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
+    _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
+         f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
     tuner.fit()
     return finish(c, tracking_uri, name)
 
 
-def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[str] = None) -> dict:
+def _console(name: str, space: SearchSpace, job: JobSpec, board, summary_every_seconds: float):
+    from raysweep.sweep.console import make_console
+
+    sw = job.sweep
+    return make_console(name, space, sw.num_trials, sw.objectives, sw.reference_point, sw.max_concurrent, board,
+                        summary_every=summary_every_seconds,
+                        max_failures=job.train.max_failures if runs_inline(job) else 1)
+
+
+def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[str] = None,
+           verbose: bool = False, callbacks: Optional[list] = None) -> dict:
+    import yaml
     from ray import tune
 
+    quiet_logging(verbose)
     tracking_uri = tracking_uri or default_tracking_uri()
     c = tracking.client(tracking_uri)
     parent = tracking.find_parent(c, sweep, tracking_uri)
@@ -270,8 +229,6 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     path = parent.data.tags["raysweep.storage"]
     if not tune.Tuner.can_restore(path):
         raise tracking.TrackingError(f"sweep '{sweep}' has no restorable Tune state at {path}")
-    import yaml
-
     space = SearchSpace(yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text()),
                         str(job.sweep.search_space))
     if parent.info.status != "RUNNING":
@@ -279,10 +236,15 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job.model_dump_json(),
            "tracking_uri": tracking_uri, "parent_run_id": parent.info.run_id,
            "experiment_id": parent.info.experiment_id, "sweep": sweep, "storage": path,
-           "target_metrics": target_metrics(job)}
-    _ray_init(address, job)
+           "target_metrics": target_metrics(job), "progress_board": board_name(sweep)}
+    ray_init(address, job, verbose)
+    board = progress_board(sweep)
     _log(f"sweep {sweep}: resuming from {path}")
     tuner = tune.Tuner.restore(path, trainable=_trainable(ctx, job), resume_unfinished=True, resume_errored=True)
+    # The restored RunConfig carries the pickled console of the first driver: give it a fresh one
+    # (Ray 2.60 has no public way to replace callbacks on restore).
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks = [_console(sweep, space, job, board, 30.0), *(callbacks or [])]
     tuner.fit()
     return finish(c, tracking_uri, sweep)
 

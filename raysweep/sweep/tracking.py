@@ -22,6 +22,13 @@ class TrackingError(RuntimeError):
     """One-line errors for the CLI (unknown sweep, unreachable server, ...)."""
 
 
+def redact(uri: str) -> str:
+    """A URI fit to print or log: ``user:password@`` becomes ``***@``."""
+    import re
+
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri) if uri else uri
+
+
 def client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 

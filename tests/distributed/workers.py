@@ -3,15 +3,32 @@
 import torch
 
 from raysweep.distributed.worker import WorkerOptions, run_worker
+from raysweep.reporting import TrialReporter
 from raysweep.spec import load_job
+
+
+class Recorder(TrialReporter):
+    """One ``(metrics, checkpoint)`` row per step: the step's metrics, merged with what was
+    reported to Ray at that step (evaluation, checkpoint) when something was."""
+
+    def __init__(self):
+        self.rows = []
+
+    def step(self, step, metrics):
+        self.rows.append((dict(metrics), None))
+
+    def report(self, metrics, checkpoint_dir=None):
+        if self.rows and self.rows[-1][0].get("step") == metrics.get("step"):
+            self.rows[-1] = ({**self.rows[-1][0], **metrics}, checkpoint_dir)
+        else:
+            self.rows.append((dict(metrics), checkpoint_dir))
 
 
 def unlearn(rank, world, job_path, overrides, options, ckpt_root):
     job = load_job(job_path, overrides)
-    reports = []
-    run_worker(job, rank, world, torch.device("cpu"), lambda m, c: reports.append((m, c)),
-               WorkerOptions(**options), f"{ckpt_root}/rank{rank}")
-    return reports
+    recorder = Recorder()
+    run_worker(job, rank, world, torch.device("cpu"), recorder, WorkerOptions(**options), f"{ckpt_root}/rank{rank}")
+    return recorder.rows
 
 
 def sharded_synthesis(rank, world, name, params, seed, steps):

@@ -12,7 +12,7 @@ import yaml
 from ..conftest import REPO, tiny_job
 
 
-def constrained_job(tmp_path, tofu_dir, cache, n_trials=4):
+def constrained_job(tmp_path, tofu_dir, cache, n_trials=3):
     path = tiny_job(tmp_path, tofu_dir, cache, steps=3, batch_size=4)
     job = yaml.safe_load(path.read_text())
     space = tmp_path / "space.yaml"
@@ -40,24 +40,56 @@ def raysweep(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def finished_sweep(tmp_path_factory, tofu_dir, shared_cache):
-    import ray
-
+def launched(tmp_path_factory, tofu_dir, shared_cache):
+    """`raysweep launch` as a user runs it: a fresh process, everything it prints captured."""
+    from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
-    from raysweep.sweep.driver import launch
 
     tmp = tmp_path_factory.mktemp("sweep")
-    job = load_job(constrained_job(tmp, tofu_dir, shared_cache))
-    try:
-        report = launch(job, name="constrained")
-    finally:
-        ray.shutdown()
-    return tmp, job, report
+    path = constrained_job(tmp, tofu_dir, shared_cache)
+    prepare(load_job(path))  # the shared target; the sweep then only looks it up
+    res = raysweep("launch", str(path), "--name", "constrained", cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return tmp, load_job(path), res
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(launched):
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    tmp, job, _ = launched
+    uri = job.sweep.tracking_uri
+    return tmp, job, pareto_report(tracking.client(uri), uri, "constrained")
+
+
+# Header (sweep line), per trial: start, at most ~3 progress lines (one every 10 s), the result;
+# a summary every 30 s and at the end; the Pareto table (title, header, rule, <= 3 rows,
+# hypervolume, plot). The pre-rework console printed about 70 lines per trial.
+CONSOLE_LINE_BOUND = 40
+
+
+def test_console_is_one_line_per_trial_event(launched):
+    tmp, job, res = launched
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert len(lines) <= CONSOLE_LINE_BOUND, "\n".join(lines)
+    noise = [l for l in lines if "Reporting training result" in l or "PlacementGroupCleaner" in l
+             or "Traceback" in l or "INFO" in l]
+    assert not noise, noise
+    started = [l for l in lines if " started: " in l]
+    ended = [l for l in lines if " finished in " in l or " stopped early " in l]
+    assert len(started) == 3 and len(ended) == 3
+    for l in ended:  # each trial's objectives on its end line
+        assert "forget_answer_loss=" in l and "retain_answer_loss=" in l
+    for l in started:  # each trial's configuration on its start line
+        assert "graddiff(alpha=" in l and "lr=" in l
+    assert any(l.split("] ", 1)[-1].startswith("sweep constrained finished: 3/3 done") for l in lines)
+    assert "Pareto front of sweep constrained" in res.stdout
 
 
 def test_constrained_sweep_never_reports_an_infeasible_trial_on_its_front(finished_sweep):
     tmp, job, report = finished_sweep
-    assert report["n_finished"] == 4
+    assert report["n_finished"] == 3
     assert report["front"], "some trial must be feasible"
     assert all(r["feasible"] for r in report["front"])
     infeasible = [r for r in report["trials"] if not r["feasible"]]
@@ -73,7 +105,7 @@ def test_optuna_saw_the_constraint(finished_sweep):
     c = MlflowClient(job.sweep.tracking_uri)
     children = [r for r in c.search_runs([c.get_experiment_by_name("raysweep/tiny-test").experiment_id])
                 if r.data.tags.get("raysweep.role") != "parent"]
-    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
     for r in children:
         assert "retention_constraint" in r.data.metrics and "feasible" in r.data.metrics
         assert any(k.startswith("train/") for k in r.data.metrics)  # per-step metrics
@@ -97,7 +129,7 @@ def test_pareto_from_mlflow_alone_matches_the_sweep(finished_sweep):
     table = raysweep("pareto", "constrained", "--tracking-uri", job.sweep.tracking_uri, "--no-log", cwd=tmp)
     assert "Pareto front of sweep constrained" in table.stdout and "hypervolume" in table.stdout
     status = raysweep("status", "constrained", "--tracking-uri", job.sweep.tracking_uri, cwd=tmp)
-    assert "FINISHED: 4" in status.stdout
+    assert "FINISHED: 3" in status.stdout
 
 
 def test_pareto_errors_are_one_line(finished_sweep, tmp_path):

@@ -1,0 +1,56 @@
+"""Optuna behind Ray Tune, with real constraints and honest trial states."""
+
+from __future__ import annotations
+
+import math
+
+from raysweep.sweep.space import SearchSpace
+
+CONSTRAINT_KEY = "retention_constraint"
+
+
+def finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, constrained: bool):
+    from ray.tune.search.optuna import OptunaSearch
+
+    class ConstrainedOptunaSearch(OptunaSearch):
+        """Sets the trial's retention constraint (``trial.set_constraint``) before telling Optuna,
+        and tells failed or early-stopped trials as FAIL/PRUNED instead of a list of Nones."""
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            from optuna.trial import TrialState
+
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            if constrained and result and finite(result.get(CONSTRAINT_KEY)):
+                ot_trial.set_constraint("retention", float(result[CONSTRAINT_KEY]))
+            values = [result.get(m) for m in self.metric] if result else None
+            if values is None or not all(finite(v) for v in values):
+                state = TrialState.FAIL if error else TrialState.PRUNED
+                self._ot_study.tell(ot_trial, None, state=state)
+                self._completed_trials.add(trial_id)
+                return None
+            return super().on_trial_complete(trial_id, result, error)
+
+    return ConstrainedOptunaSearch(
+        space=space.define_by_run,
+        metric=list(objectives),
+        mode=[objectives[m] for m in objectives],
+        sampler=make_sampler(sampler, seed),
+    )

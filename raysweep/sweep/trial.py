@@ -1,0 +1,138 @@
+"""One sweep trial, as a Ray Tune function trainable.
+
+It turns the sampled configuration into a job, opens (or reopens) the trial's MLflow child run,
+runs the unlearning loop - inline for one worker, as a Ray Train ``TorchTrainer`` for several -
+then records the final metrics, the objectives and the checkpoint, and tells Tune the result.
+Per-step metrics never pass through here: the worker's reporter batches them to MLflow itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Optional
+
+from raysweep.spec import JobSpec, set_dotted
+from raysweep.sweep import tracking
+from raysweep.sweep.searcher import CONSTRAINT_KEY, finite
+from raysweep.sweep.space import SearchSpace
+
+
+def trial_job(config: dict, ctx: dict) -> JobSpec:
+    space = SearchSpace(ctx["space"], ctx["space_source"])
+    raw = json.loads(ctx["job_json"])
+    for key, value in space.overrides(config).items():
+        set_dotted(raw, key, value)
+    return JobSpec.model_validate(raw)
+
+
+def constraint_value(job: JobSpec, metrics: dict, target: dict) -> Optional[float]:
+    """``threshold - value``: feasible when <= 0."""
+    c = job.sweep.constraint
+    if c is None or not finite(metrics.get(c.metric)):
+        return None
+    threshold = c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
+    return float(threshold - metrics[c.metric])
+
+
+def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
+    """Tune's experiment snapshot can lag the trial's real end (driver killed in between): a
+    restored trial that already finished replays its recorded result instead of running again."""
+    from ray import tune
+
+    done = tracking.find_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id)
+    if done is None or done.info.status != "FINISHED":
+        return False
+    m = done.data.metrics
+    replay = {k: m[f"objective/{k}"] for k in job.sweep.objectives if f"objective/{k}" in m}
+    if CONSTRAINT_KEY in m:
+        replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY], "feasible": m.get("feasible", 0.0)})
+    c.set_tag(done.info.run_id, "raysweep.result_replayed", "1")
+    tune.report({**replay, "mlflow_run_id": done.info.run_id, "trial_done": 1.0})
+    return True
+
+
+def _run_on_ray_train(job: JobSpec, options, ctx: dict, trial_id: str) -> tuple[dict, Optional[str]]:
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raysweep.distributed.ray_train import build_trainer
+
+    trainer = build_trainer(job, options, name=f"{ctx['sweep']}-{trial_id}",
+                            storage_path=os.path.join(ctx["storage"], "train"), callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result.metrics or {}, (result.checkpoint.path if result.checkpoint else None)
+
+
+def sweep_trial(config: dict, ctx: dict) -> None:
+    import ray
+    from ray import tune
+
+    from raysweep.distributed.inline import run_inline, runs_inline
+    from raysweep.distributed.worker import WorkerOptions
+    from raysweep.reporting import ReportingOptions
+
+    entered = time.time()
+    trial_id = tune.get_context().get_trial_id()
+    job = trial_job(config, ctx)
+    c = tracking.client(ctx["tracking_uri"])
+    if _replay_if_finished(c, ctx, job, trial_id):
+        return
+    node = ray.get_runtime_context().get_node_id()
+    tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name, "raysweep.node": node}
+    run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
+                                          dict(config), tags)
+    reporting = ReportingOptions(mlflow_tracking_uri=ctx["tracking_uri"], mlflow_run_id=run_id,
+                                 progress_board=ctx.get("progress_board"), progress_label=trial_id,
+                                 progress_every_seconds=ctx.get("progress_every_seconds", 10.0),
+                                 tags={"raysweep.worker_node": node})
+    options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above, reporting=reporting,
+                            timings={"mlflow_child": time.time() - entered})
+    try:
+        if runs_inline(job):
+            metrics, checkpoint = run_inline(job, options)
+        else:
+            metrics, checkpoint = _run_on_ray_train(job, options, ctx, trial_id)
+    except Exception as err:  # noqa: BLE001 - recorded, then re-raised for Tune
+        c.set_tag(run_id, "raysweep.status_reason", f"error: {str(err).splitlines()[0][:500] if str(err) else type(err).__name__}")
+        c.set_terminated(run_id, status="FAILED")
+        raise
+    tune.report(finish_trial(c, job, run_id, metrics, checkpoint, ctx["target_metrics"], entered))
+
+
+def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Optional[str], target: dict,
+                 entered: float) -> dict[str, Any]:
+    """Log the final metrics, objectives and checkpoint to the child run; the result for Tune."""
+    final = {k[len("final/"):]: v for k, v in metrics.items() if k.startswith("final/")}
+    objectives = {m: final.get(m) for m in job.sweep.objectives}
+    report: dict[str, Any] = {"mlflow_run_id": run_id, "trial_done": 1.0, "trial_entered_at": entered,
+                              "trial_seconds": time.time() - entered}
+    report.update({m: float(v) for m, v in objectives.items() if finite(v)})
+    report.update({k: v for k, v in metrics.items() if k.startswith("startup/") or k == "step_seconds_median"})
+    cval = constraint_value(job, final, target)
+    if cval is not None:
+        report[CONSTRAINT_KEY] = cval
+        report["feasible"] = float(cval <= 0)
+    tracking.log_metrics(c, run_id, {
+        **{f"final/{k}": v for k, v in final.items()},
+        **{f"objective/{m}": v for m, v in report.items() if m in objectives},
+        **({"feasible": report["feasible"], CONSTRAINT_KEY: cval} if cval is not None else {}),
+        **{k: v for k, v in metrics.items() if k.startswith(("startup/", "eval_seconds/"))},
+        **({"step_seconds_median": metrics["step_seconds_median"]} if "step_seconds_median" in metrics else {}),
+    })
+    if checkpoint is not None:
+        uri = checkpoint
+        if job.sweep.checkpoint == "artifact":
+            c.log_artifacts(run_id, checkpoint, "checkpoint")
+            uri = f"runs:/{run_id}/checkpoint"
+        c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
+    stopped = metrics.get("stopped")
+    if stopped:
+        report["stopped_reason"] = str(stopped)
+        c.set_tag(run_id, "raysweep.status_reason", f"early stop: {stopped}")
+        c.set_terminated(run_id, status="FAILED")
+    else:
+        c.set_terminated(run_id, status="FINISHED")
+    return report
