@@ -25,11 +25,18 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def lr_at(step: int, base_lr: float, total: int, schedule: str, warmup: int) -> float:
-    """Learning rate as a pure function of the step (nothing to checkpoint)."""
-    if warmup and step < warmup:
-        return base_lr * (step + 1) / warmup
+    """Learning rate as a pure function of the step (nothing to checkpoint).
+
+    Exactly Hugging Face's ``get_linear_schedule_with_warmup`` ("linear") and
+    ``get_constant_schedule_with_warmup`` ("constant"), the reference trainers' schedules
+    (spec 2.1, 4.3): ``step / warmup`` during warm-up, so step 0 runs at lr 0, then
+    ``(total - step) / (total - warmup)`` or 1. Written in HF's operation order, so the
+    rates are bit-identical.
+    """
+    if step < warmup:
+        return base_lr * (float(step) / float(max(1, warmup)))
     if schedule == "linear":
-        return base_lr * max(0.0, (total - step) / max(1, total - warmup))
+        return base_lr * max(0.0, float(total - step) / float(max(1, total - warmup)))
     return base_lr
 
 
@@ -212,7 +219,7 @@ class UnlearningEngine:
         return bool(getattr(s, "autolr", False)) and self.step_count % s.autolr_interval == 0
 
     def _autolr(self, probe_batch: dict) -> tuple[float, dict]:
-        from raysweep.engine.autolr import autolr_step
+        from raysweep.engine.autolr import autolr_step, horizon_scale
 
         probe_obj = self.retain[0]
 
@@ -221,9 +228,7 @@ class UnlearningEngine:
                 loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
             return float(self.sum_across_ranks(loss)[0]) / self.world_size  # same η on every rank
 
-        horizon = 1.0
-        if self.synthesis.autolr_horizon == "cosine":
-            horizon = 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
+        horizon = horizon_scale(self.synthesis.autolr_horizon, self.step_count, self.total_steps)
         lr, info = autolr_step(self.params, self.optimizer, probe, horizon)
         self.synthesis.autolr_lr = lr
         return lr, info
