@@ -69,6 +69,7 @@ class UnlearningEngine:
         kept only so a test can show that it breaks equivalence for non-linear methods."""
         self.model = model
         self.forget, self.retain = forget, list(retain)
+        self.forget_pools_with_retain = bool(self.retain) and forget.pools_with(self.retain[0])
         self.synthesis = synthesis
         self.ctx = ctx
         self.base_lr, self.total_steps = lr, total_steps
@@ -119,14 +120,17 @@ class UnlearningEngine:
             out.append(g if prev is None else (prev if g is None else prev.add_(g)))
         return out
 
-    def accumulated_gradient(self, objective: Objective, batches: Sequence[dict]) -> tuple[GradList, float]:
-        """One task's gradient, accumulated over micro-batches (mean), unreduced; and its mean loss."""
+    def accumulated_gradient(
+        self, objective: Objective, batches: Sequence[dict], pooled_units: float = 0.0
+    ) -> tuple[GradList, float]:
+        """One task's gradient, accumulated over micro-batches (mean), unreduced; and its mean loss.
+        ``pooled_units``: this rank's units of another task that shares this task's mean (spec 2.6)."""
         buf: Optional[GradList] = None
         total = 0.0
         scale = 1.0 / len(batches)
         # Pooled means use the *global* number of units of this step, so the reduced gradient is
         # the gradient of the one big batch, however tokens fall across ranks and micro-batches.
-        units = torch.tensor([float(sum(objective.units(b) for b in batches))])
+        units = torch.tensor([float(sum(objective.units(b) for b in batches) + pooled_units)])
         global_units = float(self.sum_across_ranks(units)[0])
         self.ctx.denominator = max(global_units, 1.0) / (self.world_size * len(batches))
         try:
@@ -146,8 +150,13 @@ class UnlearningEngine:
         retain_batches = [rb for _, rb in micro_batches]
         grads, metrics = [], {}
         losses = []
-        for obj, batches in [(self.forget, forget_batches)] + [(o, retain_batches) for o in self.retain]:
-            g, loss = self.accumulated_gradient(obj, batches)
+        tasks = [(self.forget, forget_batches)] + [(o, retain_batches) for o in self.retain]
+        shared = [0.0] * len(tasks)
+        if self.forget_pools_with_retain:  # spec 2.6: one mean over [refusals ∪ retain]
+            shared[0] = sum(self.retain[0].units(b) for b in retain_batches)
+            shared[1] = sum(self.forget.units(b) for b in forget_batches)
+        for (obj, batches), pooled_units in zip(tasks, shared):
+            g, loss = self.accumulated_gradient(obj, batches, pooled_units)
             grads.append(g)
             losses.append(loss)
         # Each rank's loss is its share of the global pooled mean; the sum is the global value.

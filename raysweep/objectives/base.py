@@ -78,6 +78,13 @@ class Objective:
         """How many units this objective averages over in ``batch`` (label tokens by default)."""
         return int(shifted_labels(batch["labels"])[1].sum())
 
+    def pools_with(self, retain: "Objective") -> bool:
+        """Whether this forget objective and the first retain objective are *one* mean over both
+        batches pooled (spec 2.6: TOFU's IDK concatenates refusals and retain rows). The engine
+        then divides both tasks by their combined global unit count, so γ = α = 1 GradDiff is
+        the gradient of that single mean."""
+        return False
+
     def trainable_filter(self, model) -> Optional[list[str]]:
         """Names of the only parameters that may train (RMU), or None for all."""
         return None
