@@ -30,7 +30,7 @@ class PresetEntry:
 @dataclass(frozen=True)
 class FromForget:
     """A value copied from the (preset-filled) forget block, e.g. RMU's retain layer, which must
-    be the layer the forget loss steers."""
+    be the layer the forget loss steers (spec 2.7)."""
 
     key: str
 
@@ -102,7 +102,8 @@ def job_facts(raw: Mapping) -> dict[str, Any]:
 
 
 def resolve(preset: str, facts: Mapping[str, Any]) -> dict[tuple[str, Optional[str]], dict[str, Any]]:
-    """``{(section, name): values}`` of the preset for a job with these facts."""
+    """``{(section, name): values}`` of the preset for a job with these facts (each value's
+    spec section is in its entry)."""
     out: dict[tuple[str, Optional[str]], dict[str, Any]] = {}
     for entry in PRESETS[preset]:
         if all(facts.get(k) == v for k, v in entry.when.items()):

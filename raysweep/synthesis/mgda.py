@@ -38,7 +38,7 @@ FEASIBILITY = 1e-9
 
 
 def _edge_weights(s_i: float, s_j: float, cos_ij: float) -> tuple[float, float]:
-    """Weights on (g_i, g_j) of the min-norm point of the segment [g_i, g_j]: the two-task
+    """Weights on (g_i, g_j) of the min-norm point of the segment [g_i, g_j]: spec 7.2's two-task
     closed form ``λ_i = clip(<g_j - g_i, g_j> / ||g_i - g_j||², 0, 1)``, written so that neither
     weight is computed as ``1 - other`` (which loses a weight of 1e-13 to cancellation)."""
     top = max(s_i, s_j)
@@ -53,7 +53,8 @@ def _edge_weights(s_i: float, s_j: float, cos_ij: float) -> tuple[float, float]:
 
 
 def _interior_weights(s: torch.Tensor, cos: torch.Tensor, face: list[int]) -> torch.Tensor | None:
-    """Min-norm point of the affine hull of the face's gradients, as weights, or None.
+    """Min-norm point of the affine hull of the face's gradients (spec 7.2's interior
+    candidate), as weights, or None.
 
     Parametrised from the face's smallest gradient ``g_k``: ``d = g_k + Σ t_j (g_j - g_k)``, with
     normal equations ``M t = -b`` that are Jacobi-scaled, so only cosines and norm ratios enter.
@@ -93,7 +94,8 @@ def _interior_weights(s: torch.Tensor, cos: torch.Tensor, face: list[int]) -> to
 
 
 def min_norm_weights(gram: torch.Tensor) -> torch.Tensor:
-    """Exact minimiser of ``λᵀ G λ`` over the probability simplex (float64), scale-invariant."""
+    """Exact minimiser of ``λᵀ G λ`` over the probability simplex (spec 7.2), float64,
+    scale-invariant: only norm ratios and cosines enter."""
     G = gram.double().cpu()
     m = G.shape[0]
     s = G.diagonal().clamp_min(0.0).sqrt()
