@@ -121,6 +121,8 @@ class UnlearnSpec(_Strict):
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: Optional[float] = Field(None, gt=0)
     seed: int = 0
+    # Paper defaults (raysweep/presets.py), filled in by parse_job under the job's own values.
+    preset: Optional[Literal["paper"]] = None
 
     @field_validator("retain", mode="before")
     @classmethod
@@ -347,10 +349,17 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
+def _apply_preset(raw: dict) -> dict:
+    """``unlearn.preset``: the preset's values where the job (after ``--set`` overrides) gives none."""
+    from raysweep.presets import apply_preset
+
+    return apply_preset(raw)
+
+
 def parse_job(raw: dict, base_dir: Path = Path("."), source: Optional[Path] = None) -> JobSpec:
     if not isinstance(raw, dict):
         raise JobSpecError("a job file must be a YAML mapping")
-    raw = _resolve_paths(dict(raw), base_dir)
+    raw = _apply_preset(_resolve_paths(dict(raw), base_dir))
     if source is not None:
         raw["source"] = source
     try:

@@ -25,11 +25,18 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def lr_at(step: int, base_lr: float, total: int, schedule: str, warmup: int) -> float:
-    """Learning rate as a pure function of the step (nothing to checkpoint)."""
-    if warmup and step < warmup:
-        return base_lr * (step + 1) / warmup
+    """Learning rate as a pure function of the step (nothing to checkpoint).
+
+    Exactly Hugging Face's ``get_linear_schedule_with_warmup`` ("linear") and
+    ``get_constant_schedule_with_warmup`` ("constant"), the reference trainers' schedules
+    (spec 2.1, 4.3): ``step / warmup`` during warm-up, so step 0 runs at lr 0, then
+    ``(total - step) / (total - warmup)`` or 1. Written in HF's operation order, so the
+    rates are bit-identical.
+    """
+    if step < warmup:
+        return base_lr * (float(step) / float(max(1, warmup)))
     if schedule == "linear":
-        return base_lr * max(0.0, (total - step) / max(1, total - warmup))
+        return base_lr * max(0.0, float(total - step) / float(max(1, total - warmup)))
     return base_lr
 
 
@@ -62,6 +69,7 @@ class UnlearningEngine:
         kept only so a test can show that it breaks equivalence for non-linear methods."""
         self.model = model
         self.forget, self.retain = forget, list(retain)
+        self.forget_pools_with_retain = bool(self.retain) and forget.pools_with(self.retain[0])
         self.synthesis = synthesis
         self.ctx = ctx
         self.base_lr, self.total_steps = lr, total_steps
@@ -112,14 +120,17 @@ class UnlearningEngine:
             out.append(g if prev is None else (prev if g is None else prev.add_(g)))
         return out
 
-    def accumulated_gradient(self, objective: Objective, batches: Sequence[dict]) -> tuple[GradList, float]:
-        """One task's gradient, accumulated over micro-batches (mean), unreduced; and its mean loss."""
+    def accumulated_gradient(
+        self, objective: Objective, batches: Sequence[dict], pooled_units: float = 0.0
+    ) -> tuple[GradList, float]:
+        """One task's gradient, accumulated over micro-batches (mean), unreduced; and its mean loss.
+        ``pooled_units``: this rank's units of another task that shares this task's mean (spec 2.6)."""
         buf: Optional[GradList] = None
         total = 0.0
         scale = 1.0 / len(batches)
         # Pooled means use the *global* number of units of this step, so the reduced gradient is
         # the gradient of the one big batch, however tokens fall across ranks and micro-batches.
-        units = torch.tensor([float(sum(objective.units(b) for b in batches))])
+        units = torch.tensor([float(sum(objective.units(b) for b in batches) + pooled_units)])
         global_units = float(self.sum_across_ranks(units)[0])
         self.ctx.denominator = max(global_units, 1.0) / (self.world_size * len(batches))
         try:
@@ -139,8 +150,13 @@ class UnlearningEngine:
         retain_batches = [rb for _, rb in micro_batches]
         grads, metrics = [], {}
         losses = []
-        for obj, batches in [(self.forget, forget_batches)] + [(o, retain_batches) for o in self.retain]:
-            g, loss = self.accumulated_gradient(obj, batches)
+        tasks = [(self.forget, forget_batches)] + [(o, retain_batches) for o in self.retain]
+        shared = [0.0] * len(tasks)
+        if self.forget_pools_with_retain:  # spec 2.6: one mean over [refusals ∪ retain]
+            shared[0] = sum(self.retain[0].units(b) for b in retain_batches)
+            shared[1] = sum(self.forget.units(b) for b in forget_batches)
+        for (obj, batches), pooled_units in zip(tasks, shared):
+            g, loss = self.accumulated_gradient(obj, batches, pooled_units)
             grads.append(g)
             losses.append(loss)
         # Each rank's loss is its share of the global pooled mean; the sum is the global value.
@@ -212,7 +228,7 @@ class UnlearningEngine:
         return bool(getattr(s, "autolr", False)) and self.step_count % s.autolr_interval == 0
 
     def _autolr(self, probe_batch: dict) -> tuple[float, dict]:
-        from raysweep.engine.autolr import autolr_step
+        from raysweep.engine.autolr import autolr_step, horizon_scale
 
         probe_obj = self.retain[0]
 
@@ -221,9 +237,7 @@ class UnlearningEngine:
                 loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
             return float(self.sum_across_ranks(loss)[0]) / self.world_size  # same η on every rank
 
-        horizon = 1.0
-        if self.synthesis.autolr_horizon == "cosine":
-            horizon = 0.5 * (1 + math.cos(math.pi * self.step_count / max(1, self.total_steps)))
+        horizon = horizon_scale(self.synthesis.autolr_horizon, self.step_count, self.total_steps)
         lr, info = autolr_step(self.params, self.optimizer, probe, horizon)
         self.synthesis.autolr_lr = lr
         return lr, info

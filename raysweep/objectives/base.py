@@ -29,7 +29,8 @@ class ObjectiveContext:
     # being computed: global units / (ranks x micro-batches). Makes a data-parallel, accumulated
     # gradient equal the gradient of the one big batch, however the units fall across ranks.
     denominator: Optional[float] = None
-    # (split, row index) -> per-token log-probs of the reference model on that row's labels.
+    # (split, row index) or (split, prefix, tokens, labels) -> per-token log-probs of the
+    # reference model on that row's labels.
     _ref_token_logprobs: dict = field(default_factory=dict)
 
     def normaliser(self, local_units: torch.Tensor | int) -> torch.Tensor | float:
@@ -37,17 +38,30 @@ class ObjectiveContext:
             return self.denominator
         return local_units.clamp_min(1) if isinstance(local_units, torch.Tensor) else max(1, local_units)
 
-    def reference_token_logprobs(self, batch: dict, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logp_ref [B, T-1], mask [B, T-1])`` aligned with ``token_logprobs`` of the batch.
+    def reference_token_logprobs(
+        self, batch: dict, split: str, prefix: str = ""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logp_ref [B, T-1], mask [B, T-1])`` aligned with ``token_logprobs`` of the batch's
+        ``prefix`` rows (``""``: the rows themselves, ``"idk_"``: their refusals).
 
-        The reference is frozen, so each row is computed once and cached (spec 2.4).
+        The reference is frozen, so each row is computed once and cached (spec 2.4). Dataset rows
+        are keyed by (split, row index). Refusal rows are keyed by their tokens: the refusal drawn
+        for a row depends on (seed, epoch, row) (data/collate.py), so one row index holds
+        different refusals over a run.
         """
-        keys = [(split, int(i)) for i in batch["index"]]
+        rows = {k: batch[prefix + k] for k in ("input_ids", "attention_mask", "labels")}
+        if prefix:
+            keys = []
+            for ids, attn, labels in zip(rows["input_ids"], rows["attention_mask"], rows["labels"]):
+                keep = attn.bool()
+                keys.append((split, prefix, tuple(ids[keep].tolist()), tuple(labels[keep].tolist())))
+        else:
+            keys = [(split, int(i)) for i in batch["index"]]
         missing = [n for n, k in enumerate(keys) if k not in self._ref_token_logprobs]
         if missing and self.reference_model is None:
             raise RuntimeError("this objective needs the frozen reference model, but none was given")
         if missing:
-            sub = {k: v[missing] for k, v in batch.items() if isinstance(v, torch.Tensor)}
+            sub = {k: v[missing] for k, v in rows.items()}
             with torch.no_grad():
                 logits = self.reference_model(
                     input_ids=sub["input_ids"], attention_mask=sub["attention_mask"]
@@ -55,8 +69,8 @@ class ObjectiveContext:
                 logp, mask = token_logprobs(logits.float(), sub["labels"])
             for row, n in enumerate(missing):
                 self._ref_token_logprobs[keys[n]] = logp[row][mask[row]].cpu()
-        _, mask = shifted_labels(batch["labels"])
-        out = torch.zeros(mask.shape, dtype=torch.float32, device=batch["labels"].device)
+        _, mask = shifted_labels(rows["labels"])
+        out = torch.zeros(mask.shape, dtype=torch.float32, device=rows["labels"].device)
         for row, key in enumerate(keys):
             out[row][mask[row]] = self._ref_token_logprobs[key].to(out.device)
         return out, mask
@@ -77,6 +91,13 @@ class Objective:
     def units(self, batch: dict) -> int:
         """How many units this objective averages over in ``batch`` (label tokens by default)."""
         return int(shifted_labels(batch["labels"])[1].sum())
+
+    def pools_with(self, retain: "Objective") -> bool:
+        """Whether this forget objective and the first retain objective are *one* mean over both
+        batches pooled (spec 2.6: TOFU's IDK concatenates refusals and retain rows). The engine
+        then divides both tasks by their combined global unit count, so γ = α = 1 GradDiff is
+        the gradient of that single mean."""
+        return False
 
     def trainable_filter(self, model) -> Optional[list[str]]:
         """Names of the only parameters that may train (RMU), or None for all."""

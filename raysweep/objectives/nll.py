@@ -33,10 +33,18 @@ class NLL(Objective):
 @register
 @dataclass
 class IDK(Objective):
-    """PO / IDK: NLL of a refusal drawn from TOFU's list, in place of the forget answer."""
+    """PO / IDK (spec 2.6): NLL of a refusal drawn from TOFU's list, in place of the forget answer.
+
+    ``pooled`` (default, as TOFU computes it): the refusal batch and the retain batch are one
+    batch with one token mean, ``Σ_{refusals ∪ retain} ℓ_t / (N_refusal + N_retain)``. The
+    engine divides this task and the retain NLL by the combined token count (``pools_with``),
+    so GradDiff with γ = α = 1 gives exactly that mean's gradient; the logged forget and
+    retain losses are then the two parts of it. ``pooled: false`` gives each its own mean.
+    """
 
     name = "idk"
     needs_idk = True
+    pooled: bool = True
 
     def __call__(self, model, batch, ctx):
         if "idk_input_ids" not in batch:
@@ -45,3 +53,10 @@ class IDK(Objective):
 
     def units(self, batch: dict) -> int:
         return int(shifted_labels(batch["idk_labels"])[1].sum())
+
+    def pools_with(self, retain: Objective) -> bool:
+        if self.pooled and not isinstance(retain, NLL):
+            raise ValueError(
+                f"idk.pooled: true pools the refusals with the retain NLL (spec 2.6), but the first retain "
+                f"objective is '{retain.name}' (put nll first, or set pooled: false)")
+        return self.pooled

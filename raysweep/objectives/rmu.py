@@ -3,7 +3,8 @@
 Forget: ``MSE(h_ℓ(x_f), c·u)`` with ``u = U/||U||``, ``U ~ Uniform[0,1)^d`` drawn once (seeded).
 Retain (``rmu_retain``): ``MSE(h_ℓ(x_r), h_ℓ^ref(x_r))``. ``h_ℓ`` is the output of decoder
 block ``ℓ``. Only ``mlp.down_proj.weight`` of blocks ``ℓ-2..ℓ`` trains. The MSE follows the
-open-unlearning/SAGO port: mean over the hidden dimension, then over label positions pooled.
+open-unlearning/SAGO port (spec 2.7): mean over the hidden dimension, then per sequence the sum
+over its label positions divided by its number of labels, then a mean over the sequences.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from raysweep.objectives.base import Objective, register, shifted_labels
+from raysweep.objectives.base import IGNORE_INDEX, Objective, register
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -47,22 +48,30 @@ def block_output(model, batch: dict, layer: int) -> torch.Tensor:
     return store["h"].float()
 
 
-def _position_mask(batch: dict) -> torch.Tensor:
-    # Label positions (the tokens the model is asked to produce): shift back to input positions.
-    _, m = shifted_labels(batch["labels"])
-    mask = torch.zeros_like(batch["labels"], dtype=torch.bool)
-    mask[:, :-1] = m
-    return mask
+def label_positions(batch: dict) -> torch.Tensor:
+    """Positions whose label is not -100, unshifted: the port scores the hidden state at
+    position t for the label at t (spec 2.7); activations are not next-token predictions."""
+    return batch["labels"] != IGNORE_INDEX
 
 
-def masked_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ctx) -> torch.Tensor:
-    per_pos = ((h - target) ** 2).mean(-1)
-    return (per_pos * mask).sum() / ctx.normaliser(mask.sum())
+def per_sequence_mse(h: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, ctx) -> torch.Tensor:
+    """Spec 2.7, open-unlearning/SAGO form: mean over d, then per row Σ over its label positions /
+    its number of labels, then a mean over rows. The unit is a row, so the row means are summed
+    and divided by ``ctx.normaliser(rows)``: under data parallelism and accumulation that is the
+    global row count, and the gradient is that of the one big batch's mean (``units`` = rows).
+    A row without labels contributes 0 (the port would divide by zero)."""
+    per_position = ((h - target) ** 2).mean(-1)
+    mask = mask.to(per_position.dtype)
+    per_row = (per_position * mask).sum(-1) / mask.sum(-1).clamp_min(1)
+    return per_row.sum() / ctx.normaliser(per_row.shape[0])
 
 
 @dataclass
 class _RMUBase(Objective):
     layer: int = 2
+
+    def units(self, batch: dict) -> int:
+        return int(batch["labels"].shape[0])  # a mean over sequences
 
     def trainable_filter(self, model) -> list[str]:
         names = []
@@ -86,7 +95,7 @@ class RMU(_RMUBase):
     def __call__(self, model, batch, ctx):
         h = block_output(model, batch, self.layer)
         target = self.steering_coeff * self.control_vector(h.shape[-1], h.device)
-        return masked_mse(h, target.expand_as(h), _position_mask(batch), ctx)
+        return per_sequence_mse(h, target.expand_as(h), label_positions(batch), ctx)
 
 
 @register
@@ -100,4 +109,4 @@ class RMURetain(_RMUBase):
         h = block_output(model, batch, self.layer)
         with torch.no_grad():
             ref = block_output(ctx.reference_model, batch, self.layer)
-        return masked_mse(h, ref, _position_mask(batch), ctx)
+        return per_sequence_mse(h, ref, label_positions(batch), ctx)

@@ -8,6 +8,7 @@ the bisector of unit retain-descent and unit forget-ascent. Guarantees (spec 5.3
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +23,21 @@ class NGDiff(Synthesis):
     eps: float = 1e-8
     autolr: bool = False
     autolr_interval: int = 5
-    # Horizon scale s_t of spec 5.4: "constant" (1) or "cosine" ((1 + cos(pi t/T))/2).
+    # Horizon scale s_t of spec 5.4: "constant" (1), "linear" (1 - t/T) or "cosine"
+    # ((1 + cos(pi t/T))/2); see raysweep.engine.autolr.horizon_scale.
     autolr_horizon: str = "constant"
 
     def __post_init__(self):
         self.autolr_lr: float | None = None  # set by the engine's AutoLR; None = optimizer's lr
         if self.autolr_interval < 1:
             raise ValueError(f"ngdiff.autolr_interval: {self.autolr_interval} is not allowed (>= 1)")
-        if self.autolr_horizon not in ("constant", "cosine"):
+        from raysweep.engine.autolr import HORIZONS  # here: the engine package imports synthesis
+
+        if self.autolr_horizon not in HORIZONS:
+            close = difflib.get_close_matches(str(self.autolr_horizon), list(HORIZONS), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ValueError(
-                f"ngdiff.autolr_horizon: '{self.autolr_horizon}' is not allowed (constant, cosine)"
+                f"ngdiff.autolr_horizon: '{self.autolr_horizon}' is not allowed ({', '.join(HORIZONS)}){hint}"
             )
 
     def combine(self, task_grads: list[GradList], ctx: SynthContext) -> GradList:

@@ -80,7 +80,8 @@ def test_clipping_applies_to_the_synthesised_update():
 
 def test_lr_schedule_is_a_function_of_the_step():
     assert lr_at(0, 1.0, 10, "constant", 0) == 1.0
-    assert lr_at(0, 1.0, 10, "linear", 2) == 0.5
+    assert lr_at(0, 1.0, 10, "linear", 2) == 0.0  # HF: step / warmup, so warm-up starts at 0
+    assert lr_at(1, 1.0, 10, "linear", 2) == 0.5
     assert lr_at(6, 1.0, 10, "linear", 2) == pytest.approx(0.5)
 
 
