@@ -14,10 +14,21 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from raysweep.data.collate import QACollator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
 from raysweep.evaluation.batching import LOCAL, Shard
 from raysweep.spec import JobSpec
+
+
+def evaluation_key(job: JobSpec, benchmarks: list[str]) -> str:
+    """Everything that changes a cached evaluation of a fixed model (reference, target)."""
+    e = job.eval
+    payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": job.data.max_length,
+               "tokens": e.max_new_tokens, "v": 1}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _log(msg: str) -> None:
@@ -25,7 +36,7 @@ def _log(msg: str) -> None:
 
 
 class Evaluator:
-    def __init__(self, job: JobSpec, data: UnlearnData, tokenizer, collator: QACollator,
+    def __init__(self, job: JobSpec, data: UnlearnData, tokenizer, collator: "QACollator",
                  retain_reference: Optional[Path] = None, benchmarks: Optional[list[str]] = None):
         self.job, self.data, self.tok, self.collator = job, data, tokenizer, collator
         self.benchmarks = list(benchmarks or job.eval.benchmarks or [job.data.benchmark])
@@ -62,10 +73,7 @@ class Evaluator:
 
     # ---- the retain reference, cached on disk ------------------------------------------------
     def _reference_key(self) -> str:
-        e = self.job.eval
-        payload = {"b": sorted(self.benchmarks), "max_q": e.max_questions, "len": self.job.data.max_length,
-                   "tokens": e.max_new_tokens, "v": 1}
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        return evaluation_key(self.job, self.benchmarks)
 
     def reference(self) -> dict:
         if self._reference is not None:

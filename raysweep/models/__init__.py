@@ -1,5 +1,12 @@
 """Models: tiny Llama + trained tokenizer, any HF causal LM from a directory, SmolLM2 GGUF."""
 
-from raysweep.models.build import load_causal_lm, load_tokenizer, resolve_model_source
-
 __all__ = ["load_causal_lm", "load_tokenizer", "resolve_model_source"]
+
+
+def __getattr__(name):
+    # Lazy: looking up a cached preparation must not import torch.
+    if name in __all__:
+        from raysweep.models import build
+
+        return getattr(build, name)
+    raise AttributeError(name)

@@ -13,18 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
-from raysweep.data.collate import QACollator
 from raysweep.data.tofu import Subset, UnlearnData, load_muse, load_tofu
-from raysweep.models.build import (
-    build_tiny_llama,
-    load_causal_lm,
-    load_tokenizer,
-    resolve_model_source,
-    train_tokenizer,
-)
 from raysweep.spec import JobSpec
+
+if TYPE_CHECKING:  # torch and transformers load only when something is trained
+    from raysweep.data.collate import QACollator
 
 TINY = "tiny-llama"
 
@@ -67,9 +62,11 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def finetune(model, collator: QACollator, rows: list[dict], *, epochs: int, batch_size: int, lr: float,
+def finetune(model, collator: "QACollator", rows: list[dict], *, epochs: int, batch_size: int, lr: float,
              weight_decay: float, warmup_ratio: float, seed: int, label: str) -> float:
     """Plain supervised fine-tuning on answer tokens with linear warm-up and decay."""
+    import torch
+
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = (len(rows) + batch_size - 1) // batch_size
@@ -105,6 +102,8 @@ def finetune(model, collator: QACollator, rows: list[dict], *, epochs: int, batc
 
 def _base_model_dir(job: JobSpec, data: UnlearnData) -> tuple[Path, Path]:
     """Directory of the untrained/pretrained base model and of its tokenizer."""
+    from raysweep.models.build import build_tiny_llama, resolve_model_source, train_tokenizer
+
     if job.model.base != TINY:
         src = Path(resolve_model_source(job.model.base, job.cache_dir))
         return src, src
@@ -122,6 +121,16 @@ def _base_model_dir(job: JobSpec, data: UnlearnData) -> tuple[Path, Path]:
     return out, out
 
 
+def cached_preparation(job: JobSpec, data: UnlearnData | None = None) -> PreparedModels | None:
+    """The prepared models if they are in the cache (a lookup: nothing heavy is imported)."""
+    data = data or load_job_data(job)
+    key = prepare_key(job, data)
+    root = job.cache_dir / "prepared" / key
+    if not (root / "meta.json").exists():
+        return None
+    return PreparedModels(root / "target", _reference_dir(root), root / "target", key, True)
+
+
 def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, quiet: bool = False) -> PreparedModels:
     """``quiet``: say nothing when the cache answers (trials look the models up at every start)."""
     data = data or load_job_data(job)
@@ -134,6 +143,9 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, 
         return PreparedModels(root / "target", _reference_dir(root), root / "target", key, True)
 
     base_dir, tok_dir = _base_model_dir(job, data)
+    from raysweep.data.collate import QACollator
+    from raysweep.models.build import load_causal_lm, load_tokenizer
+
     tokenizer = load_tokenizer(tok_dir)
     collator = QACollator(tokenizer, job.data.max_length, seed=job.prepare.seed)
     p = job.prepare

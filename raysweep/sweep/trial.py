@@ -24,7 +24,10 @@ def trial_job(config: dict, ctx: dict) -> JobSpec:
     raw = json.loads(ctx["job_json"])
     for key, value in space.overrides(config).items():
         set_dotted(raw, key, value)
-    return JobSpec.model_validate(raw)
+    # A drawn method or objective gets its paper defaults too (unlearn.preset), where unset.
+    from raysweep.presets import apply_preset
+
+    return JobSpec.model_validate(apply_preset(raw))
 
 
 def constraint_value(job: JobSpec, metrics: dict, target: dict) -> Optional[float]:
