@@ -160,7 +160,6 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
            storage: Optional[str] = None, name: Optional[str] = None, verbose: bool = False,
            callbacks: Optional[list] = None, progress_every_seconds: float = 10.0,
            summary_every_seconds: float = 30.0) -> dict:
-    import yaml
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -172,32 +171,18 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     storage = str(Path(storage).resolve()) if storage else str(sw.storage_path or default_storage())
     name = name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     quiet_logging(verbose)
-    target = target_metrics(job)
+    # Starting Ray (~5 s) waits on its own processes: open the sweep's MLflow run meanwhile.
+    # (Ray has to start on the main thread: its processes die with the thread that spawned them.)
+    from concurrent.futures import ThreadPoolExecutor
 
-    c = tracking.client(tracking_uri)
-    exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
-    parent = c.create_run(exp_id, run_name=name, tags={
-        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": os.path.join(storage, name),
-        "raysweep.objectives": json.dumps(sw.objectives),
-        "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
-        "raysweep.constrained": str(sw.constraint is not None)})
-    pid = parent.info.run_id
+    with ThreadPoolExecutor(1) as pool:
+        opened = pool.submit(_open_sweep_run, job, space, tracking_uri, storage, name)
+        ray_init(address, job, verbose)
+        c, exp_id, pid, target = opened.result()
     job_json = job.model_dump_json()
-    c.log_text(pid, job_json, "job.json")
-    if job.source:
-        c.log_artifact(pid, str(job.source))
-    c.log_text(pid, yaml.safe_dump(space.raw), "search_space.yaml")
-    tracking.log_metrics(c, pid, {f"target/{k}": v for k, v in target.items()})
-    from mlflow.entities import Param
-
-    c.log_batch(pid, params=[Param(k, str(v)) for k, v in {
-        "sampler": sw.sampler, "num_trials": sw.num_trials, "max_concurrent": sw.max_concurrent,
-        "seed": sw.seed, "workers_per_trial": job.train.workers}.items()])
-
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job_json, "tracking_uri": tracking_uri,
            "parent_run_id": pid, "experiment_id": exp_id, "sweep": name, "storage": os.path.join(storage, name),
            "target_metrics": target, "progress_every_seconds": progress_every_seconds}
-    ray_init(address, job, verbose)
     board = progress_board(name)
     ctx["progress_board"] = board_name(name)
     searcher = ConcurrencyLimiter(make_searcher(space, sw.objectives, sw.sampler, sw.seed, sw.constraint is not None),
@@ -214,6 +199,32 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
     tuner.fit()
     return finish(c, tracking_uri, name)
+
+
+def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str):
+    """The sweep's parent run with its job, search space, target metrics and settings."""
+    import yaml
+    from mlflow.entities import Param
+
+    sw = job.sweep
+    target = target_metrics(job)
+    c = tracking.client(tracking_uri)
+    exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
+    parent = c.create_run(exp_id, run_name=name, tags={
+        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": os.path.join(storage, name),
+        "raysweep.objectives": json.dumps(sw.objectives),
+        "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
+        "raysweep.constrained": str(sw.constraint is not None)})
+    pid = parent.info.run_id
+    c.log_text(pid, job.model_dump_json(), "job.json")
+    if job.source:
+        c.log_artifact(pid, str(job.source))
+    c.log_text(pid, yaml.safe_dump(space.raw), "search_space.yaml")
+    tracking.log_metrics(c, pid, {f"target/{k}": v for k, v in target.items()})
+    c.log_batch(pid, params=[Param(k, str(v)) for k, v in {
+        "sampler": sw.sampler, "num_trials": sw.num_trials, "max_concurrent": sw.max_concurrent,
+        "seed": sw.seed, "workers_per_trial": job.train.workers}.items()])
+    return c, exp_id, pid, target
 
 
 def _console(name: str, space: SearchSpace, job: JobSpec, board, summary_every_seconds: float):

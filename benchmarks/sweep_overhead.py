@@ -1,0 +1,146 @@
+"""What a sweep costs over a researcher's own loop, measured side by side in one run (issue 8).
+
+    python benchmarks/sweep_overhead.py [--job jobs/quickstart.yaml] [--trials 6] [--steps 16] [--threads 1]
+
+Three fresh processes, same job, same trial count, same sampler and seed:
+
+* ``bare``: a plain Optuna loop in one process (``study.ask`` with the job's search space, the
+  trial run by ``raysweep.engine.local.run_trial`` - the same ``run_worker`` loop a sweep trial
+  runs - then ``study.tell``), no Ray, no MLflow;
+* ``launch c=1``: ``raysweep launch`` at concurrency 1 (local Ray, sqlite MLflow, checkpoints,
+  the console, the Pareto report at the end);
+* ``launch c=2``: the same at concurrency 2.
+
+It prints the wall-clock ratio launch(c=1) / bare (target <= 1.15) and the throughput ratio
+c=2 / c=1, with the per-trial step times that show what limits the latter on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+
+
+def overrides(args, concurrency: int) -> dict:
+    return {"sweep.num_trials": args.trials, "sweep.max_concurrent": concurrency, "unlearn.steps": args.steps,
+            "train.threads_per_worker": args.threads, "train.cpus_per_worker": args.threads}
+
+
+def bare_loop(args) -> None:
+    """Runs in a fresh process: the researcher's own Optuna loop around the same trial function."""
+    import optuna
+
+    from raysweep.engine.local import run_trial
+    from raysweep.spec import load_job
+    from raysweep.sweep.searcher import make_sampler
+    from raysweep.sweep.space import SearchSpace
+    from raysweep.sweep.trial import trial_job
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    job = load_job(args.job, overrides(args, 1))
+    sw = job.sweep
+    space = SearchSpace.load(sw.search_space)
+    study = optuna.create_study(directions=["minimize" if d == "min" else "maximize" for d in sw.objectives.values()],
+                                sampler=make_sampler(sw.sampler, sw.seed))
+    ctx = {"space": space.raw, "space_source": space.source, "job_json": job.model_dump_json()}
+    steps, seconds = [], []
+    for _ in range(sw.num_trials):
+        trial = study.ask()
+        space.define_by_run(trial)
+        t0 = time.perf_counter()
+        result = run_trial(trial_job(trial.params, ctx), progress=False, evaluate_before=False)
+        seconds.append(time.perf_counter() - t0)
+        steps.append(result["step_seconds_median"])
+        if result["stopped"]:
+            study.tell(trial, None, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, [result["after"][m] for m in sw.objectives])
+    Path(args._out).write_text(json.dumps({"step_seconds_median": steps, "trial_seconds": seconds}))
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
+    return wall
+
+
+def launch_trials(db: Path) -> tuple[list[float], list[float]]:
+    """Per-trial steady-state step times and child-run durations logged by the sweep."""
+    import mlflow
+
+    c = mlflow.tracking.MlflowClient(f"sqlite:///{db}")
+    runs = [r for r in c.search_runs([e.experiment_id for e in c.search_experiments()])
+            if "raysweep.trial_id" in r.data.tags]
+    return ([r.data.metrics["step_seconds_median"] for r in runs if "step_seconds_median" in r.data.metrics],
+            [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time])
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--job", default=str(REPO / "jobs" / "quickstart.yaml"))
+    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--_bare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--_out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._bare:
+        return bare_loop(args)
+
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    prepare(load_job(args.job))  # the cached target, outside every timing
+    tmp = Path(tempfile.mkdtemp(prefix="rs-sweep-overhead-"))
+    walls, steps, seconds = {}, {}, {}
+    out = tmp / "bare.json"
+    walls["bare"] = timed([sys.executable, __file__, "--_bare", "--_out", str(out), "--job", args.job,
+                           "--trials", str(args.trials), "--steps", str(args.steps), "--threads", str(args.threads)])
+    bare = json.loads(out.read_text())
+    steps["bare"], seconds["bare"] = bare["step_seconds_median"], bare["trial_seconds"]
+    print(f"  bare Optuna loop: {walls['bare']:6.1f} s", flush=True)
+    for c in (1, 2):
+        db = tmp / f"c{c}.db"
+        sets = [x for k, v in overrides(args, c).items() for x in ("--set", f"{k}={v}")]
+        walls[c] = timed([sys.executable, "-m", "raysweep.cli", "launch", args.job, *sets, "--name", f"overhead-c{c}",
+                          "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp / f"runs{c}")])
+        steps[c], seconds[c] = launch_trials(db)
+        print(f"  raysweep launch c={c}: {walls[c]:6.1f} s", flush=True)
+
+    n = args.trials
+    print(f"\n{n} trials of {args.steps} steps, torch threads {args.threads}, {os.cpu_count()} cores")
+    print(f"wall clock: launch c=1 / bare Optuna loop = {walls[1]:.1f} / {walls['bare']:.1f} s "
+          f"= {walls[1] / walls['bare']:.3f}  (target <= 1.15)")
+    fixed = walls[1] - sum(seconds[1]) - (walls["bare"] - sum(seconds["bare"]))
+    print(f"  of which: trials {sum(seconds[1]):.1f} vs {sum(seconds['bare']):.1f} s (median trial "
+          f"{median(seconds[1]):.2f} vs {median(seconds['bare']):.2f} s: checkpoints, MLflow child run, Tune), "
+          f"fixed cost outside trials {fixed:+.1f} s (Ray start, Tune, MLflow parent run, Pareto report)")
+    print(f"throughput: c=2 / c=1 = {(n / walls[2]) / (n / walls[1]):.3f} "
+          f"({n / walls[1] * 60:.1f} vs {n / walls[2] * 60:.1f} trials/min)")
+    print(f"median step time per trial: bare {median(steps['bare']) * 1000:.1f} ms, c=1 "
+          f"{median(steps[1]) * 1000:.1f} ms, c=2 {median(steps[2]) * 1000:.1f} ms "
+          f"(c=2 / c=1 = {median(steps[2]) / median(steps[1]):.2f}: two trials share "
+          f"{os.cpu_count()} cores and their memory bandwidth)")
+
+
+if __name__ == "__main__":
+    main()
