@@ -179,7 +179,7 @@ def cmd_launch(args) -> int:
 
     job = load_job(args.job, _parse_overrides(args.set))
     report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name,
-                    verbose=args.verbose)
+                    verbose=args.verbose, warm_start=args.warm_start)
     print(format_report(report))
     return 0
 
@@ -212,7 +212,16 @@ def cmd_pareto(args) -> int:
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
-        print(format_report(report))
+        print(format_report(report, per_trial=args.per_trial))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from raysweep.sweep.export import export
+
+    c, uri = _tracking_client(args)
+    out = export(c, uri, args.sweep, args.point, args.out_dir)
+    print(f"exported {args.point} of sweep {args.sweep} to {out} (load with from_pretrained)")
     return 0
 
 
@@ -267,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--storage", help="Tune/Train storage path (default: <cwd>/runs)")
     la.add_argument("--name", help="sweep name (default: <job name>-<timestamp>)")
     la.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output (worker logs, reports)")
+    la.add_argument("--warm-start", metavar="SWEEP",
+                    help="seed the search with the finished trials of an earlier sweep in the same MLflow")
     la.set_defaults(func=cmd_launch)
 
     re_ = sub.add_parser("resume", help="resume a sweep whose driver died (Tuner.restore)")
@@ -282,7 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--json", action="store_true", help="machine-readable output")
     pa.add_argument("--plot", help="where to write the plot (default: pareto_<sweep>.png)")
     pa.add_argument("--no-log", action="store_true", help="do not log the plot to the parent run")
+    pa.add_argument("--per-trial", action="store_true",
+                    help="each trial's own best trade-offs over its evaluated steps (eval.every)")
     pa.set_defaults(func=cmd_pareto)
+
+    ex = sub.add_parser("export", help="write a trial's checkpoint as a Hugging Face model directory")
+    ex.add_argument("sweep")
+    ex.add_argument("point", metavar="TRIAL[@STEP]", help="a trial id, optionally at an evaluated step")
+    ex.add_argument("out_dir")
+    ex.add_argument("--tracking-uri")
+    ex.set_defaults(func=cmd_export)
 
     st = sub.add_parser("status", help="trials of a sweep and their states")
     st.add_argument("sweep")

@@ -160,6 +160,12 @@ class EvalSpec(_Strict):
     # G-effect (spec 8.1) every K optimizer steps; 0 = off.
     geffect_every: int = Field(0, ge=0)
     geffect_block_groups: int = Field(3, gt=0)
+    # Evaluation along the trajectory: every K steps (0 = only the final evaluation), each a
+    # candidate (trial, step) on the sweep's Pareto front with its own checkpoint. A cheaper set of
+    # benchmarks and row cap may be used during the run (default: the final ones).
+    every: int = Field(0, ge=0)
+    during_benchmarks: list[Literal[BENCHMARKS]] = []
+    during_max_questions: Optional[int] = Field(None, gt=0)
 
 
 class TrainSpec(_Strict):
@@ -202,6 +208,17 @@ class ConstraintSpec(_Strict):
         return self
 
 
+class SchedulerSpec(_Strict):
+    """Multi-objective early stopping (``sweep/schedulers/mo_asha.py``): at each rung (grace_period
+    x reduction_factor^k steps) the trials reaching it are ranked by non-dominated sorting and all
+    but the best 1/reduction_factor stop. Rungs are met at evaluations (``eval.every``)."""
+
+    name: Literal["mo_asha"] = "mo_asha"
+    grace_period: int = Field(8, gt=0)      # steps before the first rung
+    reduction_factor: float = Field(2.0, gt=1)
+    tie_break: Literal["hypervolume", "crowding"] = "hypervolume"
+
+
 class SweepSpec(_Strict):
     search_space: Path
     objectives: dict[str, Literal["min", "max"]]
@@ -218,6 +235,7 @@ class SweepSpec(_Strict):
     # Early stop of clearly failed trials: non-finite losses always; and this retain-loss ceiling.
     stop_if_retain_loss_above: Optional[float] = Field(None, gt=0)
     trial_cpus: float = Field(0.25, gt=0)
+    scheduler: Optional[SchedulerSpec] = None
 
     @field_validator("search_space")
     @classmethod
@@ -265,6 +283,20 @@ class JobSpec(_Strict):
             raise ValueError(f"@prepare.retain_reference: False is not allowed (sweep uses {sorted(needs_ref)[0]})")
         if self.sweep.reference_point and set(self.sweep.reference_point) != set(self.sweep.objectives):
             raise ValueError("@sweep.reference_point: give one value for every objective")
+        if self.eval.every:
+            during = self.eval.during_benchmarks or benches
+            known_during = {m for b in during for m in BENCHMARK_METRICS[b]}
+            missing = [n for n in names if n not in known_during]
+            if missing:
+                raise ValueError(f"@eval.during_benchmarks: {during} is not allowed (the sweep's metric "
+                                 f"{missing[0]!r} must be evaluated during the run too)")
+        if self.sweep.scheduler is not None:
+            if not self.eval.every:
+                raise ValueError("@sweep.scheduler: mo_asha is not allowed without eval.every "
+                                 "(its rungs are decided on evaluations along the run)")
+            if self.sweep.scheduler.grace_period % self.eval.every:
+                raise ValueError(f"@sweep.scheduler.grace_period: {self.sweep.scheduler.grace_period} is not "
+                                 f"allowed (must be a multiple of eval.every={self.eval.every})")
         return self
 
 

@@ -24,6 +24,7 @@ from raysweep.spec import JobSpec
 
 if TYPE_CHECKING:  # the worker loop (torch, transformers) loads only inside the trial
     from raysweep.distributed.worker import WorkerOptions
+    from raysweep.reporting.ray_report import TuneReporter
 
 
 def trial_resources(job: JobSpec) -> dict:
@@ -36,7 +37,8 @@ def runs_inline(job: JobSpec) -> bool:
     return job.train.workers == 1 and job.train.inline
 
 
-def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialReporter] = None) -> tuple[dict, Optional[str]]:
+def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialReporter] = None,
+               tune_reporter: Optional["TuneReporter"] = None) -> tuple[dict, Optional[str]]:
     """Call from inside a Tune function trainable. Restores Tune's checkpoint when there is one.
     Returns the last report's metrics and where Tune persisted the last checkpoint."""
     import torch
@@ -54,7 +56,7 @@ def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialRepo
         options.resume_from = restored.to_directory(os.path.join(scratch, "restored"))
         options.timings["checkpoint_fetch"] = time.time() - t0
     device = torch.device("cuda", 0) if job.train.use_gpu else torch.device("cpu")
-    tune_reporter = TuneReporter()
+    tune_reporter = tune_reporter or TuneReporter()
     reporter = build_reporter(options.reporting, 0, tune_reporter)
     if extra is not None:
         reporter = FanOut([reporter, extra])

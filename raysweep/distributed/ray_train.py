@@ -55,6 +55,8 @@ def build_trainer(job: JobSpec, options: WorkerOptions, *, name: str, storage_pa
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=RunConfig(name=name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+                             checkpoint_config=CheckpointConfig(
+                                 # every evaluated checkpoint is a front candidate (eval.every)
+                                 num_to_keep=None if job.eval.every else t.keep_checkpoints),
                              callbacks=callbacks),
     )

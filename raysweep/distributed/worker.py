@@ -81,6 +81,16 @@ def _evaluate(parts, prefix: str) -> dict:
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
+def _evaluate_during(parts, final: Optional[dict] = None) -> dict:
+    """``eval/*``: one point of the trajectory (``eval.every``). At the last step, when the
+    evaluation along the run is the final one, the final metrics are reused."""
+    if final is not None and parts.during_evaluator.benchmarks == parts.evaluator.benchmarks \
+            and parts.during_evaluator.job.eval.max_questions == parts.job.eval.max_questions:
+        return {f"eval/{k[len('final/'):]}": v for k, v in final.items() if k.startswith("final/")}
+    metrics = parts.during_evaluator(parts.model, progress=False, shard=torch_distributed_shard())
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
 def run_worker(job: JobSpec, rank: int, world: int, device: torch.device, reporter, options: WorkerOptions,
                checkpoint_root: Optional[str]) -> dict:
     """Run (or continue) the trial; returns the last report's metrics (``final/*`` and
@@ -160,6 +170,8 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
             t0 = time.time()
             out.update(_evaluate(parts, "final"))
             out["eval_seconds/final"] = time.time() - t0
+            if parts.during_evaluator is not None:  # the trajectory's last point
+                out.update(_evaluate_during(parts, out))
         return out
 
     metrics: dict = {"step": float(start), "start_step": float(start), "total_steps": float(steps)}
@@ -189,7 +201,12 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
             out = finish(metrics, step + 1, stopped)
             reporter.report(out, save(step + 1))
             return out
-        if due:
+        evaluate_now = parts.during_evaluator is not None and (step + 1) % job.eval.every == 0
+        if evaluate_now:  # a candidate point: reported with its own checkpoint
+            t0 = time.time()
+            point = {**metrics, **_evaluate_during(parts), "eval_seconds/during": time.time() - t0}
+            reporter.report(point, save(step + 1))
+        elif due:
             reporter.report(metrics, save(step + 1))
     # Restored from the checkpoint of the last step (the process died after it but before the
     # trial was recorded as done): nothing left to train, but the end must still be reported.

@@ -17,6 +17,7 @@ class HistoryReporter(TrialReporter):
 
     def __init__(self, steps: int, progress: bool, on_step: Optional[Callable[[int, dict], None]] = None):
         self.history: list[dict] = []
+        self.points: list[dict] = []  # evaluations along the run (eval.every)
         self.steps, self.progress, self.on_step = steps, progress, on_step
         self.every = max(1, steps // 10)
         self.t0 = time.time()
@@ -31,6 +32,9 @@ class HistoryReporter(TrialReporter):
                   f"({time.time() - self.t0:.1f}s)", file=sys.stderr, flush=True)
 
     def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
+        if any(k.startswith("eval/") for k in metrics):
+            self.points.append({"step": int(metrics.get("step", 0)),
+                                **{k[len("eval/"):]: v for k, v in metrics.items() if k.startswith("eval/")}})
         if self.progress and metrics.get("stopped"):
             print(f"  stopping at step {int(metrics['step'])}: {metrics['stopped']}", file=sys.stderr, flush=True)
 
@@ -52,7 +56,7 @@ def run_trial(job: JobSpec, progress: bool = True, on_step: Optional[Callable[[i
     reporter = HistoryReporter(job.unlearn.steps, progress, on_step)
     options = WorkerOptions(evaluate_before=evaluate_before, save_checkpoints=False, checkpoint_every=0)
     out = run_worker(job, 0, 1, torch.device("cpu"), reporter, options, None)
-    return {**split_result(out), "history": reporter.history, "seconds_unlearn": out.get("unlearn_seconds"),
+    return {**split_result(out), "history": reporter.history, "trajectory": reporter.points, "seconds_unlearn": out.get("unlearn_seconds"),
             "step_seconds_median": out.get("step_seconds_median"), "stopped": out.get("stopped"),
             "startup": {k.split("/", 1)[1]: v for k, v in out.items() if k.startswith("startup/")}}
 

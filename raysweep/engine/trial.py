@@ -13,7 +13,7 @@ from raysweep.data.collate import QACollator
 from raysweep.data.sampler import PairedSampler
 from raysweep.data.tofu import UnlearnData
 from raysweep.engine.engine import UnlearningEngine
-from raysweep.evaluation.suite import Evaluator
+from raysweep.evaluation.suite import Evaluator, during_job
 from raysweep.models.build import load_causal_lm, load_tokenizer
 from raysweep.models.prepare import PreparedModels, load_job_data, prepare
 from raysweep.objectives import ObjectiveContext, build_objective
@@ -36,6 +36,7 @@ class TrialParts:
     forget_needs_idk: bool
     evaluator: Evaluator
     timings: dict = field(default_factory=dict)  # seconds per start-up part, for benchmarks and MLflow
+    during_evaluator: Optional[Evaluator] = None  # eval.every: the (cheaper) evaluation along the run
 
 
 # Trials of a sweep reuse their process (Tune's reuse_actors): the parsed data and the tokenizer
@@ -98,9 +99,14 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
     collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
     sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)
     evaluator = Evaluator(job, data, tokenizer, collator, prepared.retain_reference)
+    during = None
+    if job.eval.every:
+        dj = during_job(job)
+        during = Evaluator(dj, data, tokenizer, collator, prepared.retain_reference,
+                           benchmarks=dj.eval.benchmarks or None)
     lap("engine_and_evaluator")
     return TrialParts(job, data, prepared, tokenizer, collator, sampler, model, engine, forget.needs_idk, evaluator,
-                      timings)
+                      timings, during)
 
 
 def micro_batches(parts: TrialParts, step: int, rank: int = 0, world_size: int = 1):

@@ -31,6 +31,15 @@ def evaluation_key(job: JobSpec, benchmarks: list[str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def during_job(job: JobSpec) -> JobSpec:
+    """The job as the evaluation along the run sees it (``eval.during_benchmarks``,
+    ``eval.during_max_questions``); its own cache key follows from the changed fields."""
+    e = job.eval
+    update = {"benchmarks": list(e.during_benchmarks or e.benchmarks),
+              "max_questions": e.during_max_questions or e.max_questions}
+    return job.model_copy(update={"eval": e.model_copy(update=update)})
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -96,7 +96,7 @@ class ReportingOptions:
 def build_reporter(options: Optional[ReportingOptions], rank: int,
                    primary: Optional[TrialReporter] = None) -> TrialReporter:
     """``primary`` (the Ray reporter, on every rank) plus rank 0's MLflow and progress sinks."""
-    sinks: list[TrialReporter] = [primary] if primary is not None else []
+    sinks: list[TrialReporter] = []
     if options is not None and rank == 0:
         if options.mlflow_run_id:
             from raysweep.reporting.mlflow_log import MlflowStepLogger
@@ -109,4 +109,5 @@ def build_reporter(options: Optional[ReportingOptions], rank: int,
 
             sinks.append(ProgressPoster(options.progress_board, options.progress_label,
                                         every_seconds=options.progress_every_seconds))
-    return FanOut(sinks)
+    # Ray last: a scheduler's stop ends the trial inside its report, after MLflow has the event.
+    return FanOut(sinks + ([primary] if primary is not None else []))

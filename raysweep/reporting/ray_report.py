@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 from raysweep.reporting import TrialReporter
 
@@ -24,16 +24,25 @@ class TuneReporter(TrialReporter):
     """``tune.report`` (a few ms in a function trainable); the checkpoint directory is handed to Tune,
     which copies it into the trial's storage (synchronously) and restores it after a failure."""
 
-    def __init__(self):
+    def __init__(self, fixed: Optional[dict] = None,
+                 on_checkpoint: Optional[Callable[[int, str, dict], None]] = None):
         self.last_checkpoint: Optional[str] = None  # where Tune persisted the latest checkpoint
+        self.fixed = dict(fixed or {})              # added to every report (e.g. the MLflow run id)
+        self.on_checkpoint = on_checkpoint          # (step, persisted path, metrics) after each checkpoint
 
     def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
         from ray import tune
 
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(ray_safe(metrics), checkpoint=ckpt)
-        if ckpt is not None:
-            self.last_checkpoint = _persisted_path() or checkpoint_dir
+        try:
+            tune.report({**ray_safe(metrics), **self.fixed}, checkpoint=ckpt)
+        finally:
+            # Also when a scheduler stops the trial inside tune.report (it ends the trial's thread
+            # there, after persisting the checkpoint): the point it was stopped at stays recorded.
+            if ckpt is not None:
+                self.last_checkpoint = _persisted_path() or checkpoint_dir
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(int(metrics.get("step", 0)), self.last_checkpoint, metrics)
 
 
 def _persisted_path() -> Optional[str]:

@@ -119,6 +119,13 @@ class SweepConsole:
         if not self.objectives:  # a single `raysweep run --ray`: nothing to rank
             self.line(f"{self._name(trial)} finished in {took:.1f}s")
             return
+        during = {k: result.get(f"eval/{k}") for k in self.objectives}
+        if not shown and all(isinstance(v, float) for v in during.values()):  # the scheduler stopped it
+            self.stopped.add(trial.trial_id)
+            at = ", ".join(f"{k}={v:.4g}" for k, v in during.items())
+            self.line(f"{self._name(trial)} stopped by the scheduler at step {int(result.get('step', 0))} "
+                      f"after {took:.1f}s (dominated at its rung): {at}")
+            return
         if not shown:
             self.line(f"{self._name(trial)} ended after {took:.1f}s without objectives")
             return

@@ -114,15 +114,36 @@ def progress_board(sweep: str):
 
 def _tuner_configs(job: JobSpec, verbose: bool):
     """Tune's failure handling: inline trials are retried by Tune from their last checkpoint (the
-    job's max_failures); Ray Train trials are retried by Ray Train, and Tune retries once more."""
+    job's max_failures); Ray Train trials are retried by Ray Train, and Tune retries once more.
+    With evaluations along the run every evaluated checkpoint is a front candidate that
+    ``raysweep export`` may need: Tune keeps them all unless MLflow holds copies (``artifact``)."""
     from ray import tune
 
     inline = runs_inline(job)
+    keep_all = bool(job.eval.every) and job.sweep.checkpoint != "artifact"
     return dict(
         failure_config=tune.FailureConfig(max_failures=job.train.max_failures if inline else 1),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=job.train.keep_checkpoints),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if keep_all else job.train.keep_checkpoints),
         verbose=2 if verbose else 0,
     )
+
+
+def _scheduling(job: JobSpec, ctx: dict, c=None, parent=None):
+    """The sweep's scheduler (``sweep.scheduler``) and the callback that records the trials it
+    stops; on resume its rungs are rebuilt from what MLflow recorded (``c``, ``parent``)."""
+    from raysweep.sweep.schedulers import make_scheduler
+    from raysweep.sweep.schedulers.record import stopped_trial_callback
+    from raysweep.sweep.trial import constraint_threshold
+
+    scheduler = make_scheduler(job, constraint_threshold(job, ctx["target_metrics"]))
+    if scheduler is None:
+        return None, []
+    if c is not None:
+        from raysweep.sweep.schedulers.restore import restore_rungs
+
+        restore_rungs(scheduler.rungs, c, parent, job)
+    return scheduler, [stopped_trial_callback(ctx["tracking_uri"], ctx["parent_run_id"], ctx["experiment_id"],
+                                              scheduler.rungs)]
 
 
 def target_metrics(job: JobSpec) -> dict:
@@ -159,7 +180,7 @@ def target_metrics(job: JobSpec) -> dict:
 def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
            storage: Optional[str] = None, name: Optional[str] = None, verbose: bool = False,
            callbacks: Optional[list] = None, progress_every_seconds: float = 10.0,
-           summary_every_seconds: float = 30.0) -> dict:
+           summary_every_seconds: float = 30.0, warm_start: Optional[str] = None) -> dict:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -176,22 +197,25 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        opened = pool.submit(_open_sweep_run, job, space, tracking_uri, storage, name)
+        opened = pool.submit(_open_sweep_run, job, space, tracking_uri, storage, name, warm_start)
         ray_init(address, job, verbose)
-        c, exp_id, pid, target = opened.result()
+        c, exp_id, pid, target, warm = opened.result()
     job_json = job.model_dump_json()
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job_json, "tracking_uri": tracking_uri,
            "parent_run_id": pid, "experiment_id": exp_id, "sweep": name, "storage": os.path.join(storage, name),
            "target_metrics": target, "progress_every_seconds": progress_every_seconds}
     board = progress_board(name)
     ctx["progress_board"] = board_name(name)
-    searcher = ConcurrencyLimiter(make_searcher(space, sw.objectives, sw.sampler, sw.seed, sw.constraint is not None),
-                                  max_concurrent=sw.max_concurrent)
+    searcher = ConcurrencyLimiter(make_searcher(space, sw.objectives, sw.sampler, sw.seed, sw.constraint is not None,
+                                                warm_trials=tuple(warm)), max_concurrent=sw.max_concurrent)
     console = _console(name, space, job, board, summary_every_seconds)
+    scheduler, recorders = _scheduling(job, ctx)
     tuner = tune.Tuner(
         _trainable(ctx, job),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials, reuse_actors=runs_inline(job)),
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[console, *(callbacks or [])],
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials, reuse_actors=runs_inline(job),
+                                    scheduler=scheduler),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  callbacks=[console, *recorders, *(callbacks or [])],
                                   **_tuner_configs(job, verbose)),
     )
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
@@ -201,20 +225,28 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     return finish(c, tracking_uri, name)
 
 
-def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str):
-    """The sweep's parent run with its job, search space, target metrics and settings."""
+def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str,
+                    warm_start: Optional[str] = None):
+    """The sweep's parent run with its job, search space, target metrics and settings; and the
+    earlier sweep's trials when warm-starting (checked before anything is created)."""
     import yaml
     from mlflow.entities import Param
 
     sw = job.sweep
-    target = target_metrics(job)
     c = tracking.client(tracking_uri)
+    warm = []
+    if warm_start:
+        from raysweep.sweep.warm_start import earlier_trials
+
+        warm = earlier_trials(c, tracking_uri, warm_start, space, sw.objectives)
+    target = target_metrics(job)
     exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
     parent = c.create_run(exp_id, run_name=name, tags={
         tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": os.path.join(storage, name),
         "raysweep.objectives": json.dumps(sw.objectives),
         "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
-        "raysweep.constrained": str(sw.constraint is not None)})
+        "raysweep.constrained": str(sw.constraint is not None),
+        **({"raysweep.warm_start": f"{warm_start} ({len(warm)} trials)"} if warm_start else {})})
     pid = parent.info.run_id
     c.log_text(pid, job.model_dump_json(), "job.json")
     if job.source:
@@ -224,7 +256,7 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
     c.log_batch(pid, params=[Param(k, str(v)) for k, v in {
         "sampler": sw.sampler, "num_trials": sw.num_trials, "max_concurrent": sw.max_concurrent,
         "seed": sw.seed, "workers_per_trial": job.train.workers}.items()])
-    return c, exp_id, pid, target
+    return c, exp_id, pid, target, warm
 
 
 def _console(name: str, space: SearchSpace, job: JobSpec, board, summary_every_seconds: float):
@@ -264,7 +296,10 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     # The restored RunConfig carries the pickled console of the first driver: give it a fresh one
     # (Ray 2.60 has no public way to replace callbacks on restore).
     run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks = [_console(sweep, space, job, board, 30.0), *(callbacks or [])]
+    scheduler, recorders = _scheduling(job, ctx, c, parent)
+    run_config.callbacks = [_console(sweep, space, job, board, 30.0), *recorders, *(callbacks or [])]
+    if scheduler is not None:  # likewise the scheduler: a fresh one, its rungs rebuilt from MLflow
+        tuner._local_tuner._tune_config.scheduler = scheduler
     tuner.fit()
     return finish(c, tracking_uri, sweep)
 

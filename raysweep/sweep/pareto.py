@@ -67,3 +67,42 @@ def hypervolume(points, directions: Sequence[str], reference) -> float:
     r = to_maximise(np.asarray(reference, dtype=np.float64)[None, :], directions)[0]
     inside = p[np.all(p > r, axis=1)]
     return _hv_max(inside, r)
+
+
+def nondominated_ranks(points, directions: Sequence[str]) -> np.ndarray:
+    """Non-domination rank of each row (0 = the Pareto front, 1 = the front once 0 is removed, ...)."""
+    p = to_maximise(points, directions)
+    n = len(p)
+    ranks = np.full(n, -1, dtype=int)
+    left = np.arange(n)
+    rank = 0
+    while len(left):
+        sub = p[left]
+        front = non_dominated(sub, ["max"] * p.shape[1]) if len(sub) else np.zeros(0, dtype=bool)
+        ranks[left[front]] = rank
+        left = left[~front]
+        rank += 1
+    return ranks
+
+
+def crowding_distances(points, directions: Sequence[str]) -> np.ndarray:
+    """NSGA-II crowding distance of each row within the given set (boundary points: inf)."""
+    p = to_maximise(points, directions)
+    n, m = p.shape if len(p) else (0, 0)
+    dist = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(p[:, j], kind="stable")
+        span = p[order[-1], j] - p[order[0], j]
+        dist[order[0]] = dist[order[-1]] = np.inf
+        if span > 0:
+            dist[order[1:-1]] += (p[order[2:], j] - p[order[:-2], j]) / span
+    return dist
+
+
+def hypervolume_contributions(points, directions: Sequence[str], reference) -> np.ndarray:
+    """Exclusive hypervolume of each row: HV(all) - HV(all but the row)."""
+    p = np.asarray(points, dtype=np.float64)
+    total = hypervolume(p, directions, reference)
+    return np.array([total - hypervolume(np.delete(p, i, axis=0), directions, reference) for i in range(len(p))])

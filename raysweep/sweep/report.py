@@ -9,31 +9,72 @@ from typing import Optional
 import numpy as np
 
 from raysweep.sweep import tracking
+from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.pareto import hypervolume, non_dominated
 
 
 def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
+    """Every candidate point of the sweep: one row per evaluated (trial, step) of each finished
+    trial (``eval.every``), or one per trial when it was evaluated only at its end. A trial the
+    scheduler stopped contributes the points it reached. The last point of a trial is its final
+    evaluation (``objective/*``)."""
     objectives = tracking.parent_objectives(parent)
     rows = []
     for r in tracking.child_runs(c, parent):
         if r.info.status != "FINISHED":
             continue
-        m = r.data.metrics
-        values = [m.get(f"objective/{k}") for k in objectives]
-        if any(v is None for v in values):
+        m, tags = r.data.metrics, r.data.tags
+        base = {
+            "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
+            "forget": tags.get("raysweep.forget"), "params": dict(r.data.params),
+            "stopped_by": tags.get("raysweep.stopped_by"),
+        }
+        final = [m.get(f"objective/{k}") for k in objectives]
+        final_step = None
+        if all(f"eval/{k}" in m for k in objectives):
+            points, feasible = _trajectory(c, r.info.run_id, objectives)
+            final_step = max(points) if all(v is not None for v in final) and points else None
+            for step in sorted(points):
+                if step == final_step:
+                    continue  # the final evaluation below stands for it
+                rows.append({**base, "step": step, "final": False, "objectives": points[step],
+                             "feasible": feasible.get(step, True),
+                             "checkpoint_uri": tags.get(checkpoint_tag(step))})
+        if any(v is None for v in final):
             continue
-        params = {k: v for k, v in r.data.params.items()}
-        rows.append({
-            "trial_id": r.data.tags.get(tracking.TRIAL_TAG),
-            "run_id": r.info.run_id,
-            "method": r.data.tags.get("raysweep.method"),
-            "forget": r.data.tags.get("raysweep.forget"),
-            "params": params,
-            "objectives": dict(zip(objectives, values)),
-            "feasible": bool(m.get("feasible", 1.0) > 0),
-            "checkpoint_uri": r.data.tags.get("raysweep.checkpoint_uri"),
-        })
+        rows.append({**base, "step": final_step if final_step is not None else _final_step(m),
+                     "final": True, "objectives": dict(zip(objectives, final)),
+                     "feasible": bool(m.get("feasible", 1.0) > 0),
+                     "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
     return rows, objectives
+
+
+def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, bool]]:
+    """``eval/<objective>`` by step (steps where every objective was evaluated) and feasibility."""
+    hist = {k: {x.step: x.value for x in c.get_metric_history(run_id, f"eval/{k}")} for k in objectives}
+    steps = set.intersection(*(set(h) for h in hist.values())) if hist else set()
+    feasible = {x.step: x.value > 0 for x in c.get_metric_history(run_id, "eval/feasible")}
+    return {s: {k: hist[k][s] for k in objectives} for s in steps}, feasible
+
+
+def _final_step(m: dict):
+    v = m.get("train/step", m.get("step"))
+    return int(v) if v is not None else None
+
+
+def per_trial_fronts(rows: list[dict], objectives: dict[str, str]) -> dict[str, list[dict]]:
+    """Each trial's own best trade-offs: the non-dominated points among its feasible steps (all of
+    its points when none is feasible)."""
+    names, directions = list(objectives), list(objectives.values())
+    by_trial: dict[str, list[dict]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append(r)
+    out = {}
+    for trial, points in by_trial.items():
+        pool = [r for r in points if r["feasible"]] or points
+        mask = non_dominated(np.array([[r["objectives"][k] for k in names] for r in pool]), directions)
+        out[trial] = sorted((r for r, keep in zip(pool, mask) if keep), key=lambda r: (r["step"] is None, r["step"]))
+    return out
 
 
 def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None) -> dict:
@@ -58,11 +99,13 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         ref_point = [float(all_pts[:, i].min() if d == "max" else all_pts[:, i].max()) for i, d in enumerate(directions)]
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
+    trial_fronts = per_trial_fronts(rows, objectives)
     report = {
         "sweep": sweep, "tracking_uri": tracking_uri, "objectives": objectives,
         "reference_point": dict(zip(names, ref_point)), "reference_point_source": ref_note,
-        "hypervolume": hv, "n_finished": len(rows), "n_feasible": len(feasible),
-        "front": [r for r in rows if r["pareto"]], "trials": rows,
+        "hypervolume": hv, "n_finished": len({r["run_id"] for r in rows}), "n_points": len(rows),
+        "n_feasible": len(feasible),
+        "front": [r for r in rows if r["pareto"]], "trials": rows, "per_trial": trial_fronts,
     }
     if log_plot or plot_path:
         path = Path(plot_path or f"pareto_{sweep}.png")
@@ -104,21 +147,32 @@ def plot_front(rows: list[dict], names: list[str], directions: list[str], path: 
     plt.close(fig)
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict, per_trial: bool = False) -> str:
     names = list(report["objectives"])
-    head = ["trial", "method", "forget"] + [f"{n} ({report['objectives'][n]})" for n in names] + ["hyperparameters", "checkpoint"]
-    lines = []
-    for r in sorted(report["front"], key=lambda r: r["objectives"][names[0]]):
+    head = ["trial", "step", "method", "forget"] + [f"{n} ({report['objectives'][n]})" for n in names] \
+        + ["hyperparameters", "checkpoint"]
+
+    def line(r: dict) -> list:
         hp = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in sorted(r["params"].items())
                        if k not in ("method", "forget"))
-        lines.append([r["trial_id"], r["method"], r["forget"]] + [f"{r['objectives'][n]:.4f}" for n in names]
-                     + [hp, r["checkpoint_uri"] or "-"])
+        step = "-" if r.get("step") is None else f"{r['step']}{'' if r.get('final', True) else '*'}"
+        return [r["trial_id"], step, r["method"], r["forget"]] + [f"{r['objectives'][n]:.4f}" for n in names] \
+            + [hp, r["checkpoint_uri"] or "-"]
+
+    if per_trial:
+        chosen = [r for t in sorted(report["per_trial"]) for r in report["per_trial"][t]]
+        title = (f"Each trial's own best trade-offs (non-dominated over its evaluated steps) in sweep "
+                 f"{report['sweep']}: {len(chosen)} points of {report['n_finished']} trials")
+    else:
+        chosen = sorted(report["front"], key=lambda r: r["objectives"][names[0]])
+        title = (f"Pareto front of sweep {report['sweep']}: {len(report['front'])} of {report.get('n_points', report['n_finished'])} "
+                 f"evaluated points from {report['n_finished']} finished trials ({report['n_feasible']} feasible)")
+    lines = [line(r) for r in chosen]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
-    out = [f"Pareto front of sweep {report['sweep']}: {len(report['front'])} of {report['n_finished']} finished trials "
-           f"({report['n_feasible']} feasible)"]
-    out.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)) for line in lines]
+    out = [title, "  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in lines]
+    if any(not r.get("final", True) for r in chosen):
+        out.append("step*: a checkpoint along the run (eval.every), not the trial's last")
     ref = ", ".join(f"{k}={v:.4g}" for k, v in report["reference_point"].items())
     out.append(f"hypervolume {report['hypervolume']:.6g} against ({ref}) [{report['reference_point_source']}]")
     if report.get("plot"):

@@ -25,12 +25,21 @@ def make_sampler(name: str, seed: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, constrained: bool):
+def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, constrained: bool,
+                  warm_trials: tuple = ()):
+    """``warm_trials``: finished trials of an earlier sweep (``sweep/warm_start.py``) added to the
+    study before its first suggestion; the sampler's seed moves on by their count so a seeded
+    random start-up does not redraw the earlier sweep's first points."""
     from ray.tune.search.optuna import OptunaSearch
 
     class ConstrainedOptunaSearch(OptunaSearch):
         """Sets the trial's retention constraint (``trial.set_constraint``) before telling Optuna,
         and tells failed or early-stopped trials as FAIL/PRUNED instead of a list of Nones."""
+
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            if warm_trials and not self._ot_study.trials:
+                self._ot_study.add_trials(list(warm_trials))
 
         def on_trial_complete(self, trial_id, result=None, error=False):
             from optuna.trial import TrialState
@@ -43,6 +52,12 @@ def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, 
             values = [result.get(m) for m in self.metric] if result else None
             if values is None or not all(finite(v) for v in values):
                 state = TrialState.FAIL if error else TrialState.PRUNED
+                last = {m: result.get(f"eval/{m}") for m in self.metric} if result else {}
+                if state == TrialState.PRUNED and all(finite(v) for v in last.values()):
+                    # Stopped by the scheduler: its last evaluation along the run, for the record
+                    # (Optuna takes no values with PRUNED in a multi-objective study).
+                    ot_trial.set_user_attr("last_values", {m: float(v) for m, v in last.items()})
+                    ot_trial.set_user_attr("pruned_at_step", int(result.get("step", 0)))
                 self._ot_study.tell(ot_trial, None, state=state)
                 self._completed_trials.add(trial_id)
                 return None
@@ -52,5 +67,5 @@ def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, 
         space=space.define_by_run,
         metric=list(objectives),
         mode=[objectives[m] for m in objectives],
-        sampler=make_sampler(sampler, seed),
+        sampler=make_sampler(sampler, seed + len(warm_trials)),
     )

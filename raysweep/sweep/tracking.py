@@ -22,6 +22,14 @@ class TrackingError(RuntimeError):
     """One-line errors for the CLI (unknown sweep, unreachable server, ...)."""
 
 
+# Where the checkpoint evaluated at a step along the run lives (MLflow tag keys allow no '@').
+CHECKPOINT_AT = "raysweep.checkpoint.step."
+
+
+def checkpoint_tag(step: int) -> str:
+    return f"{CHECKPOINT_AT}{int(step)}"
+
+
 def redact(uri: str) -> str:
     """A URI fit to print or log: ``user:password@`` becomes ``***@``."""
     import re

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 from raysweep.spec import JobSpec, set_dotted
 from raysweep.sweep import tracking
+from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.searcher import CONSTRAINT_KEY, finite
 from raysweep.sweep.space import SearchSpace
 
@@ -35,8 +36,15 @@ def constraint_value(job: JobSpec, metrics: dict, target: dict) -> Optional[floa
     c = job.sweep.constraint
     if c is None or not finite(metrics.get(c.metric)):
         return None
-    threshold = c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
-    return float(threshold - metrics[c.metric])
+    return float(constraint_threshold(job, target) - metrics[c.metric])
+
+
+def constraint_threshold(job: JobSpec, target: dict) -> Optional[float]:
+    """The retention constraint's bound: ``metric >= threshold`` is feasible."""
+    c = job.sweep.constraint
+    if c is None:
+        return None
+    return c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
 
 
 def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
@@ -49,6 +57,9 @@ def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
         return False
     m = done.data.metrics
     replay = {k: m[f"objective/{k}"] for k in job.sweep.objectives if f"objective/{k}" in m}
+    if done.data.tags.get("raysweep.stopped_by"):  # stopped by the scheduler: it stays stopped
+        replay = {f"eval/{k}": m[f"eval/{k}"] for k in job.sweep.objectives if f"eval/{k}" in m}
+        replay["step"] = float(done.data.tags.get("raysweep.stopped_at_step", 0))
     if CONSTRAINT_KEY in m:
         replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY], "feasible": m.get("feasible", 0.0)})
     c.set_tag(done.info.run_id, "raysweep.result_replayed", "1")
@@ -56,7 +67,7 @@ def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
     return True
 
 
-def _run_on_ray_train(job: JobSpec, options, ctx: dict, trial_id: str) -> tuple[dict, Optional[str]]:
+def _run_on_ray_train(job: JobSpec, options, ctx: dict, trial_id: str) -> tuple[dict, Optional[str], list]:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raysweep.distributed.ray_train import build_trainer
@@ -66,7 +77,9 @@ def _run_on_ray_train(job: JobSpec, options, ctx: dict, trial_id: str) -> tuple[
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return result.metrics or {}, (result.checkpoint.path if result.checkpoint else None)
+    return result.metrics or {}, (result.checkpoint.path if result.checkpoint else None), \
+        [(int(m.get("step", 0)), ckpt.path, m) for ckpt, m in (result.best_checkpoints or [])
+         if any(k.startswith("eval/") for k in m)]
 
 
 def sweep_trial(config: dict, ctx: dict) -> None:
@@ -95,14 +108,49 @@ def sweep_trial(config: dict, ctx: dict) -> None:
                             timings={"mlflow_child": time.time() - entered})
     try:
         if runs_inline(job):
-            metrics, checkpoint = run_inline(job, options)
+            from raysweep.reporting.ray_report import TuneReporter
+
+            recorder = TuneReporter(fixed={"mlflow_run_id": run_id},
+                                    on_checkpoint=lambda step, path, m: record_point(c, job, run_id, step, path, m,
+                                                                                     ctx["target_metrics"]))
+            metrics, checkpoint = run_inline(job, options, tune_reporter=recorder)
         else:
-            metrics, checkpoint = _run_on_ray_train(job, options, ctx, trial_id)
+            metrics, checkpoint, points = _run_on_ray_train(job, options, ctx, trial_id)
+            # Ray Train kept the evaluated checkpoints: record them as front candidates now (a
+            # trial the scheduler stops on Ray Train keeps its eval/* metrics but not these tags).
+            for step, path, m in points:
+                if step < int(metrics.get("step", -1)):
+                    record_point(c, job, run_id, step, path, m, ctx["target_metrics"])
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised for Tune
         c.set_tag(run_id, "raysweep.status_reason", f"error: {str(err).splitlines()[0][:500] if str(err) else type(err).__name__}")
         c.set_terminated(run_id, status="FAILED")
         raise
     tune.report(finish_trial(c, job, run_id, metrics, checkpoint, ctx["target_metrics"], entered))
+
+
+def record_point(c, job: JobSpec, run_id: str, step: int, checkpoint: Optional[str], metrics: dict,
+                 target: dict) -> Optional[str]:
+    """An evaluation along the run (``eval/*`` at ``step``, logged by the worker): record where its
+    checkpoint lives (``raysweep.checkpoint.step.<step>``) and whether it meets the retention constraint,
+    so that (trial, step) is a candidate on the front and can be exported."""
+    evaluated = {k[len("eval/"):]: v for k, v in metrics.items() if k.startswith("eval/")}
+    if not evaluated:
+        return None
+    uri = checkpoint
+    if checkpoint is not None and job.sweep.checkpoint == "artifact":
+        # What export needs (weights, meta), not the optimizer state that only resuming needs.
+        from raysweep.distributed.checkpoint import META, WEIGHTS
+
+        for name in (WEIGHTS, META):
+            if os.path.exists(os.path.join(checkpoint, name)):
+                c.log_artifact(run_id, os.path.join(checkpoint, name), f"checkpoints/step_{step:06d}")
+        uri = f"runs:/{run_id}/checkpoints/step_{step:06d}"
+    if uri is not None:
+        c.set_tag(run_id, checkpoint_tag(step), uri)
+    cval = constraint_value(job, evaluated, target)
+    if cval is not None:
+        tracking.log_metrics(c, run_id, {"eval/feasible": float(cval <= 0), f"eval/{CONSTRAINT_KEY}": cval}, step=step)
+    return uri
 
 
 def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Optional[str], target: dict,
@@ -125,7 +173,14 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
         **{k: v for k, v in metrics.items() if k.startswith(("startup/", "eval_seconds/"))},
         **({"step_seconds_median": metrics["step_seconds_median"]} if "step_seconds_median" in metrics else {}),
     })
-    if checkpoint is not None:
+    if any(k.startswith("eval/") for k in metrics):  # the trajectory's last point
+        step = int(metrics.get("step", job.unlearn.steps))
+        # Inline trials recorded it when Tune took the checkpoint (TuneReporter.on_checkpoint).
+        uri = c.get_run(run_id).data.tags.get(checkpoint_tag(step)) \
+            or record_point(c, job, run_id, step, checkpoint, metrics, target)
+        if uri is not None:
+            c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
+    elif checkpoint is not None:
         uri = checkpoint
         if job.sweep.checkpoint == "artifact":
             c.log_artifacts(run_id, checkpoint, "checkpoint")

@@ -40,55 +40,101 @@ def child_runs(uri, experiment="raysweep/tiny-test"):
     return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("raysweep.role") != "parent"]
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, tofu_dir, shared_cache):
-    from raysweep.models.prepare import prepare
-    from raysweep.spec import load_job
-
-    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=6, steps=25)
-    prepare(load_job(path))
-    uri = job["sweep"]["tracking_uri"]
+def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
+    """Launch, SIGKILL the driver once ``mid_point(runs)`` holds (default: 2 trials finished and
+    one running), resume; returns the child runs before the kill and after the resume."""
     env = {**os.environ, "RAY_ADDRESS": ""}
+    mid_point = mid_point or (lambda runs: len([r for r in runs if r.info.status == "FINISHED"]) >= 2
+                              and any(r.info.status == "RUNNING" for r in runs))
     log = open(tmp_path / "launch.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "killme"],
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     started = set()
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
-            runs = child_runs(uri)
-            done = [r for r in runs if r.info.status == "FINISHED"]
-            if len(done) >= 2 and any(r.info.status == "RUNNING" for r in runs):
+            if mid_point(child_runs(uri)):
                 break
             started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
             time.sleep(2)
         else:
             pytest.fail("the sweep never reached a mid-point: " + (tmp_path / "launch.log").read_text()[-3000:])
         started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-        finished_before = {r.data.tags["raysweep.trial_id"] for r in child_runs(uri) if r.info.status == "FINISHED"}
+        before = child_runs(uri)
         os.kill(driver.pid, signal.SIGKILL)  # the driver dies, mid-sweep
         driver.wait(timeout=30)
         time.sleep(5)
 
-        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", "killme", "--tracking-uri", uri],
+        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", name, "--tracking-uri", uri],
                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         assert resumed.returncode == 0, resumed.stderr[-4000:]
-        assert "Pareto front of sweep killme" in resumed.stdout
+        assert f"Pareto front of sweep {name}" in resumed.stdout
     finally:
         for pid in started:  # orphaned ray:: helpers of the killed driver, by PID
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+    return before, child_runs(uri)
 
-    runs = child_runs(uri)
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+
+def assert_resume_invariants(before, after, n_trials):
+    finished_before = {r.data.tags["raysweep.trial_id"] for r in before if r.info.status == "FINISHED"}
+    finished = [r for r in after if r.info.status == "FINISHED"]
     ids = [r.data.tags["raysweep.trial_id"] for r in finished]
     assert len(ids) == len(set(ids)), "one FINISHED child run per trial"
-    assert len(set(ids)) == 6, "the sweep reached its budget"
+    assert len(set(ids)) == n_trials, "the sweep reached its budget"
     for r in finished:
         if r.data.tags["raysweep.trial_id"] in finished_before:
             assert "raysweep.restarts" not in r.data.tags, "a finished trial ran again"
-    assert not [r for r in runs if r.info.status == "RUNNING"], "no stale RUNNING runs"
+    assert not [r for r in after if r.info.status == "RUNNING"], "no stale RUNNING runs"
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=6, steps=25)
+    prepare(load_job(path))
+    before, after = kill_and_resume(tmp_path, path, job["sweep"]["tracking_uri"], "killme", 6)
+    assert_resume_invariants(before, after, 6)
+
+
+def test_resume_with_evaluations_along_the_run_and_mo_asha(tmp_path, tofu_dir, shared_cache):
+    """Issue 11: the same invariants with eval.every and the scheduler on, plus: a trial the
+    scheduler stopped stays stopped (no objectives, not restarted, PRUNED in Optuna)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    # Trials of ~60 steps (a few seconds each) so that the driver can be killed while one runs.
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=6, steps=60)
+    job["eval"]["every"] = 10
+    job["sweep"]["max_concurrent"] = 1
+    job["sweep"]["scheduler"] = {"name": "mo_asha", "grace_period": 10, "reduction_factor": 2}
+    path.write_text(yaml.safe_dump(job))
+    prepare(load_job(path))
+    uri = job["sweep"]["tracking_uri"]
+
+    def stopped_and_running(runs):
+        return any(r.data.tags.get("raysweep.stopped_by") for r in runs) and any(r.info.status == "RUNNING" for r in runs)
+
+    before, after = kill_and_resume(tmp_path, path, uri, "killsched", 6, mid_point=stopped_and_running)
+    assert_resume_invariants(before, after, 6)
+    stopped_before = {r.data.tags["raysweep.trial_id"] for r in before if r.data.tags.get("raysweep.stopped_by")}
+    assert stopped_before
+    by_id = {r.data.tags["raysweep.trial_id"]: r for r in after}
+    for t in stopped_before:
+        r = by_id[t]
+        assert r.data.tags.get("raysweep.stopped_by") == "mo_asha", "a stopped trial stays stopped"
+        assert not any(k.startswith("objective/") for k in r.data.metrics), "it never ran to its end"
+        assert "raysweep.restarts" not in r.data.tags
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(tmp_path / "runs" / "killsched"))
+    pruned = [t for t in searcher._ot_study.trials if t.state.name == "PRUNED"]
+    assert len(pruned) >= len(stopped_before)
+    assert all("last_values" in t.user_attrs for t in pruned)
 
 
 def test_two_node_cluster_with_mlflow_server(tmp_path, tofu_dir, shared_cache, mlflow_server):

@@ -1,0 +1,160 @@
+"""``raysweep export SWEEP TRIAL[@STEP] OUT_DIR``: a trial's checkpoint (its last, or the one
+evaluated at STEP along the run) as a Hugging Face model directory - safetensors weights, config,
+tokenizer - loadable with ``from_pretrained``, with a model card listing the method, the
+hyperparameters and the objective values recorded for that point."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from raysweep.sweep import tracking
+from raysweep.sweep.tracking import CHECKPOINT_AT, checkpoint_tag
+
+CARD = "README.md"
+META = "raysweep_export.json"
+
+
+def parse_point(point: str) -> tuple[str, Optional[int]]:
+    m = re.fullmatch(r"([^@\s]+)(?:@(\d+))?", point.strip())
+    if not m:
+        raise tracking.TrackingError(f"export: {point!r} is not allowed (TRIAL or TRIAL@STEP, e.g. 3f2a_00004@8)")
+    return m.group(1), int(m.group(2)) if m.group(2) else None
+
+
+def _points(run) -> dict[int, str]:
+    return {int(k[len(CHECKPOINT_AT):]): v for k, v in run.data.tags.items()
+            if k.startswith(CHECKPOINT_AT) and k[len(CHECKPOINT_AT):].isdigit()}
+
+
+def _objectives_at(c, run, objectives: dict, step: Optional[int]) -> dict[str, float]:
+    m = run.data.metrics
+    final = {k: m.get(f"objective/{k}") for k in objectives}
+    if step is None or (all(v is not None for v in final.values()) and step == max(_points(run) or [step])):
+        return {k: v for k, v in final.items() if v is not None}
+    out = {}
+    for k in objectives:
+        at = [x.value for x in c.get_metric_history(run.info.run_id, f"eval/{k}") if x.step == step]
+        if at:
+            out[k] = at[-1]
+    return out
+
+
+def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
+    from raysweep.spec import JobSpec
+    from raysweep.sweep.trial import trial_job
+
+    trial, step = parse_point(point)
+    parent = tracking.find_parent(c, sweep, tracking_uri)
+    run = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, trial)
+    if run is None:
+        known = sorted(r.data.tags.get(tracking.TRIAL_TAG, "?") for r in tracking.child_runs(c, parent))
+        raise tracking.TrackingError(f"export: trial {trial!r} is not in sweep {sweep} (trials: {', '.join(known)})")
+    points = _points(run)
+    if step is None:
+        uri = run.data.tags.get("raysweep.checkpoint_uri") or (points[max(points)] if points else None)
+    else:
+        uri = points.get(step)
+        if uri is None:
+            raise tracking.TrackingError(f"export: trial {trial} has no checkpoint at step {step} "
+                                         f"(evaluated steps with checkpoints: {', '.join(map(str, sorted(points))) or 'none'})")
+    if uri is None:
+        raise tracking.TrackingError(f"export: trial {trial} recorded no checkpoint (status {run.info.status})")
+
+    job_raw = Path(c.download_artifacts(parent.info.run_id, "job.json")).read_text()
+    job = JobSpec.model_validate_json(job_raw)
+    ctx = {"space": _space(c, parent), "space_source": str(job.sweep.search_space), "job_json": job_raw}
+    config = {k: _typed(v) for k, v in run.data.params.items()}
+    trial_spec = trial_job(config, ctx)
+
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="raysweep-export-") as scratch:
+        ckpt = _local_checkpoint(c, uri, Path(scratch))
+        _write_model(trial_spec, ckpt, out)
+    objectives = tracking.parent_objectives(parent)
+    meta = {"sweep": sweep, "trial": trial, "step": step, "mlflow_run_id": run.info.run_id, "checkpoint": uri,
+            "method": run.data.tags.get("raysweep.method"), "forget": run.data.tags.get("raysweep.forget"),
+            "hyperparameters": dict(run.data.params), "objectives": _objectives_at(c, run, objectives, step),
+            "directions": objectives, "tracking_uri": tracking.redact(tracking_uri)}
+    (out / META).write_text(json.dumps(meta, indent=2))
+    (out / CARD).write_text(_card(meta))
+    return out
+
+
+def _space(c, parent) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text())
+
+
+def _typed(v: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+
+def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        return Path(c.download_artifacts(run_id, path, str(scratch)))
+    path = Path(uri)
+    if not path.is_dir():
+        raise tracking.TrackingError(f"export: checkpoint {uri} does not exist on this machine (storage path)")
+    return path
+
+
+def _write_model(job, checkpoint: Path, out: Path) -> None:
+    """The prepared target's config and tokenizer with the checkpoint's weights."""
+    from raysweep.distributed.checkpoint import load_weights
+    from raysweep.models.build import load_causal_lm, load_tokenizer
+    from raysweep.models.prepare import prepare
+
+    prepared = prepare(job, quiet=True)
+    model = load_causal_lm(prepared.target, job.model.dtype)
+    missing, unexpected = model.load_state_dict(load_weights(checkpoint), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise tracking.TrackingError(f"export: checkpoint {checkpoint} does not fit the trial's model "
+                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    load_tokenizer(prepared.tokenizer).save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _card(meta: dict) -> str:
+    where = f"step {meta['step']}" if meta["step"] is not None else "its last checkpoint"
+    objectives = "\n".join(f"| {k} | {v:.6g} | {meta['directions'].get(k, '')} |" for k, v in meta["objectives"].items())
+    params = "\n".join(f"| {k} | {v} |" for k, v in sorted(meta["hyperparameters"].items()))
+    return f"""---
+library_name: transformers
+tags: [unlearning, raysweep]
+---
+# {meta['sweep']} / trial {meta['trial']} ({where})
+
+Unlearned with raysweep: synthesis method **{meta['method']}**, forget objective **{meta['forget']}**.
+Exported from MLflow run `{meta['mlflow_run_id']}` (checkpoint `{meta['checkpoint']}`).
+
+## Objectives recorded for this point
+
+| objective | value | direction |
+|---|---|---|
+{objectives}
+
+## Hyperparameters
+
+| name | value |
+|---|---|
+{params}
+
+Load with `AutoModelForCausalLM.from_pretrained(<this folder>)`.
+"""

@@ -1,0 +1,20 @@
+"""Trial schedulers: a scheduler sees each trial's results and answers continue or stop.
+
+``mo_asha`` (``mo_asha.py``): asynchronous successive halving whose rungs rank trials by
+non-dominated sorting over several objectives, each with its own direction.
+"""
+
+from __future__ import annotations
+
+
+def make_scheduler(job, constraint_threshold=None):
+    """The Tune scheduler a job asks for (``sweep.scheduler``), or None for Tune's FIFO."""
+    spec = job.sweep.scheduler
+    if spec is None:
+        return None
+    from raysweep.sweep.schedulers.mo_asha import MOASHARungs, tune_scheduler
+
+    rungs = MOASHARungs(job.sweep.objectives, max_steps=job.unlearn.steps, grace_period=spec.grace_period,
+                        reduction_factor=spec.reduction_factor, tie_break=spec.tie_break)
+    c = job.sweep.constraint
+    return tune_scheduler(rungs, constraint=(c.metric, constraint_threshold) if c and constraint_threshold is not None else None)

@@ -1,0 +1,156 @@
+"""Multi-objective asynchronous successive halving (MO-ASHA) for Ray Tune.
+
+Rungs sit at ``grace_period * reduction_factor**k`` unlearning steps (below ``max_steps``). A
+trial reaches a rung at its first evaluation (``eval.every``) at or after the rung's step; the
+trials recorded at that rung so far are ranked and the trial continues only if it is among the
+best ``ceil(n / reduction_factor)`` of them (so the first trial at a rung always continues, as in
+ASHA). Ranking, best first:
+
+1. feasible before infeasible (the retention constraint: an infeasible trial is dominated by
+   every feasible one);
+2. non-domination rank over the objectives, each in its own direction;
+3. within a rank, larger hypervolume contribution (or crowding distance) first;
+4. then arrival order.
+
+``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_scheduler`` adapts it to
+Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE or STOP).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from raysweep.sweep.pareto import (crowding_distances, hypervolume_contributions, nondominated_ranks,
+                                   to_maximise)
+
+CONTINUE, STOP = "CONTINUE", "STOP"
+
+
+@dataclass
+class _Entry:
+    trial: str
+    values: tuple
+    feasible: bool
+    order: int
+
+
+@dataclass
+class MOASHARungs:
+    objectives: dict  # name -> "min" | "max", in order
+    max_steps: int
+    grace_period: int = 8
+    reduction_factor: float = 2.0
+    tie_break: str = "hypervolume"
+    rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
+    reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
+    stopped: dict = field(default_factory=dict)  # trial -> rung step where it was stopped
+    _arrivals: int = 0
+
+    def __post_init__(self):
+        if self.reduction_factor <= 1:
+            raise ValueError(f"mo_asha reduction_factor: {self.reduction_factor} is not allowed (> 1)")
+        steps, k = [], 0
+        while True:
+            s = int(round(self.grace_period * self.reduction_factor ** k))
+            if s >= self.max_steps:
+                break
+            if not steps or s > steps[-1]:
+                steps.append(s)
+            k += 1
+        self.milestones = steps
+
+    @property
+    def directions(self) -> list[str]:
+        return list(self.objectives.values())
+
+    def on_result(self, trial: str, step: int, values: Sequence[float], feasible: bool = True,
+                  decide: bool = True) -> str:
+        """An evaluation of ``trial`` at ``step``: record it at every rung newly reached, decide
+        (``decide=False`` only records: rebuilding the rungs from MLflow on resume)."""
+        if trial in self.stopped:
+            return STOP
+        decision = CONTINUE
+        for rung in self.milestones:
+            if rung > step or rung <= self.reached.get(trial, 0):
+                continue
+            self.reached[trial] = rung
+            self._arrivals += 1
+            self.rungs.setdefault(rung, []).append(_Entry(trial, tuple(float(v) for v in values), bool(feasible),
+                                                          self._arrivals))
+            if decide and not self._promotable(rung, trial):
+                self.stopped[trial] = rung
+                decision = STOP
+                break
+        return decision
+
+    def ranking(self, rung: int) -> list[str]:
+        """The trials recorded at ``rung``, best first."""
+        entries = self.rungs.get(rung, [])
+        if not entries:
+            return []
+        pts = np.array([e.values for e in entries], dtype=np.float64)
+        finite = np.all(np.isfinite(pts), axis=1)
+        feasible = np.array([e.feasible for e in entries]) & finite
+        rank = np.full(len(entries), np.iinfo(np.int64).max // 2, dtype=np.int64)
+        spread = np.zeros(len(entries))
+        for group in (feasible, ~feasible & finite):  # infeasible ones are ranked among themselves, after
+            idx = np.flatnonzero(group)
+            if not len(idx):
+                continue
+            sub_rank = nondominated_ranks(pts[idx], self.directions)
+            offset = 0 if group is feasible else len(entries) + 1
+            rank[idx] = sub_rank + offset
+            for r in np.unique(sub_rank):
+                members = idx[sub_rank == r]
+                spread[members] = self._spread(pts[members], pts[idx])
+        keys = [(int(rank[i]), -float(spread[i]), e.order) for i, e in enumerate(entries)]
+        return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
+
+    def _spread(self, members: np.ndarray, all_pts: np.ndarray) -> np.ndarray:
+        if self.tie_break == "crowding":
+            return crowding_distances(members, self.directions)
+        # reference: a little beyond the worst recorded value of each objective
+        worst = to_maximise(all_pts, self.directions).min(axis=0)
+        span = to_maximise(all_pts, self.directions).max(axis=0) - worst
+        ref_max = worst - np.where(span > 0, 0.1 * span, 1.0)
+        ref = ref_max * np.array([1.0 if d == "max" else -1.0 for d in self.directions])
+        return hypervolume_contributions(members, self.directions, ref)
+
+    def _promotable(self, rung: int, trial: str) -> bool:
+        order = self.ranking(rung)
+        keep = max(1, math.ceil(len(order) / self.reduction_factor))
+        return trial in order[:keep]
+
+
+def tune_scheduler(rungs: MOASHARungs, constraint: Optional[tuple] = None):
+    """A Tune ``FIFOScheduler`` whose ``on_trial_result`` asks ``rungs``. Results carry the
+    evaluation along the run as ``eval/<metric>`` at ``step``; other results pass through.
+    ``constraint`` = (metric, threshold): feasible when ``eval/<metric> >= threshold``."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class MOASHAScheduler(FIFOScheduler):
+        def __init__(self):
+            super().__init__()
+            self.rungs = rungs
+            self.constraint = constraint
+
+        def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+            keys = [f"eval/{m}" for m in self.rungs.objectives]
+            if not all(k in result for k in keys) or "step" not in result:
+                return TrialScheduler.CONTINUE
+            feasible = True
+            if self.constraint is not None:
+                metric, threshold = self.constraint
+                v = result.get(f"eval/{metric}")
+                feasible = v is not None and math.isfinite(v) and v >= threshold
+            decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
+            return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
+
+        def debug_string(self) -> str:
+            return f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped"
+
+    return MOASHAScheduler()

@@ -1,0 +1,119 @@
+"""MO-ASHA's rung decisions on hand-made results: mixed directions, infeasible trials, ties."""
+
+import math
+
+import numpy as np
+import pytest
+
+from raysweep.sweep.pareto import crowding_distances, hypervolume, hypervolume_contributions, nondominated_ranks
+from raysweep.sweep.schedulers.mo_asha import CONTINUE, STOP, MOASHARungs
+
+MIXED = {"forget_quality": "max", "retain_loss": "min"}
+
+
+def rungs(**kw):
+    return MOASHARungs(dict(kw.pop("objectives", MIXED)), max_steps=kw.pop("max_steps", 64), **kw)
+
+
+def test_milestones_are_grace_times_powers_of_the_reduction_factor_below_max_steps():
+    assert rungs(grace_period=8, reduction_factor=2).milestones == [8, 16, 32]
+    assert rungs(grace_period=4, reduction_factor=3, max_steps=100).milestones == [4, 12, 36]
+    assert rungs(grace_period=64).milestones == []  # nothing to decide before the end
+    with pytest.raises(ValueError, match="reduction_factor"):
+        rungs(reduction_factor=1.0)
+
+
+def test_directions_are_respected_one_by_one():
+    r = rungs(grace_period=8, reduction_factor=2)
+    # "a" is better on both objectives: higher forget quality AND lower retain loss.
+    assert r.on_result("a", 8, [0.9, 0.1]) == CONTINUE
+    assert r.on_result("b", 8, [0.2, 0.8]) == STOP          # dominated by a: bottom half of 2
+    # Under the opposite directions the same numbers make "b" the better one.
+    flipped = rungs(objectives={"forget_quality": "min", "retain_loss": "max"})
+    flipped.on_result("a", 8, [0.9, 0.1])
+    assert flipped.ranking(8) == ["a"]
+    assert flipped.on_result("b", 8, [0.2, 0.8]) == CONTINUE
+    assert flipped.ranking(8) == ["b", "a"]
+
+
+def test_the_first_arrival_always_continues_and_the_top_fraction_is_kept():
+    r = rungs(grace_period=8, reduction_factor=2)
+    assert r.on_result("t0", 8, [0.1, 0.9]) == CONTINUE  # alone at the rung
+    assert r.on_result("t1", 8, [0.5, 0.5]) == CONTINUE  # dominates t0: ceil(2/2)=1 kept, it is t1
+    assert r.on_result("t2", 8, [0.3, 0.7]) == CONTINUE  # rank 1 (dominated only by t1), 2 of 3 kept
+    assert r.on_result("t3", 8, [0.0, 1.0]) == STOP      # rank 2, 2 of 4 kept
+    assert r.ranking(8)[:2] == ["t1", "t2"]
+
+
+def test_an_infeasible_trial_is_dominated_by_every_feasible_one():
+    r = rungs(grace_period=8, reduction_factor=2)
+    r.on_result("weak", 8, [0.1, 0.9], feasible=True)
+    # Much better objectives, but it breaks the retention constraint: it ranks after "weak".
+    assert r.on_result("breaks", 8, [0.99, 0.01], feasible=False) == STOP
+    assert r.ranking(8) == ["weak", "breaks"]
+    # Among infeasible trials, non-domination still orders them.
+    r2 = rungs(grace_period=8)
+    r2.on_result("x", 8, [0.1, 0.9], feasible=False)
+    assert r2.on_result("y", 8, [0.5, 0.5], feasible=False) == CONTINUE
+
+
+def test_non_finite_results_rank_last():
+    r = rungs(grace_period=8)
+    r.on_result("nan", 8, [math.nan, 0.1])
+    assert r.on_result("ok", 8, [0.0, 9.0]) == CONTINUE
+    assert r.ranking(8) == ["ok", "nan"]
+
+
+@pytest.mark.parametrize("tie_break", ["hypervolume", "crowding"])
+def test_ties_on_the_front_are_broken_by_spread_then_arrival(tie_break):
+    r = rungs(grace_period=8, reduction_factor=4, tie_break=tie_break)
+    # Four mutually non-dominated points; "mid2" sits close to "mid1" (small exclusive volume,
+    # small crowding distance), the extremes are kept by either rule.
+    for name, pt in [("lo", [0.1, 0.1]), ("mid1", [0.5, 0.5]), ("mid2", [0.52, 0.52]), ("hi", [0.9, 0.9])]:
+        r.on_result(name, 8, pt)
+    order = r.ranking(8)
+    assert set(order) == {"lo", "mid1", "mid2", "hi"}
+    assert order.index("mid2") > order.index("mid1") or order.index("mid2") == 3
+    # identical points: arrival order decides
+    same = rungs(grace_period=8, tie_break=tie_break)
+    same.on_result("first", 8, [0.5, 0.5])
+    assert same.on_result("second", 8, [0.5, 0.5]) == STOP
+    assert same.ranking(8) == ["first", "second"]
+
+
+def test_a_stopped_trial_stays_stopped_and_later_rungs_are_recorded_once():
+    r = rungs(grace_period=8, reduction_factor=2)
+    r.on_result("a", 8, [0.9, 0.1])
+    assert r.on_result("b", 8, [0.1, 0.9]) == STOP
+    assert r.on_result("b", 16, [0.99, 0.0]) == STOP
+    assert r.on_result("a", 16, [0.9, 0.1]) == CONTINUE
+    assert r.on_result("a", 16, [0.9, 0.1]) == CONTINUE  # the same rung again: not re-recorded
+    assert [e.trial for e in r.rungs[16]] == ["a"]
+    # A late first evaluation past two rungs is recorded at both.
+    assert r.on_result("c", 20, [0.95, 0.05]) == CONTINUE
+    assert [e.trial for e in r.rungs[8]] == ["a", "b", "c"] and [e.trial for e in r.rungs[16]] == ["a", "c"]
+
+
+def test_recording_without_deciding_rebuilds_rungs_for_resume():
+    r = rungs(grace_period=8)
+    r.on_result("a", 8, [0.1, 0.9], decide=False)
+    r.on_result("b", 8, [0.0, 1.0], decide=False)
+    assert not r.stopped and [e.trial for e in r.rungs[8]] == ["a", "b"]
+
+
+def test_pareto_helpers_against_their_definitions():
+    pts = np.array([[1.0, 5.0], [2.0, 3.0], [3.0, 1.0], [2.5, 3.5], [0.5, 0.5]])
+    dirs = ["max", "max"]
+    assert list(nondominated_ranks(pts, dirs)) == [0, 1, 0, 0, 2]
+    # mixed directions: minimising the second objective changes the ranks
+    assert nondominated_ranks(pts, ["max", "min"])[2] == 0 and nondominated_ranks(pts, ["max", "min"])[0] > 0
+    front = pts[[0, 2, 3]]
+    ref = [0.0, 0.0]
+    contrib = hypervolume_contributions(front, dirs, ref)
+    for i in range(3):
+        assert contrib[i] == pytest.approx(hypervolume(front, dirs, ref) - hypervolume(np.delete(front, i, 0), dirs, ref))
+    cd = crowding_distances(front, dirs)
+    assert np.isinf(cd[0]) and np.isinf(cd[1]) and np.isfinite(cd[2])
+    # scale: a front at 1e-8 and at 1e8 ranks the same
+    for scale in (1e-8, 1e8):
+        assert list(nondominated_ranks(pts * scale, dirs)) == [0, 1, 0, 0, 2]

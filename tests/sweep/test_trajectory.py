@@ -1,0 +1,208 @@
+"""Search over the trajectory (issue 11): evaluations along the run as front candidates, MO-ASHA
+stopping trials in a real sweep, export of a mid-run checkpoint, and warm starts - with a real
+local Ray, a real Optuna study and sqlite MLflow."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ..conftest import tiny_job
+from .test_sweep import raysweep
+
+# GA with a large learning rate raises both answer losses step after step. Minimising both makes
+# an early checkpoint better than the trial's final one on both objectives - the situation where
+# evaluating only the last checkpoint (open-unlearning #187) loses the best point of a trial.
+OBJECTIVES = {"forget_answer_loss": "min", "retain_answer_loss": "min"}
+
+
+def trajectory_job(tmp_path, tofu_dir, cache, *, name="trajectory", trials=3, scheduler=True, space=None):
+    path = tiny_job(tmp_path, tofu_dir, cache, steps=6, batch_size=4)
+    job = yaml.safe_load(path.read_text())
+    space_path = tmp_path / f"space-{name}.yaml"
+    space_path.write_text(yaml.safe_dump(space or {
+        "method": {"graddiff": {"alpha": 0.0}},  # pure gradient ascent
+        "unlearn": {"lr": {"loguniform": [2e-2, 5e-2]}},
+    }))
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8, "every": 2}
+    job["sweep"] = {
+        "search_space": str(space_path), "objectives": OBJECTIVES, "sampler": "random", "num_trials": trials,
+        "max_concurrent": 1, "seed": 3, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "storage_path": str(tmp_path / "runs"),
+        **({"scheduler": {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2}} if scheduler else {}),
+    }
+    out = tmp_path / f"{name}.yaml"
+    out.write_text(yaml.safe_dump(job))
+    return out
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    tmp = tmp_path_factory.mktemp("trajectory")
+    path = trajectory_job(tmp, tofu_dir, shared_cache)
+    prepare(load_job(path))
+    res = raysweep("launch", str(path), "--name", "traj", cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    job = load_job(path)
+    uri = job.sweep.tracking_uri
+    return tmp, path, job, res, pareto_report(tracking.client(uri), uri, "traj")
+
+
+def _dominates(a: dict, b: dict) -> bool:
+    better_or_equal = all(a[k] <= b[k] for k in OBJECTIVES)
+    return better_or_equal and any(a[k] < b[k] for k in OBJECTIVES)
+
+
+def test_every_evaluated_step_is_a_candidate_with_its_checkpoint(swept):
+    tmp, path, job, res, report = swept
+    rows = report["trials"]
+    steps = {}
+    for r in rows:
+        steps.setdefault(r["trial_id"], []).append(r["step"])
+        assert r["checkpoint_uri"], r  # every candidate can be exported
+    finals = [r for r in rows if r["final"]]
+    assert finals and all(r["step"] == 6 for r in finals)
+    for r in finals:  # a trial that ran to the end was evaluated at 2, 4 and 6
+        assert sorted(steps[r["trial_id"]]) == [2, 4, 6]
+
+
+def test_a_mid_run_checkpoint_that_dominates_its_final_one_is_on_the_front_at_its_step(swept):
+    tmp, path, job, res, report = swept
+    by_trial = {}
+    for r in report["trials"]:
+        by_trial.setdefault(r["trial_id"], {})[r["step"]] = r
+    cases = [(t, s) for t, pts in by_trial.items() if 6 in pts
+             for s, r in pts.items() if s < 6 and _dominates(r["objectives"], pts[6]["objectives"])]
+    assert cases, "GA at these learning rates must make an early checkpoint better than the last"
+    front = {(r["trial_id"], r["step"]) for r in report["front"]}
+    assert any(not r["final"] for r in report["front"]), front
+    for t, s in cases:  # a final point dominated by its own trial's earlier one is never on the front
+        assert (t, 6) not in front
+    # The front is exactly the non-dominated set of all evaluated points.
+    pts = np.array([[r["objectives"][k] for k in OBJECTIVES] for r in report["trials"]])
+    for r, p in zip(report["trials"], pts):
+        dominated = any(_dominates(dict(zip(OBJECTIVES, q)), r["objectives"]) for q in pts)
+        assert r["pareto"] == (not dominated)
+    table = raysweep("pareto", "traj", "--tracking-uri", job.sweep.tracking_uri, "--no-log", cwd=tmp)
+    assert table.returncode == 0 and "step*" in table.stdout
+    per_trial = raysweep("pareto", "traj", "--tracking-uri", job.sweep.tracking_uri, "--no-log", "--per-trial",
+                         "--json", cwd=tmp)
+    own = json.loads(per_trial.stdout)["per_trial"]
+    for t, s in cases:
+        assert 6 not in [r["step"] for r in own[t]]
+
+
+def test_export_of_a_mid_run_point_reproduces_its_recorded_metrics(swept, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tmp, path, job, res, report = swept
+    point = next(r for r in report["front"] if not r["final"])
+    out = tmp_path / "exported"
+    ex = raysweep("export", "traj", f"{point['trial_id']}@{point['step']}", str(out),
+                  "--tracking-uri", job.sweep.tracking_uri, cwd=tmp)
+    assert ex.returncode == 0, ex.stderr[-2000:]
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+    assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+    card = (out / "README.md").read_text()
+    assert "graddiff" in card and "forget_answer_loss" in card and f"step {point['step']}" in card
+    AutoModelForCausalLM.from_pretrained(out)  # loads as a plain HF model
+    ev = raysweep("eval", str(out), "--job", str(path), "--benchmark", "qa", "--out", str(tmp_path / "e.json"), cwd=tmp)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    again = json.loads((tmp_path / "e.json").read_text())
+    again = again.get("metrics", again)
+    for k, v in point["objectives"].items():
+        assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    bad = raysweep("export", "traj", f"{point['trial_id']}@5", str(tmp_path / "x"), "--tracking-uri",
+                   job.sweep.tracking_uri, cwd=tmp)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "no checkpoint at step 5" in bad.stderr
+
+
+def test_mo_asha_stopped_trials_are_recorded_and_told_to_optuna_as_pruned(swept):
+    from mlflow.tracking import MlflowClient
+
+    tmp, path, job, res, report = swept
+    c = MlflowClient(job.sweep.tracking_uri)
+    exp = c.get_experiment_by_name("raysweep/tiny-test").experiment_id
+    children = [r for r in c.search_runs([exp]) if r.data.tags.get("raysweep.role") != "parent"
+                and r.data.tags.get("raysweep.sweep") == "traj"]
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    stopped = [r for r in children if r.data.tags.get("raysweep.stopped_by") == "mo_asha"]
+    study = _study(Path(job.sweep.storage_path) / "traj")
+    states = sorted(t.state.name for t in study.trials)
+    assert states.count("PRUNED") == len(stopped)
+    for t in study.trials:
+        if t.state.name == "PRUNED":
+            assert set(t.user_attrs["last_values"]) == set(OBJECTIVES) and t.user_attrs["pruned_at_step"] in (2, 4)
+    for r in stopped:
+        assert "stopped by mo_asha" in r.data.tags["raysweep.status_reason"]
+        assert not any(k.startswith("objective/") for k in r.data.metrics)  # never ran to the end
+    assert ("stopped by the scheduler" in res.stdout + res.stderr) == bool(stopped)
+
+
+def _study(storage: Path):
+    """The Optuna study Tune saved with the sweep (its searcher state)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(storage))
+    return searcher._ot_study
+
+
+def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, shared_cache):
+    tmp, path, job, res, report = swept
+    second = trajectory_job(tmp, tofu_dir, shared_cache, name="warm", trials=1, scheduler=False)
+    raw = yaml.safe_load(second.read_text())
+    raw["eval"].pop("every")
+    second.write_text(yaml.safe_dump(raw))
+    res2 = raysweep("launch", str(second), "--name", "warm", "--warm-start", "traj", cwd=tmp)
+    assert res2.returncode == 0, res2.stderr[-3000:]
+    study = _study(Path(job.sweep.storage_path) / "warm")
+    earlier = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    finished = [r for r in report["trials"] if r["final"]]
+    assert len(earlier) == len({r["run_id"] for r in finished}) >= 1
+    for t in earlier:
+        assert t.state.name == "COMPLETE" and len(t.values) == 2
+    new = [t for t in study.trials if "warm_start_from" not in t.user_attrs]
+    assert len(new) == 1
+    assert all(new[0].params != t.params for t in earlier)  # the first new suggestion is not a repeat
+
+    # A space the earlier trials do not fit is a one-line error, before anything starts.
+    narrow = trajectory_job(tmp, tofu_dir, shared_cache, name="narrow", trials=1, scheduler=False,
+                            space={"method": {"graddiff": {"alpha": 0.0}},
+                                   "unlearn": {"lr": {"loguniform": [1e-5, 1e-4]}}})
+    raw = yaml.safe_load(narrow.read_text())
+    raw["eval"].pop("every")
+    narrow.write_text(yaml.safe_dump(raw))
+    bad = raysweep("launch", str(narrow), "--name", "narrow", "--warm-start", "traj", cwd=tmp)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unlearn.lr=" in lines[0] and "is not allowed by the new search space" in lines[0]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eval": {"every": 0}}, "sweep.scheduler: mo_asha is not allowed without eval.every"),
+    ({"eval": {"every": 3}}, "sweep.scheduler.grace_period: 2 is not allowed (must be a multiple of eval.every=3)"),
+    ({"eval": {"every": 2, "during_benchmarks": ["mmlu"]}}, "eval.during_benchmarks: ['mmlu'] is not allowed"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "reduction_factor": 1}}}, "reduction_factor"),
+    ({"sweep": {"scheduler": {"name": "hyperband"}}}, "hyperband"),
+])
+def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
+    from raysweep.spec import JobSpecError, load_job
+
+    path = trajectory_job(tmp_path, tofu_dir, tmp_path / "cache")
+    raw = yaml.safe_load(path.read_text())
+    for section, values in change.items():
+        raw[section].update(values)
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(JobSpecError) as err:
+        load_job(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
