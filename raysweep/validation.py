@@ -326,8 +326,14 @@ def check_writable_dir(path: str | Path, field: str) -> None:
         probe_root = probe_root.parent
     if probe_root.exists() and not probe_root.is_dir():
         raise InputError(f"{field}: '{path}' is not allowed ('{probe_root}' is a file; a writable folder)")
-    if not os.access(probe_root, os.W_OK | os.X_OK):
-        raise InputError(f"{field}: '{path}' is not allowed (not writable: '{probe_root}'; a writable folder)")
+    import tempfile
+
+    try:  # a real write: os.access says yes to root on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=probe_root, prefix=".raysweep-probe-"):
+            pass
+    except OSError as err:
+        raise InputError(f"{field}: '{path}' is not allowed (not writable: '{probe_root}': "
+                         f"{err.strerror}; a writable folder)") from None
 
 
 def check_output_file(path: Optional[str], field: str) -> None:
