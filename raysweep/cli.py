@@ -201,7 +201,8 @@ def cmd_launch(args) -> int:
     sw = job.sweep
     tracking_uri = args.tracking_uri or sw.tracking_uri or default_tracking_uri()
     storage = args.storage or str(sw.storage_path or default_storage())
-    validation.check_tracking(tracking_uri, must_exist=False)  # remote first: seconds, not a run
+    validation.check_tracking(tracking_uri, must_exist=False,  # remote first: seconds, not a run
+                              field="--tracking-uri" if args.tracking_uri or not sw.tracking_uri else "sweep.tracking_uri")
     validation.check_writable_dir(storage, "--storage")
     data = validation.check_job(job, address=args.address)
     space = SearchSpace.load(sw.search_space)

@@ -309,7 +309,8 @@ def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
         return f"{loc}: unknown key (allowed: {', '.join(allowed)}){hint}"
     if e["type"] == "missing":
         return f"{loc}: missing (required)"
-    return f"{loc}: {e.get('input')!r} is not allowed ({msg})"
+    value = e.get("input")
+    return f"{loc}: {str(value) if isinstance(value, Path) else value!r} is not allowed ({msg})"
 
 
 def _model_at(model: type[BaseModel], loc) -> Optional[type[BaseModel]]:

@@ -38,7 +38,7 @@ def read_text(path: str | Path, what: str) -> str:
     """A text file's contents; a missing file, a folder or binary bytes are one-line errors."""
     path = Path(path)
     if path.is_dir():
-        raise InputError(f"{what} '{path}' is a folder (a {what} file is expected)")
+        raise InputError(f"{what} '{path}' is a folder (a YAML file is expected)")
     if not path.is_file():
         raise InputError(f"{what} '{path}' does not exist")
     data = path.read_bytes()
