@@ -133,7 +133,7 @@ CASES = [
     ("set", "eval-set", lambda r: ["eval", str(r / "model"), "--benchmark", "qa", "--job", str(r / J), "--set", "eval.batch_size=0"], "eval.batch_size: 0 is not allowed"),
     # --- the job file itself ---
     ("job-file", "missing", lambda r: [*RUN, str(r / "nope.yaml")], "job file '"),
-    ("job-file", "folder", lambda r: [*RUN, str(r / "folder.yaml")], "is a folder (a job file file is expected)"),
+    ("job-file", "folder", lambda r: [*RUN, str(r / "folder.yaml")], "is a folder (a YAML file is expected)"),
     ("job-file", "binary", lambda r: [*RUN, str(r / "binary.yaml")], "is not allowed (a UTF-8 text file is expected"),
     ("job-file", "invalid-yaml-line", lambda r: [*RUN, str(r / "bad.yaml")], "bad.yaml:4:1: not valid YAML"),
     ("job-file", "tab-indent", lambda r: [*RUN, str(r / "tabs.yaml")], "tabs.yaml:2:1: not valid YAML"),
