@@ -341,14 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     from raysweep.registry import UnknownNameError
     from raysweep.spec import JobSpecError
     from raysweep.sweep.space import SearchSpaceError
-    from raysweep.sweep.tracking import TrackingError, redact
+    from raysweep.sweep.tracking import TrackingError, redact_text
     from raysweep.validation import InputError
 
     try:
         rc = args.func(args)
     except (JobSpecError, DataError, UnknownNameError, FileNotFoundError, SearchSpaceError, TrackingError,
             InputError) as err:
-        print(f"raysweep: error: {redact(' '.join(str(err).split()))}", file=sys.stderr)
+        print(f"raysweep: error: {redact_text(' '.join(str(err).split()))}", file=sys.stderr)
         return 2
     if argv is None and args.command in ("launch", "resume"):
         _exit_now(rc)

@@ -211,14 +211,12 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
     c = tracking.client(tracking_uri)
     exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
     parent = c.create_run(exp_id, run_name=name, tags={
-        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": os.path.join(storage, name),
+        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": tracking.redact(os.path.join(storage, name)),
         "raysweep.objectives": json.dumps(sw.objectives),
         "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
         "raysweep.constrained": str(sw.constraint is not None)})
     pid = parent.info.run_id
-    c.log_text(pid, job.model_dump_json(), "job.json")
-    if job.source:
-        c.log_artifact(pid, str(job.source))
+    tracking.log_job(c, pid, job)
     c.log_text(pid, yaml.safe_dump(space.raw), "search_space.yaml")
     tracking.log_metrics(c, pid, {f"target/{k}": v for k, v in target.items()})
     c.log_batch(pid, params=[Param(k, str(v)) for k, v in {

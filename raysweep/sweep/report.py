@@ -59,7 +59,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     report = {
-        "sweep": sweep, "tracking_uri": tracking_uri, "objectives": objectives,
+        "sweep": sweep, "tracking_uri": tracking.redact(tracking_uri), "objectives": objectives,
         "reference_point": dict(zip(names, ref_point)), "reference_point_source": ref_note,
         "hypervolume": hv, "n_finished": len(rows), "n_feasible": len(feasible),
         "front": [r for r in rows if r["pareto"]], "trials": rows,
