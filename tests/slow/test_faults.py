@@ -122,7 +122,7 @@ def test_mlflow_server_stopped_and_restarted_mid_sweep(tmp_path, tofu_dir, share
         for r in runs:
             assert r.info.status == "FINISHED", (r.info.status, r.data.tags.get("raysweep.status_reason"))
             assert "objective/forget_answer_loss" in r.data.metrics
-            history = c.get_metric_history(r.info.run_id, "loss_forget")
+            history = c.get_metric_history(r.info.run_id, "train/loss_forget")
             steps = sorted({m.step for m in history})
             assert steps == list(range(1, 21)), f"per-step metrics dropped: {steps}"
     finally:
