@@ -295,6 +295,7 @@ def test_launch_dry_run_prints_the_plan_and_starts_nothing(world, capsys):
     assert code == 0 and "would run one trial in this process" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # starts a real MLflow server
 def test_launch_dry_run_contacts_a_real_server(world, mlflow_server, capsys):
     from raysweep.cli import main
 

@@ -78,6 +78,7 @@ def auth_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts a real basic-auth MLflow server (~30 s here)
 def test_basic_auth_server_refuses_anonymous_and_accepts_the_nodes_credentials(auth_server, monkeypatch):
     from raysweep.validation import InputError, check_tracking
 
