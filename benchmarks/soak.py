@@ -27,6 +27,9 @@ for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
     os.environ[k] = v
 
 
+SAMPLES: list[tuple[int, float]] = []  # (trials finished, driver RSS in MB)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--job", default=str(REPO / "jobs" / "quickstart.yaml"))
@@ -43,12 +46,13 @@ def main() -> int:
     from raysweep.sweep.driver import launch
 
     me = psutil.Process()
-    samples: list[tuple[int, float]] = []
+    samples = SAMPLES
 
     class RssSampler(Callback):
+        # Tune pickles its callbacks into the experiment state: no process handle kept here.
         def on_trial_complete(self, iteration, trials, trial, **info):
             done = sum(t.status == "TERMINATED" for t in trials) + 1
-            samples.append((done, me.memory_info().rss / 2**20))
+            SAMPLES.append((done, psutil.Process().memory_info().rss / 2**20))
 
     work = Path(tempfile.mkdtemp(prefix="raysweep-soak-"))
     uri = f"sqlite:///{work / 'mlflow.db'}"
@@ -61,11 +65,12 @@ def main() -> int:
     report = launch(job, name="soak", callbacks=[RssSampler()], summary_every_seconds=1e9)
     wall = time.time() - t0
 
-    from ray.util.state import list_actors
+    # The GCS actor table (the state API needs the dashboard, which sweeps do not start).
+    from ray._private.state import actors as gcs_actors
 
-    alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")])]
-    ours = [a for a in alive if "Trainable" in (a.class_name or "") or "trial" in (a.class_name or "").lower()
-            or "ProgressBoard" in (a.class_name or "")]
+    alive = [a for a in gcs_actors().values() if a.get("State") == "ALIVE"]
+    ours = [a for a in alive if any(k in a.get("ActorClassName", "") for k in ("ImplicitFunc", "Trainable",
+                                                                                 "ProgressBoard"))]
     children_before = {p.pid for p in me.children(recursive=True)}
     ray.shutdown()
     time.sleep(3)

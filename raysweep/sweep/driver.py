@@ -197,7 +197,10 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
     _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _stop_board(board)
     return finish(c, tracking_uri, name)
 
 
@@ -263,8 +266,21 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     # (Ray 2.60 has no public way to replace callbacks on restore).
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [_console(sweep, space, job, board, 30.0), *(callbacks or [])]
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _stop_board(board)
     return finish(c, tracking_uri, sweep)
+
+
+def _stop_board(board) -> None:
+    """The progress board is a named actor: on a long-lived cluster it would outlive the sweep."""
+    import ray
+
+    try:
+        ray.kill(board)
+    except Exception:  # noqa: BLE001 - already gone with its node
+        pass
 
 
 def finish(c, tracking_uri: str, sweep: str) -> dict:
