@@ -128,3 +128,54 @@ def test_mlflow_server_stopped_and_restarted_mid_sweep(tmp_path, tofu_dir, share
     finally:
         os.killpg(server["proc"].pid, signal.SIGTERM)
         server["proc"].wait(timeout=30)
+
+
+def test_the_non_head_node_killed_mid_sweep(tmp_path, tofu_dir, shared_cache):
+    """A two-node local cluster (a worker asks for 2 of a node's 3 CPUs, so two concurrent trials
+    need both nodes); the second node is removed while its trial runs. Tune retries that trial on
+    the head from its last checkpoint, in the same child run: every trial FINISHED exactly once."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep.driver import launch
+
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=3, steps=30, cpus_per_worker=2)
+    prepare(load_job(path))
+    uri = job["sweep"]["tracking_uri"]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
+    second = cluster.add_node(num_cpus=3)
+    killed = {}
+
+    def kill_second_node_mid_trial():
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            try:
+                on_second = [r for r in child_runs(uri) if r.info.status == "RUNNING"
+                             and r.data.tags.get("raysweep.node") == second.node_id
+                             and any(k.startswith("train/") for k in r.data.metrics)]
+            except Exception:  # noqa: BLE001 - MLflow not up yet
+                on_second = []
+            if on_second:
+                killed["trial"] = on_second[0].data.tags["raysweep.trial_id"]
+                cluster.remove_node(second, allow_graceful=False)
+                return
+            time.sleep(0.5)
+
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        chaos = threading.Thread(target=kill_second_node_mid_trial, daemon=True)
+        chaos.start()
+        report = launch(load_job(path), address=cluster.address, name="nodeloss")
+        chaos.join(timeout=60)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert "trial" in killed, "the second node ran a trial and was removed mid-trial"
+    runs = child_runs(uri)
+    ids = [r.data.tags["raysweep.trial_id"] for r in runs if r.info.status == "FINISHED"]
+    assert len(ids) == len(set(ids)) == 3 and report["n_finished"] == 3, [(r.info.status, r.data.tags) for r in runs]
+    victim = next(r for r in runs if r.data.tags["raysweep.trial_id"] == killed["trial"])
+    assert victim.data.tags.get("raysweep.restarts") == "1" and "objective/forget_answer_loss" in victim.data.metrics
