@@ -14,22 +14,19 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true
 
 
 def _parse_overrides(items: list[str]) -> dict:
-    import yaml
+    from raysweep.validation import parse_overrides
 
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"raysweep: error: --set {item!r} must look like key.path=value")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+    return parse_overrides(items)
 
 
 def cmd_prepare(args) -> int:
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
 
+    from raysweep.validation import check_job
+
     job = load_job(args.job, _parse_overrides(args.set))
+    check_job(job)
     p = prepare(job, force=args.force)
     print(json.dumps({"target": str(p.target), "retain_reference": str(p.retain_reference),
                       "key": p.key, "reused": p.reused}, indent=2))
@@ -37,14 +34,24 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from raysweep.engine.local import format_table, run_trial
+    from raysweep import validation
     from raysweep.spec import load_job
 
     job = load_job(args.job, _parse_overrides(args.set))
+    on_ray = args.ray or job.train.workers > 1 or job.train.use_gpu
+    validation.check_output_file(args.out, "--out")
+    if on_ray:
+        validation.check_writable_dir(args.storage or job.cache_dir / "ray_results", "--storage")
+    data = validation.check_job(job, address=args.address)
+    if args.dry_run:
+        print(validation.run_plan(job, data, on_ray))
+        return 0
+    from raysweep.engine.local import format_table, run_trial
+
     u = job.unlearn
     print(f"raysweep run: {job.name}: forget={u.forget.name} retain={','.join(r.name for r in u.retain)} "
           f"method={u.method.name} steps={u.steps} lr={u.lr}", file=sys.stderr)
-    if args.ray or job.train.workers > 1 or job.train.use_gpu:
+    if on_ray:
         result = _run_on_ray_train(job, args)
     else:
         result = run_trial(job, progress=not args.quiet)
@@ -64,11 +71,16 @@ def _metric_table(metrics: dict[str, float]) -> str:
 def cmd_eval(args) -> int:
     import time
 
-    from raysweep.data.collate import QACollator
-    from raysweep.evaluation.suite import Evaluator
-    from raysweep.models.build import load_causal_lm, load_tokenizer
-    from raysweep.models.prepare import load_job_data, prepare
+    from raysweep import validation
     from raysweep.spec import load_job, parse_job
+
+    validation.check_model_dir(args.model, "model")
+    validation.check_output_file(args.out, "--out")
+    if args.reference:
+        validation.check_model_dir(args.reference, "--reference")
+    if not args.job and not Path(args.data).is_dir():
+        raise validation.InputError(f"--data: '{args.data}' is not allowed (not a folder; the data root with "
+                                    "tofu/, muse_news/, wmdp/, mmlu/)")
 
     benchmarks = []
     for b in args.benchmark:
@@ -82,7 +94,12 @@ def cmd_eval(args) -> int:
                "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
                "eval": {"mcq_data": str(root)}}
         job = parse_job(raw)
-    data = load_job_data(job)
+    data = validation.check_data(job)
+    from raysweep.data.collate import QACollator
+    from raysweep.evaluation.suite import Evaluator
+    from raysweep.models.build import load_causal_lm, load_tokenizer
+    from raysweep.models.prepare import prepare
+
     reference = Path(args.reference) if args.reference else None
     if reference is None and args.job and {"tofu", "muse"} & set(benchmarks):
         reference = prepare(job, data).retain_reference
@@ -173,11 +190,34 @@ def _inline_run_trial(config, job_json: str, options: dict) -> None:
 
 
 def cmd_launch(args) -> int:
-    from raysweep.spec import load_job
+    from raysweep import validation
+    from raysweep.spec import JobSpecError, load_job
+    from raysweep.sweep.driver import default_storage, default_tracking_uri
+    from raysweep.sweep.space import SearchSpace
+
+    job = load_job(args.job, _parse_overrides(args.set))
+    if job.sweep is None:
+        raise JobSpecError("sweep: missing is not allowed (a job needs a sweep section to be launched)")
+    sw = job.sweep
+    tracking_uri = args.tracking_uri or sw.tracking_uri or default_tracking_uri()
+    storage = args.storage or str(sw.storage_path or default_storage())
+    validation.check_tracking(tracking_uri, must_exist=False,  # remote first: seconds, not a run
+                              field="--tracking-uri" if args.tracking_uri or not sw.tracking_uri else "sweep.tracking_uri")
+    validation.check_writable_dir(storage, "--storage")
+    data = validation.check_job(job, address=args.address)
+    space = SearchSpace.load(sw.search_space)
+    validation.check_space(space, job)
+    if args.warm_start:  # an earlier sweep that does not fit is a one-line error before Ray starts
+        from raysweep.sweep import tracking
+        from raysweep.sweep.warm_start import earlier_trials
+
+        earlier_trials(tracking.client(tracking_uri), tracking_uri, args.warm_start, space, sw.objectives)
+    if args.dry_run:
+        print(validation.launch_plan(job, data, space, tracking_uri, storage, args.address))
+        return 0
     from raysweep.sweep.driver import launch
     from raysweep.sweep.report import format_report
 
-    job = load_job(args.job, _parse_overrides(args.set))
     report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name,
                     verbose=args.verbose, warm_start=args.warm_start)
     print(format_report(report))
@@ -185,6 +225,12 @@ def cmd_launch(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from raysweep.sweep import tracking
+    from raysweep.sweep.driver import default_tracking_uri
+    from raysweep.validation import check_tracking
+
+    check_tracking(args.tracking_uri or default_tracking_uri(), must_exist=True)
+    tracking.fail_fast_http()  # the driver's own lookups; trials keep MLflow's retries
     from raysweep.sweep.driver import resume
     from raysweep.sweep.report import format_report
 
@@ -197,16 +243,19 @@ def _tracking_client(args):
     from raysweep.sweep import tracking
     from raysweep.sweep.driver import default_tracking_uri
 
+    from raysweep.validation import check_tracking
+
     tracking.fail_fast_http()
     uri = args.tracking_uri or default_tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise tracking.TrackingError(f"no tracking database at {uri} (run raysweep launch first, or pass --tracking-uri)")
+    check_tracking(uri, must_exist=True)
     return tracking.client(uri), uri
 
 
 def cmd_pareto(args) -> int:
     from raysweep.sweep.report import format_report, pareto_report
+    from raysweep.validation import check_output_file
 
+    check_output_file(args.plot, "--plot")
     c, uri = _tracking_client(args)
     report = pareto_report(c, uri, args.sweep, log_plot=not args.no_log, plot_path=args.plot)
     if args.json:
@@ -255,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     r.add_argument("--storage", help="Ray storage path for checkpoints (default: <cache_dir>/ray_results)")
     r.add_argument("--verbose", action="store_true", help="show Ray's own output (worker logs, reports)")
+    r.add_argument("--dry-run", action="store_true", help="validate the job, data and model, print the plan, start nothing")
     r.set_defaults(func=cmd_run)
 
     e = sub.add_parser("eval", help="evaluate a model directory on a benchmark; writes JSON, prints a table")
@@ -278,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     la.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output (worker logs, reports)")
     la.add_argument("--warm-start", metavar="SWEEP",
                     help="seed the search with the finished trials of an earlier sweep in the same MLflow")
+    la.add_argument("--dry-run", action="store_true",
+                    help="validate everything, contact the tracking server, print the plan, start nothing")
     la.set_defaults(func=cmd_launch)
 
     re_ = sub.add_parser("resume", help="resume a sweep whose driver died (Tuner.restore)")
@@ -314,12 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     from raysweep.registry import UnknownNameError
     from raysweep.spec import JobSpecError
     from raysweep.sweep.space import SearchSpaceError
-    from raysweep.sweep.tracking import TrackingError
+    from raysweep.sweep.tracking import TrackingError, redact_text
+    from raysweep.validation import InputError
 
     try:
         rc = args.func(args)
-    except (JobSpecError, DataError, UnknownNameError, FileNotFoundError, SearchSpaceError, TrackingError) as err:
-        print(f"raysweep: error: {err}", file=sys.stderr)
+    except (JobSpecError, DataError, UnknownNameError, FileNotFoundError, SearchSpaceError, TrackingError,
+            InputError) as err:
+        print(f"raysweep: error: {redact_text(' '.join(str(err).split()))}", file=sys.stderr)
         return 2
     if argv is None and args.command in ("launch", "resume"):
         _exit_now(rc)

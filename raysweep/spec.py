@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysweep.registry import UnknownNameError
+from raysweep.validation import HyperparameterError
 
 
 class JobSpecError(ValueError):
@@ -315,6 +316,8 @@ def _check_named(field: str, spec: NamedSpec, build) -> None:
         raise ValueError(
             f"@{field}.{sub}: {err.name!r} is not allowed (allowed: {', '.join(err.allowed)}){hint}"
         ) from None
+    except HyperparameterError as err:
+        raise ValueError(f"@{field}.{err.param}: {err.detail}") from None
     except (TypeError, ValueError) as err:
         raise ValueError(f"@{field}: {err}") from None
 
@@ -338,7 +341,8 @@ def _one_line(err: ValidationError, model: type[BaseModel]) -> str:
         return f"{loc}: unknown key (allowed: {', '.join(allowed)}){hint}"
     if e["type"] == "missing":
         return f"{loc}: missing (required)"
-    return f"{loc}: {e.get('input')!r} is not allowed ({msg})"
+    value = e.get("input")
+    return f"{loc}: {str(value) if isinstance(value, Path) else value!r} is not allowed ({msg})"
 
 
 def _model_at(model: type[BaseModel], loc) -> Optional[type[BaseModel]]:
@@ -401,22 +405,23 @@ def parse_job(raw: dict, base_dir: Path = Path("."), source: Optional[Path] = No
 
 
 def load_job(path: Union[str, Path], overrides: Optional[dict] = None) -> JobSpec:
+    from raysweep.validation import InputError, read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise JobSpecError(f"job file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise JobSpecError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
-    for dotted, value in (overrides or {}).items():
-        set_dotted(raw, dotted, value)
+        raw = read_yaml(path, "job file")
+        raw = {} if raw is None else raw
+        if not isinstance(raw, dict):
+            raise InputError(f"job file '{path}': a YAML {type(raw).__name__} is not allowed (a YAML mapping)")
+        for dotted, value in (overrides or {}).items():
+            set_dotted(raw, dotted, value)
+    except InputError as err:
+        raise JobSpecError(str(err)) from None
     return parse_job(raw, path.parent.resolve(), path.resolve())
 
 
 def set_dotted(raw: dict, dotted: str, value: Any) -> None:
     """``raw['a']['b'] = value`` for ``dotted = 'a.b'``, creating mappings on the way."""
-    node = raw
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
+    from raysweep.validation import set_dotted as checked
+
+    checked(raw, dotted, value)

@@ -23,12 +23,40 @@ class DataError(ValueError):
     """A data problem, phrased as one line naming the file or field."""
 
 
-def load_jsonl(path: Path) -> list[dict]:
+def load_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """Rows of a JSON-lines file; every row a JSON object holding the ``required`` string fields.
+    A bad row is a one-line error naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file '{path}' does not exist")
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    rows = []
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{n}: not allowed (not UTF-8 text; one JSON object per line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{n}:{err.colno}: {line.strip()[:40]!r} is not allowed "
+                                f"(not valid JSON: {err.msg}; one JSON object per line)") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: a JSON {type(row).__name__} is not allowed (one JSON object per line)")
+            for key in required:
+                if not isinstance(row.get(key), str):
+                    got = "missing" if key not in row else repr(row[key])[:40]
+                    raise DataError(f"{path}:{n}: field {key!r} {got} is not allowed (a string; rows need "
+                                    f"{', '.join(required)})")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"data file '{path}' is empty (allowed: one JSON object per line, at least one row)")
+    return rows
+
+
+QA_FIELDS = ("question", "answer")
 
 
 @dataclass(frozen=True)
@@ -73,7 +101,7 @@ def load_tofu(
                 f"data.subset: forget_authors={subset.forget_authors} is not allowed "
                 f"(1..authors-1 with authors={subset.authors})"
             )
-        full = load_jsonl(data_dir / "full.jsonl")
+        full = load_jsonl(data_dir / "full.jsonl", QA_FIELDS)
         if subset.authors * QA_PER_AUTHOR > len(full):
             raise DataError(
                 f"data.subset.authors: {subset.authors} is not allowed (at most {len(full) // QA_PER_AUTHOR})"
@@ -82,20 +110,20 @@ def load_tofu(
         cut = (subset.authors - subset.forget_authors) * QA_PER_AUTHOR
         forget, retain = rows[cut:], rows[:cut]
         holdout_file = data_dir / "holdout10.jsonl"
-        holdout = load_jsonl(holdout_file)[: len(forget)] if holdout_file.exists() else []
+        holdout = load_jsonl(holdout_file, QA_FIELDS)[: len(forget)] if holdout_file.exists() else []
     else:
         if forget_split not in FORGET_SPLITS:
             raise DataError(f"data.forget_split: '{forget_split}' is not allowed ({', '.join(FORGET_SPLITS)})")
-        forget = load_jsonl(data_dir / f"{forget_split}.jsonl")
-        retain = load_jsonl(data_dir / f"{RETAIN_FOR[forget_split]}.jsonl")
+        forget = load_jsonl(data_dir / f"{forget_split}.jsonl", QA_FIELDS)
+        retain = load_jsonl(data_dir / f"{RETAIN_FOR[forget_split]}.jsonl", QA_FIELDS)
         holdout_file = data_dir / f"{HOLDOUT_FOR[forget_split]}.jsonl"
-        holdout = load_jsonl(holdout_file) if holdout_file.exists() else []
+        holdout = load_jsonl(holdout_file, QA_FIELDS) if holdout_file.exists() else []
 
     perturbed: dict[str, dict] = {}
     for name in ("retain_perturbed", "forget10_perturbed", "forget05_perturbed", "forget01_perturbed"):
         f = data_dir / f"{name}.jsonl"
         if f.exists():
-            for row in load_jsonl(f):
+            for row in load_jsonl(f, ("question",)):
                 perturbed.setdefault(row["question"], row)
     refusal_file = data_dir / "idontknow.txt"
     refusals = [l.strip() for l in refusal_file.read_text().splitlines() if l.strip()] if refusal_file.exists() else []
@@ -120,9 +148,9 @@ def load_muse(data_dir: str | Path, n_forget_texts: Optional[int] = None, chunk_
     texts shipped for privleak (``privleak_retain2``), holdout = ``privleak_holdout``. Long
     articles are chunked at paragraph boundaries so they fit a small model's context."""
     data_dir = Path(data_dir)
-    forget_texts = [r["text"] for r in load_jsonl(data_dir / "raw_forget.jsonl")][:n_forget_texts]
-    retain_texts = [r["text"] for r in load_jsonl(data_dir / "privleak_retain2.jsonl")]
+    forget_texts = [r["text"] for r in load_jsonl(data_dir / "raw_forget.jsonl", ("text",))][:n_forget_texts]
+    retain_texts = [r["text"] for r in load_jsonl(data_dir / "privleak_retain2.jsonl", ("text",))]
     forget = [{"text": c} for t in forget_texts for c in chunk_text(t, chunk_chars)]
     retain = [{"text": c} for t in retain_texts for c in chunk_text(t, chunk_chars)]
-    holdout = [{"text": r["text"]} for r in load_jsonl(data_dir / "privleak_holdout.jsonl")]
+    holdout = [{"text": r["text"]} for r in load_jsonl(data_dir / "privleak_holdout.jsonl", ("text",))]
     return UnlearnData(forget, retain, holdout, [], {}, data_dir)

@@ -37,6 +37,16 @@ def runs_inline(job: JobSpec) -> bool:
     return job.train.workers == 1 and job.train.inline
 
 
+def local_fallbacks(restored) -> list[str]:
+    """Older checkpoints of the trial (newest first) when its storage is a local or shared folder:
+    what a damaged latest checkpoint falls back to."""
+    from raysweep.distributed.checkpoint import previous_checkpoints
+
+    if getattr(getattr(restored, "filesystem", None), "type_name", "local") != "local":
+        return []
+    return [str(p) for p in previous_checkpoints(restored.path)]
+
+
 def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialReporter] = None,
                tune_reporter: Optional["TuneReporter"] = None) -> tuple[dict, Optional[str]]:
     """Call from inside a Tune function trainable. Restores Tune's checkpoint when there is one.
@@ -54,6 +64,7 @@ def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialRepo
     if restored is not None:
         t0 = time.time()
         options.resume_from = restored.to_directory(os.path.join(scratch, "restored"))
+        options.resume_fallbacks = local_fallbacks(restored)
         options.timings["checkpoint_fetch"] = time.time() - t0
     device = torch.device("cuda", 0) if job.train.use_gpu else torch.device("cpu")
     tune_reporter = tune_reporter or TuneReporter()

@@ -11,6 +11,7 @@ import tempfile
 import time
 from typing import Optional
 
+from raysweep.distributed.inline import local_fallbacks
 from raysweep.distributed.worker import WorkerOptions, run_worker
 from raysweep.spec import JobSpec
 
@@ -34,6 +35,7 @@ def train_loop_per_worker(config: dict) -> None:
     scratch = tempfile.mkdtemp(prefix="raysweep-ckpt-")
     if restored is not None:  # a restart after a failure, or a restored run
         options.resume_from = restored.to_directory(os.path.join(scratch, "restored"))
+        options.resume_fallbacks = local_fallbacks(restored)
     rank = ctx.get_world_rank()
     reporter = build_reporter(options.reporting, rank, TrainReporter())
     run_worker(job, rank, ctx.get_world_size(), ray.train.torch.get_device(), reporter, options,

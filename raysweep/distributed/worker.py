@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from raysweep.distributed.checkpoint import load_checkpoint, save_checkpoint
+from raysweep.distributed.checkpoint import load_first_good, save_checkpoint
 from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
 from raysweep.engine.trial import build_trial, micro_batches
 from raysweep.evaluation.batching import torch_distributed_shard
@@ -37,6 +37,7 @@ WARMUP_STEPS = 2
 class WorkerOptions:
     checkpoint_every: Optional[int] = None  # None: the job's train.checkpoint_every; 0: only at the end
     resume_from: Optional[str] = None   # a checkpoint directory
+    resume_fallbacks: list = field(default_factory=list)  # older checkpoints, newest first, if it is damaged
     stop_at_step: Optional[int] = None  # stop early (after checkpointing) - used to test resume
     fail_at_step: Optional[int] = None  # rank 1 (rank 0 when alone) exits hard once at this step (fault test)
     fail_marker: Optional[str] = None   # file that records the failure happened
@@ -138,10 +139,12 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
     start = 0
     if options.resume_from:
         t0 = time.time()
-        start = load_checkpoint(Path(options.resume_from), engine.model, engine)
+        log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank == 0 else None
+        start, used = load_first_good([options.resume_from, *options.resume_fallbacks], engine.model, engine, log)
         timings["resume"] = time.time() - t0
         if rank == 0:
-            print(f"  resumed from step {start} ({options.resume_from})", file=sys.stderr, flush=True)
+            print(f"  resumed from step {start} ({used})" if used else
+                  "  no usable checkpoint: the trial starts over", file=sys.stderr, flush=True)
     timings["build"] = time.time() - t_build
 
     steps = job.unlearn.steps

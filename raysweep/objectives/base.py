@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from raysweep.registry import Registry, UnknownNameError
+from raysweep.validation import check_hyperparameters
 
 OBJECTIVES: Registry[type["Objective"]] = Registry("objective")
 IGNORE_INDEX = -100
@@ -118,6 +119,7 @@ def build_objective(name: str, params: dict[str, Any] | None = None) -> Objectiv
     for key in params:
         if key not in cls.hyperparameters():
             raise UnknownNameError(f"hyperparameter of objective '{name}'", key, cls.hyperparameters())
+    check_hyperparameters(cls, params)
     return cls(**params)
 
 

@@ -15,6 +15,7 @@ import time
 from typing import Optional
 
 from raysweep.reporting import TrialReporter
+from raysweep.sweep.tracking import redact, redact_text
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MAX_BUFFERED = 500_000     # beyond this the oldest are dropped, and close() says how many
@@ -77,7 +78,7 @@ class MlflowStepLogger(TrialReporter):
         if missing:
             raise MetricsNotDelivered(
                 f"{missing} per-step metrics could not be logged to MLflow run {self.run_id} at "
-                f"{self.tracking_uri}: {self._last_error or 'buffer overflow'}")
+                f"{redact(self.tracking_uri or '')}: {redact_text(str(self._last_error or 'buffer overflow'))}")
 
     # ---- internals ------------------------------------------------------------------------------
     def _add(self, metrics: dict, step: int) -> None:

@@ -221,7 +221,10 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
     _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _stop_board(board)
     return finish(c, tracking_uri, name)
 
 
@@ -242,15 +245,13 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
     target = target_metrics(job)
     exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
     parent = c.create_run(exp_id, run_name=name, tags={
-        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": os.path.join(storage, name),
+        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": tracking.redact(os.path.join(storage, name)),
         "raysweep.objectives": json.dumps(sw.objectives),
         "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
         "raysweep.constrained": str(sw.constraint is not None),
         **({"raysweep.warm_start": f"{warm_start} ({len(warm)} trials)"} if warm_start else {})})
     pid = parent.info.run_id
-    c.log_text(pid, job.model_dump_json(), "job.json")
-    if job.source:
-        c.log_artifact(pid, str(job.source))
+    tracking.log_job(c, pid, job)
     c.log_text(pid, yaml.safe_dump(space.raw), "search_space.yaml")
     tracking.log_metrics(c, pid, {f"target/{k}": v for k, v in target.items()})
     c.log_batch(pid, params=[Param(k, str(v)) for k, v in {
@@ -300,8 +301,21 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     run_config.callbacks = [_console(sweep, space, job, board, 30.0), *recorders, *(callbacks or [])]
     if scheduler is not None:  # likewise the scheduler: a fresh one, its rungs rebuilt from MLflow
         tuner._local_tuner._tune_config.scheduler = scheduler
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _stop_board(board)
     return finish(c, tracking_uri, sweep)
+
+
+def _stop_board(board) -> None:
+    """The progress board is a named actor: on a long-lived cluster it would outlive the sweep."""
+    import ray
+
+    try:
+        ray.kill(board)
+    except Exception:  # noqa: BLE001 - already gone with its node
+        pass
 
 
 def finish(c, tracking_uri: str, sweep: str) -> dict:

@@ -101,7 +101,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     trial_fronts = per_trial_fronts(rows, objectives)
     report = {
-        "sweep": sweep, "tracking_uri": tracking_uri, "objectives": objectives,
+        "sweep": sweep, "tracking_uri": tracking.redact(tracking_uri), "objectives": objectives,
         "reference_point": dict(zip(names, ref_point)), "reference_point_source": ref_note,
         "hypervolume": hv, "n_finished": len({r["run_id"] for r in rows}), "n_points": len(rows),
         "n_feasible": len(feasible),

@@ -19,6 +19,7 @@ Distributions: ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{int: [lo,
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ class SearchSpaceError(ValueError):
 
 
 def _hint(name: str, allowed) -> str:
-    m = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
+    m = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.6)
     return f"; did you mean '{m[0]}'?" if m else ""
 
 
@@ -50,9 +51,14 @@ def _check_dist(where: str, spec: Any) -> None:
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise SearchSpaceError(f"{where}.choice: {args!r} is not allowed (a non-empty list)")
+        bad = [a for a in args if a is not None and not isinstance(a, (bool, int, float, str))]
+        if bad:
+            raise SearchSpaceError(f"{where}.choice: {bad[0]!r} is not allowed (numbers, strings, booleans or null)")
         return
-    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)):
+    if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
         raise SearchSpaceError(f"{where}.{kind}: {args!r} is not allowed ([low, high])")
+    if not all(math.isfinite(a) for a in args):
+        raise SearchSpaceError(f"{where}.{kind}: {args!r} is not allowed (finite bounds)")
     lo, hi = args
     if not lo < hi:
         raise SearchSpaceError(f"{where}.{kind}: {args!r} is not allowed (low < high)")
@@ -69,10 +75,13 @@ class SearchSpace:
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        path = Path(path)
-        if not path.is_file():
-            raise SearchSpaceError(f"search space '{path}' does not exist")
-        space = cls(yaml.safe_load(path.read_text()) or {}, str(path))
+        from raysweep.validation import InputError, read_yaml
+
+        try:
+            raw = read_yaml(path, "search space")
+        except InputError as err:
+            raise SearchSpaceError(str(err)) from None
+        space = cls({} if raw is None else raw, str(path))
         space.validate()
         return space
 
@@ -97,13 +106,21 @@ class SearchSpace:
                 if name not in registry:
                     raise SearchSpaceError(
                         f"{src}: {section}.{name}: unknown name (allowed: {', '.join(registry.names())}){_hint(name, registry.names())}")
-                allowed = registry.get(name).hyperparameters()
+                if params is not None and not isinstance(params, dict):
+                    raise SearchSpaceError(f"{src}: {section}.{name}: {params!r} is not allowed "
+                                           "(a mapping of hyperparameters to values or distributions)")
+                cls = registry.get(name)
+                allowed = cls.hyperparameters()
                 for p, spec in (params or {}).items():
                     if p not in allowed:
                         raise SearchSpaceError(
                             f"{src}: {section}.{name}.{p}: unknown hyperparameter (allowed: {', '.join(allowed) or 'none'}){_hint(p, allowed)}")
                     _check_dist(f"{src}: {section}.{name}.{p}", spec)
-        for field, spec in (self.raw.get("unlearn") or {}).items():
+                    _check_types(f"{src}: {section}.{name}.{p}", cls, p, spec)
+        unlearn = self.raw.get("unlearn")
+        if unlearn is not None and not isinstance(unlearn, dict):
+            raise SearchSpaceError(f"{src}: unlearn: {unlearn!r} is not allowed (a mapping of job fields to values or distributions)")
+        for field, spec in (unlearn or {}).items():
             if field not in UNLEARN_SEARCHABLE:
                 raise SearchSpaceError(
                     f"{src}: unlearn.{field}: not searchable (allowed: {', '.join(UNLEARN_SEARCHABLE)}){_hint(field, UNLEARN_SEARCHABLE)}")
@@ -139,6 +156,29 @@ class SearchSpace:
         for field, spec in (self.raw.get("unlearn") or {}).items():
             out[f"unlearn.{field}"] = params.get(f"unlearn.{field}", spec)
         return out
+
+
+def candidate_values(spec: Any) -> list:
+    """Values a (validated) parameter spec may yield, as the sampler types them: each bound of a
+    range, each choice, or the fixed value."""
+    if not isinstance(spec, dict):
+        return [spec]
+    kind, args = next(iter(spec.items()))
+    if kind == "choice":
+        return list(args)
+    if kind in ("int", "intlog"):
+        return [int(args[0]), int(args[1])]
+    return [float(args[0]), float(args[1])]
+
+
+def _check_types(where: str, cls, param: str, spec: Any) -> None:
+    from raysweep.validation import HyperparameterError, check_hyperparameters
+
+    for value in candidate_values(spec):
+        try:
+            check_hyperparameters(cls, {param: value})
+        except HyperparameterError as err:
+            raise SearchSpaceError(f"{where}: {err.detail}") from None
 
 
 def _suggest(trial, name: str, spec: Any):

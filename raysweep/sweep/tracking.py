@@ -34,7 +34,50 @@ def redact(uri: str) -> str:
     """A URI fit to print or log: ``user:password@`` becomes ``***@``."""
     import re
 
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", uri) if uri else uri
+    # ":/+" also catches a URI that went through a path join ("http:/user:pw@host").
+    return re.sub(r"(:/+)[^/@\s'\"]+@", r"\1***@", uri) if uri else uri
+
+
+_SECRET_PARTS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential", "credentials", "auth",
+                 "authorization", "passphrase", "private"}
+
+
+def is_secret_key(name: str) -> bool:
+    """``db_password``, ``api-key``, ``MLFLOW_TRACKING_TOKEN``, ``aws_secret_access_key``: yes;
+    ``authors``, ``tokenizer``: no (whole parts of the name, not substrings)."""
+    import re
+
+    parts = [p for p in re.split(r"[_.\-]", name.lower()) if p]
+    joined = "".join(parts)
+    return any(p in _SECRET_PARTS for p in parts) or "apikey" in joined or "accesskey" in joined
+
+
+def redact_text(text: str) -> str:
+    """Text fit to log: URI credentials and the values of secret-looking ``key: value`` /
+    ``key=value`` pairs become ``***`` (YAML, JSON and command lines alike)."""
+    import re
+
+    text = redact(text)
+
+    # Keys are matched without consuming their values, so ``env: TOKEN=x`` still sees ``TOKEN=x``.
+    pairs = re.finditer(r"(?<![\w.-])\"?([A-Za-z][\w.-]*)\"?\s*[:=]\s*(?=(\"[^\"]*\"|'[^']*'|[^\s,}#]+))", text)
+    out, last = [], 0
+    for m in pairs:
+        if is_secret_key(m.group(1)) and m.end() >= last:
+            out += [text[last:m.end()], "'***'"]
+            last = m.end() + len(m.group(2))
+    return "".join(out) + text[last:]
+
+
+def redact_mapping(obj):
+    """A copy of a job (dicts, lists, scalars) with secret-looking keys' values and URI
+    credentials redacted."""
+    if isinstance(obj, dict):
+        return {k: ("***" if isinstance(k, str) and is_secret_key(k) and v not in (None, "") else redact_mapping(v))
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_mapping(v) for v in obj]
+    return redact(obj) if isinstance(obj, str) else obj
 
 
 def client(tracking_uri: str):
@@ -47,6 +90,17 @@ def fail_fast_http() -> None:
     # A dead tracking server should be a clear error within seconds, not minutes of retries.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def log_job(c, run_id: str, job) -> None:
+    """The job as ``job.json`` (what ``resume`` reads) and its source file, both redacted:
+    credentials a user put in the job (a tracking URI with user:password@, a secret-looking
+    field) never reach MLflow."""
+    from pathlib import Path
+
+    c.log_text(run_id, json.dumps(redact_mapping(job.model_dump(mode="json"))), "job.json")
+    if job.source and Path(job.source).is_file():
+        c.log_text(run_id, redact_text(Path(job.source).read_text()), Path(job.source).name)
 
 
 def experiment_id(c, name: str) -> str:

@@ -186,6 +186,7 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
             c.log_artifacts(run_id, checkpoint, "checkpoint")
             uri = f"runs:/{run_id}/checkpoint"
         c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
+    _fault_pause()
     stopped = metrics.get("stopped")
     if stopped:
         report["stopped_reason"] = str(stopped)
@@ -194,3 +195,11 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     else:
         c.set_terminated(run_id, status="FINISHED")
     return report
+
+
+def _fault_pause() -> None:
+    """Fault-injection hook for the resilience tests: hold a trial between logging its results
+    and closing its run, so a test can kill the driver exactly then. Off unless the variable is set."""
+    pause = os.environ.get("RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S")
+    if pause:
+        time.sleep(float(pause))

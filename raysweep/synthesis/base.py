@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 
 from raysweep.registry import Registry
+from raysweep.validation import check_hyperparameters
 from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce
 
 SYNTHESIS: Registry[type["Synthesis"]] = Registry("synthesis method")
@@ -81,4 +82,5 @@ def build_synthesis(name: str, params: dict[str, Any] | None = None) -> Synthesi
             from raysweep.registry import UnknownNameError
 
             raise UnknownNameError(f"hyperparameter of synthesis '{name}'", key, allowed)
+    check_hyperparameters(cls, params)
     return cls(**params)

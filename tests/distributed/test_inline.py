@@ -20,6 +20,21 @@ def inline_trial(config):
                                   fail_marker=config["fail_marker"]))
 
 
+def inline_trial_damaging_its_latest_checkpoint(config):
+    """On the restart after the crash, truncate the latest checkpoint Tune kept (as a full disk or a
+    half-copied file would) before the trial restores it."""
+    from pathlib import Path
+
+    from ray import tune
+
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        weights = Path(restored.path) / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        Path(config["fail_marker"] + ".damaged").write_text(restored.path)
+    inline_trial(config)
+
+
 @pytest.fixture(scope="module")
 def job_path(tmp_path_factory, tofu_dir, shared_cache):
     from raysweep.models.prepare import prepare
@@ -55,3 +70,31 @@ def test_a_killed_inline_trial_resumes_from_its_checkpoint(job_path, tmp_path):
     expected = load_weights([c for _, c in uninterrupted if c][-1])
     got = load_weights(result.checkpoint.path)
     assert max(float((got[k] - expected[k]).abs().max()) for k in expected) == 0.0  # bitwise on CPU
+
+
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(job_path, tmp_path):
+    import ray
+    from ray import tune
+
+    marker = tmp_path / "failed_once"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(inline_trial_damaging_its_latest_checkpoint, {"cpu": 1}),
+            param_space={"job_path": str(job_path), "fail_at_step": 5, "fail_marker": str(marker)},
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "storage"), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=1),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        result = tuner.fit()[0]
+    finally:
+        ray.shutdown()
+    assert result.error is None, result.error
+    damaged = (tmp_path / "failed_once.damaged").read_text()
+    assert result.metrics["step"] == 6.0
+    # Checkpoints at steps 2 and 4 before the crash at 5; step 4's was truncated: resumed from 2.
+    assert result.metrics["start_step"] == 2.0, (damaged, result.metrics["start_step"])
+    uninterrupted = run_ranks(workers.unlearn, 1, str(job_path), {"train.checkpoint_every": 2},
+                              {"evaluate": False}, str(tmp_path / "local"))[0]
+    expected = load_weights([c for _, c in uninterrupted if c][-1])
+    got = load_weights(result.checkpoint.path)
+    assert max(float((got[k] - expected[k]).abs().max()) for k in expected) == 0.0  # same end, bitwise

@@ -165,3 +165,65 @@ def test_two_node_cluster_with_mlflow_server(tmp_path, tofu_dir, shared_cache, m
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert {r["trial_id"] for r in json.loads(res.stdout)["front"]} == {r["trial_id"] for r in report["front"]}
+
+
+def _reached(moment: str, runs: list) -> bool:
+    running = [r for r in runs if r.info.status == "RUNNING"]
+    if moment == "trials-starting":  # the first child runs exist, nothing has finished
+        return bool(running) and not [r for r in runs if r.info.status != "RUNNING"]
+    # results being logged: final metrics written, the run not closed yet (held by the fault hook)
+    return any(any(k.startswith("final/") for k in r.data.metrics) for r in running)
+
+
+@pytest.mark.parametrize("moment", ["trials-starting", "results-logging"])
+def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared_cache):
+    """The driver SIGKILLed while the first trials start, or while a trial's results are being
+    logged (a fault hook holds the trial 8 s between its final metrics and closing its run); then
+    ``raysweep resume``: every trial exactly once FINISHED with metrics and checkpoint, no finished
+    trial re-run, the budget reached, nothing left RUNNING."""
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=4, steps=10)
+    prepare(load_job(path))
+    uri = job["sweep"]["tracking_uri"]
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    if moment == "results-logging":
+        env["RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"] = "8"
+    log = open(tmp_path / "launch.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "killme"],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    started = set()
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if _reached(moment, child_runs(uri)):
+                break
+            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"never reached {moment}: " + (tmp_path / "launch.log").read_text()[-3000:])
+        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        finished_before = {r.data.tags["raysweep.trial_id"] for r in child_runs(uri) if r.info.status == "FINISHED"}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        time.sleep(5)
+        env.pop("RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S", None)
+        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", "killme", "--tracking-uri", uri],
+                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    runs = child_runs(uri)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    ids = [r.data.tags["raysweep.trial_id"] for r in finished]
+    assert len(ids) == len(set(ids)) == 4, f"{moment}: one FINISHED run per trial, budget reached: {ids}"
+    for r in finished:
+        assert "objective/forget_answer_loss" in r.data.metrics and r.data.tags.get("raysweep.checkpoint_uri")
+        if r.data.tags["raysweep.trial_id"] in finished_before:
+            assert "raysweep.restarts" not in r.data.tags, "a finished trial ran again"
+    assert not [r for r in runs if r.info.status == "RUNNING"], "no stale RUNNING runs"

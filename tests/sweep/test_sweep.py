@@ -152,4 +152,5 @@ def test_pareto_errors_are_one_line(finished_sweep, tmp_path):
     dead = raysweep("pareto", "constrained", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp)
     lines = dead.stderr.strip().splitlines()
     assert dead.returncode != 0 and len(lines) == 1
-    assert lines[0].startswith("raysweep: error: cannot reach the tracking server at http://127.0.0.1:9")
+    assert lines[0].startswith("raysweep: error: --tracking-uri: 'http://127.0.0.1:9' is not allowed "
+                               "(no MLflow server answered within")

@@ -1,0 +1,198 @@
+"""Checkpoint integrity and safety (issue 12, item 3): atomic writes with checksums, damaged
+checkpoints detected with the previous good one used, and no pickle ever loaded from storage."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raysweep.distributed import checkpoint as ck
+from raysweep.distributed.checkpoint import (CheckpointError, load_checkpoint, load_first_good, load_weights,
+                                             save_checkpoint, verify_checkpoint)
+from raysweep.synthesis import build_synthesis
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Engine:
+    """The engine's checkpoint contract on real parts: an AdamW optimizer that has stepped and
+    GRU's EMA state (a list of tensors)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.step_count = 0
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        self.synthesis = build_synthesis("gru", {"mu": 0.5})
+        self.device = torch.device("cpu")
+
+    def step(self):
+        loss = self.model(torch.randn(4, 8)).pow(2).mean()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.synthesis.ema = [p.detach().clone() * 0.5 for p in self.model.parameters()]
+        self.step_count += 1
+
+    def state_dict(self):
+        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                "synthesis": {"ema": self.synthesis.ema}}
+
+    def load_state_dict(self, state):
+        self.step_count = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.synthesis.ema = state["synthesis"]["ema"]
+
+
+def _trained(steps=3, seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    engine = _Engine(model)
+    for _ in range(steps):
+        engine.step()
+    return model, engine
+
+
+def test_round_trip_restores_weights_optimizer_synthesis_and_rng(tmp_path):
+    model, engine = _trained()
+    random.seed(3), np.random.seed(4), torch.manual_seed(5)
+    save_checkpoint(tmp_path / "c", model, engine)
+    expected_draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    engine.step()  # move on, then restore into fresh objects
+    fresh_model, fresh = _trained(steps=0, seed=1)
+    assert load_checkpoint(tmp_path / "c", fresh_model, fresh) == 3
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected_draws
+    for a, b in zip(fresh_model.state_dict().values(), _trained()[0].state_dict().values()):
+        assert torch.equal(a, b)
+    ref_model, ref = _trained()
+    sa, sb = fresh.optimizer.state_dict(), ref.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for k in sb["state"]:  # int keys survive, tensors bitwise
+        for name, v in sb["state"][k].items():
+            assert torch.equal(sa["state"][k][name], v)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.synthesis.ema, ref.synthesis.ema))
+    assert sorted(os.listdir(tmp_path / "c")) == ["meta.json", "model.safetensors", "train_state.json",
+                                                  "train_state.safetensors"]
+
+
+def test_overwrite_is_atomic_and_leaves_no_temporary_folder(tmp_path):
+    model, engine = _trained()
+    save_checkpoint(tmp_path / "c", model, engine)
+    engine.step()
+    save_checkpoint(tmp_path / "c", model, engine)
+    assert verify_checkpoint(tmp_path / "c")["step"] == 4
+    assert os.listdir(tmp_path) == ["c"]
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    """Disk full in the middle of a write (ENOSPC injected into the second file): a clear error,
+    no partial folder, and the checkpoint already there is still the good one."""
+    model, engine = _trained()
+    save_checkpoint(tmp_path / "c", model, engine)
+    from safetensors import torch as st
+
+    real, calls = st.save_file, []
+
+    def full_disk(tensors, filename, *a, **k):
+        calls.append(filename)
+        if len(calls) == 2:
+            Path(filename).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(st, "save_file", full_disk)
+    engine.step()
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*No space left on device"):
+        save_checkpoint(tmp_path / "c", model, engine)
+    assert os.listdir(tmp_path) == ["c"] and verify_checkpoint(tmp_path / "c")["step"] == 3
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
+def test_damaged_checkpoint_is_detected_and_the_previous_one_used(tmp_path, damage, capsys):
+    model, engine = _trained()
+    save_checkpoint(tmp_path / "checkpoint_000001", model, engine)
+    engine.step()
+    save_checkpoint(tmp_path / "checkpoint_000002", model, engine)
+    latest = tmp_path / "checkpoint_000002"
+    target = latest / ("meta.json" if damage == "meta" else "model.safetensors")
+    data = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        target.write_bytes(data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    elif damage == "delete":
+        target.unlink()
+    else:
+        target.write_text("{not json")
+    with pytest.raises(CheckpointError) as err:
+        verify_checkpoint(latest)
+    assert str(latest) in str(err.value) and "\n" not in str(err.value)
+    fresh_model, fresh = _trained(steps=0, seed=1)
+    step, used = load_first_good([latest, *ck.previous_checkpoints(latest)], fresh_model, fresh, log=print)
+    assert (step, used) == (3, tmp_path / "checkpoint_000001")
+    assert "trying the previous checkpoint" in capsys.readouterr().out
+    with pytest.raises(CheckpointError):
+        load_weights(latest)
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_a_planted_pickle_is_refused_and_never_runs(tmp_path):
+    model, engine = _trained()
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps({"engine": _Payload(marker)})
+    # 1. an old-format checkpoint (or one an attacker wrote): train_state.pt is never opened
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "train_state.pt").write_bytes(evil)
+    (legacy / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"train_state.pt is not allowed \(a pickle, never loaded"):
+        load_checkpoint(legacy, model, engine)
+    # 2. the pickle planted in place of the state files, with meta.json rewritten to match
+    planted = tmp_path / "planted"
+    save_checkpoint(planted, model, engine)
+    for name in ("train_state.safetensors", "train_state.json", "model.safetensors"):
+        (planted / name).write_bytes(evil)
+    meta = json.loads((planted / "meta.json").read_text())
+    meta["sha256"] = {n: ck._sha256(planted / n) for n in meta["sha256"]}
+    (planted / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="not a raysweep checkpoint"):
+        load_checkpoint(planted, model, engine)
+    # 3. torch.load of a planted .pt with weights_only=True (what the rest of the stack may use) refuses too
+    (tmp_path / "evil.pt").write_bytes(evil)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "evil.pt", weights_only=True)
+    assert not marker.exists()
+    # the payload is real: plain pickle would have run it
+    pickle.loads(evil)
+    assert marker.read_text() == "pwned"
+
+
+def test_no_code_path_unpickles_from_storage():
+    """The package never calls torch.load without weights_only=True, and pickle.load(s) only in
+    distributed/local.py (results from its own child processes over a pipe, never from disk)."""
+    offenders = []
+    for path in (REPO / "raysweep").rglob("*.py"):
+        text = path.read_text()
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in m.group(1):
+                offenders.append(f"{path.name}: {m.group(0)}")
+        if re.search(r"pickle\.loads?\(", text) and path.name != "local.py":
+            offenders.append(f"{path.name}: pickle.load")
+    assert not offenders, offenders
