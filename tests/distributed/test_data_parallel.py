@@ -76,7 +76,10 @@ def test_two_workers_equal_one_worker_with_the_double_batch(job_path, tmp_path, 
     for rank_reports in two:
         for (m2, _), (m1, _) in zip(rank_reports, one[0]):
             for key in scalars:
-                assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), key
+                # A cosine is bounded by 1: near 0 it is a cancellation of fp32 sums whose order
+                # differs between 1 and 2 ranks, so it gets an absolute tolerance of a few ulps of 1.
+                tol = 1e-6 if key.startswith("cos_") else 1e-7
+                assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=tol), key
 
 
 @pytest.mark.parametrize("method", ["sago", "pcgrad_r"])
