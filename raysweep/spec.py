@@ -32,13 +32,19 @@ class SubsetSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    benchmark: Literal["tofu", "muse"] = "tofu"
+    benchmark: Literal["tofu", "muse", "corpus"] = "tofu"
     path: Path
     forget_split: str = "forget10"
     subset: Optional[SubsetSpec] = None
     # MUSE: how many forget-corpus articles to train/unlearn on (None = all 889).
     n_forget_texts: Optional[int] = Field(None, gt=0)
     max_length: int = Field(128, ge=16)
+    # --- corpus unlearning (benchmark: corpus; issue 10): JSON Lines {"text"} files in data.path ---
+    forget_file: str = "forget.jsonl"
+    retain_file: str = "retain.jsonl"
+    n_retain_texts: Optional[int] = Field(None, gt=0)  # n_forget_texts caps the forget file
+    chunk_chars: Optional[int] = Field(None, gt=0)  # None: 4 x max_length
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)  # last documents of each file, for perplexity
 
     @field_validator("path")
     @classmethod
@@ -51,6 +57,12 @@ class DataSpec(_Strict):
     def _files(self):
         from raysweep.data.tofu import FORGET_SPLITS, RETAIN_FOR
 
+        if self.benchmark == "corpus":
+            for key in ("forget_file", "retain_file"):
+                if not (self.path / getattr(self, key)).is_file():
+                    raise ValueError(f"@data.{key}: {getattr(self, key)!r} is not allowed "
+                                     f"(no such file in {str(self.path)!r}; JSON Lines {{\"text\"}})")
+            return self
         if self.benchmark == "muse":
             needed = ["raw_forget.jsonl", "privleak_retain2.jsonl", "privleak_holdout.jsonl"]
         elif self.subset is not None:
@@ -78,11 +90,23 @@ class TinyModelSpec(_Strict):
     max_position_embeddings: int = Field(256, gt=0)
 
 
+class LoraSpec(_Strict):
+    """peft LoRA adapters: only they train (and are synthesised); the base stays frozen."""
+
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1)
+
+
 class ModelSpec(_Strict):
     # "tiny-llama" (built from a config), "smollm2-135m", a local directory or a hub name.
     base: str = "tiny-llama"
     tiny: TinyModelSpec = TinyModelSpec()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora: Optional[LoraSpec] = None  # issue 10
 
 
 class PrepareSpec(_Strict):
@@ -144,7 +168,7 @@ class UnlearnSpec(_Strict):
         return self
 
 
-BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")
+BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "corpus")
 
 
 class EvalSpec(_Strict):
@@ -182,6 +206,15 @@ class TrainSpec(_Strict):
     # One-worker trials run their loop inside the Tune trial (no Ray Train worker group): the same
     # worker code and checkpoints, ~15 s less start-up per trial. False forces a TorchTrainer.
     inline: bool = True
+    # --- scale (issue 10) ---
+    # Autocast dtype of forward/backward; weights, optimizer state, task buffers and synthesis
+    # scalars stay fp32 (spec 3.2 rule 5). fp16 adds dynamic loss scaling.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Activation checkpointing (HF gradient_checkpointing_enable, non-reentrant).
+    gradient_checkpointing: bool = False
+    # ddp: every rank holds the whole model; fsdp: FSDP2 (fully_shard) shards parameters,
+    # gradients, task buffers and optimizer state across the ranks.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
 
 
 # Metrics each benchmark produces, for validating a sweep's objectives at load time.
@@ -192,6 +225,7 @@ BENCHMARK_METRICS = {
     + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc"],
     "muse": ["muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak"],
     **{b: [f"{b}_acc"] for b in ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")},
+    "corpus": ["forget_heldout_ppl", "retain_heldout_ppl", "forget_heldout_loss", "retain_heldout_loss"],
 }
 
 
@@ -265,6 +299,20 @@ class JobSpec(_Strict):
     sweep: Optional[SweepSpec] = None
     cache_dir: Path = Field(default_factory=default_cache_dir)
     source: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _lora_not_sharded(self):
+        if self.model.lora is not None and self.train.strategy == "fsdp":
+            raise ValueError("@train.strategy: 'fsdp' is not allowed with model.lora (LoRA trains with ddp; "
+                             "its buffers are adapter-sized already)")
+        return self
+
+    @model_validator(mode="after")
+    def _fp32_master_weights(self):
+        if self.train.precision != "fp32" and self.model.dtype != "float32":
+            raise ValueError(f"@model.dtype: {self.model.dtype!r} is not allowed with train.precision "
+                             f"{self.train.precision!r} (float32: master weights stay fp32)")
+        return self
 
     @model_validator(mode="after")
     def _sweep_metrics(self):
@@ -385,6 +433,28 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
+def _hub_data(raw: dict, base: Path) -> dict:
+    """``data.path`` / ``eval.mcq_data`` naming a hub dataset (or a local copy of its repository):
+    materialised once with ``datasets`` into the cache as the JSON Lines raysweep reads."""
+    from raysweep.data.hub import resolve_data_source
+
+    cache = Path(os.path.expandvars(str(raw.get("cache_dir") or default_cache_dir()))).expanduser()
+    data, ev = raw.get("data"), raw.get("eval")
+    targets = []
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data.get("benchmark", "tofu") in ("tofu", "muse"):
+        targets.append((data, "path", data.get("benchmark", "tofu"), "data.path"))
+    if isinstance(ev, dict) and isinstance(ev.get("mcq_data"), str):
+        targets.append((ev, "mcq_data", "wmdp", "eval.mcq_data"))
+    for node, key, layout, field in targets:
+        try:
+            local = resolve_data_source(node[key], layout, cache, base)
+        except (ValueError, OSError) as err:
+            raise JobSpecError(f"{field}: {node[key]!r} is not allowed (not a local folder; as a hub dataset: {err})") from None
+        if local is not None:
+            node[key] = str(local)
+    return raw
+
+
 def _apply_preset(raw: dict) -> dict:
     """``unlearn.preset``: the preset's values where the job (after ``--set`` overrides) gives none."""
     from raysweep.presets import apply_preset
@@ -395,7 +465,7 @@ def _apply_preset(raw: dict) -> dict:
 def parse_job(raw: dict, base_dir: Path = Path("."), source: Optional[Path] = None) -> JobSpec:
     if not isinstance(raw, dict):
         raise JobSpecError("a job file must be a YAML mapping")
-    raw = _apply_preset(_resolve_paths(dict(raw), base_dir))
+    raw = _apply_preset(_resolve_paths(_hub_data(dict(raw), base_dir), base_dir))
     if source is not None:
         raw["source"] = source
     try:

@@ -76,11 +76,13 @@ class UnlearnData:
     # question -> row with paraphrased_answer / perturbed_answer (when available)
     perturbed: dict[str, dict] = field(default_factory=dict)
     data_dir: Optional[Path] = None
+    # Corpus unlearning: held-out text per split ("forget", "retain") for perplexity.
+    heldout: dict[str, list[dict]] = field(default_factory=dict)
 
     def texts(self) -> list[str]:
         """Every string a tokenizer for this job should cover."""
         out = []
-        for row in self.forget + self.retain + self.holdout:
+        for row in self.forget + self.retain + self.holdout + [r for rows in self.heldout.values() for r in rows]:
             out += [row["text"]] if "text" in row else [row["question"], row["answer"]]
         for row in self.perturbed.values():
             out += [row.get("paraphrased_answer", "")] + list(row.get("perturbed_answer", []))

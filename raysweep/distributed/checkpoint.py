@@ -112,7 +112,13 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict
     try:
         tmp.mkdir()
         inner = getattr(model, "module", model)
-        weights = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
+        from raysweep.models.lora import ADAPTER_DIR, adapter_state, is_peft
+
+        if is_peft(inner):  # the base never changes: a LoRA checkpoint holds only the adapters
+            weights = {k: v.detach().cpu().contiguous() for k, v in adapter_state(inner).items()}
+            inner.save_pretrained(tmp / ADAPTER_DIR)  # also in peft's own format, for users
+        else:
+            weights = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
         save_file(_untie(weights), str(tmp / WEIGHTS))
         tensors: dict[str, torch.Tensor] = {}
         structure = encode_state({
@@ -167,7 +173,10 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None) -> dic
     try:
         meta = json.loads((directory / META).read_text())
         sums = meta["sha256"]
-        if not isinstance(sums, dict) or set(sums) != {WEIGHTS, STATE_TENSORS, STATE_JSON}:
+        # An FSDP2 checkpoint keeps its sharded state in torch.distributed.checkpoint's own files;
+        # its meta covers the consolidated weights.
+        required = {WEIGHTS} if meta.get("strategy") == "fsdp" else {WEIGHTS, STATE_TENSORS, STATE_JSON}
+        if not isinstance(sums, dict) or not required <= set(sums):
             raise ValueError("file list")
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint '{directory}': {META} is missing or unreadable (an incomplete or "

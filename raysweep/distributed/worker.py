@@ -25,7 +25,7 @@ import torch.distributed as dist
 from raysweep.distributed.checkpoint import load_first_good, save_checkpoint
 from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
 from raysweep.engine.trial import build_trial, micro_batches
-from raysweep.evaluation.batching import torch_distributed_shard
+from raysweep.evaluation.batching import LOCAL, torch_distributed_shard
 from raysweep.reporting import ReportingOptions, TrialReporter, as_reporter
 from raysweep.spec import JobSpec
 
@@ -62,8 +62,12 @@ class WorkerOptions:
 
 
 def parameter_hash(model: torch.nn.Module) -> str:
+    """Hash of the whole model; a sharded (DTensor) entry is gathered first, so under FSDP this is
+    a collective that every rank must call."""
     h = hashlib.sha256()
     for _, p in sorted(getattr(model, "module", model).state_dict().items()):
+        if hasattr(p, "full_tensor"):
+            p = p.full_tensor()
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -78,7 +82,9 @@ def stop_reason(metrics: dict, max_retain_loss: Optional[float]) -> Optional[str
 
 
 def _evaluate(parts, prefix: str) -> dict:
-    metrics = parts.evaluator(parts.model, progress=False, shard=torch_distributed_shard())
+    # FSDP: every forward all-gathers, so all ranks must run the same forwards: no row split.
+    shard = LOCAL if parts.job.train.strategy == "fsdp" else torch_distributed_shard()
+    metrics = parts.evaluator(parts.model, progress=False, shard=shard)
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
@@ -115,7 +121,17 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
     t_build = time.time()
     torch.manual_seed(job.seed)
 
+    fsdp = job.train.strategy == "fsdp"
+    if fsdp and not dist.is_initialized():
+        raise ValueError("train.strategy: 'fsdp' is not allowed without a process group (run it with --ray or "
+                         "raysweep.distributed.local.run_ranks)")
+
     def wrap(model):
+        if fsdp:  # fully_shard moves only this rank's shards to the device
+            from raysweep.distributed.fsdp import shard_model
+
+            holder["model"] = shard_model(model, device, job.train.precision)
+            return holder["model"]
         model.to(device)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -132,15 +148,27 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
     # (reduce_sum stays the identity); only unit counts and losses are summed across ranks.
     engine_kwargs = dict(reduce_task_grads=reduce_grads, sum_across_ranks=sum_scalars, world_size=world,
                          reduce_after_synthesis=options.reduce_after_synthesis)
+    if fsdp:  # each backward reduce-scatters: task gradients arrive reduced, as shards
+        from raysweep.distributed import fsdp as fsdp_mod
+
+        engine_kwargs.update(reduce_task_grads=lambda grads: grads, reduce_sum=sum_scalars,
+                             grad_to_local=fsdp_mod.grad_to_local, grad_from_local=fsdp_mod.grad_from_local,
+                             params_written=lambda: fsdp_mod.reshard_all(holder["model"]))
     parts = build_trial(job, model_wrapper=wrap, engine_kwargs=engine_kwargs)
     engine = parts.engine
+    if fsdp and engine.ctx.reference_model is not None:
+        fsdp_mod.shard_model(engine.ctx.reference_model, device, job.train.precision)
     holder["reducer"] = TaskGradReducer(engine.params)
     timings = {**options.timings, **{f"build/{k}": v for k, v in parts.timings.items()}}
     start = 0
     if options.resume_from:
         t0 = time.time()
         log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank == 0 else None
-        start, used = load_first_good([options.resume_from, *options.resume_fallbacks], engine.model, engine, log)
+        if fsdp:  # sharded state (torch.distributed.checkpoint), verified by its own loader
+            start = fsdp_mod.load_sharded(Path(options.resume_from), engine.model, engine, rank)
+            used = options.resume_from
+        else:
+            start, used = load_first_good([options.resume_from, *options.resume_fallbacks], engine.model, engine, log)
         timings["resume"] = time.time() - t0
         if rank == 0:
             print(f"  resumed from step {start} ({used})" if used else
@@ -156,9 +184,19 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
         summary["eval_seconds/before"] = time.time() - t0
 
     def save(step: int) -> Optional[str]:
+        if fsdp:  # every rank writes its shards; Ray Train merges the ranks' folders
+            if not options.save_checkpoints or checkpoint_root is None:
+                return None
+            directory = Path(checkpoint_root) / f"step_{step:06d}"
+            return str(fsdp_mod.save_sharded(directory, engine.model, engine, rank, export_full=step == steps))
         if rank != 0 or not options.save_checkpoints or checkpoint_root is None:
             return None
-        return str(save_checkpoint(Path(checkpoint_root) / f"step_{step:06d}", engine.model, engine))
+        directory = save_checkpoint(Path(checkpoint_root) / f"step_{step:06d}", engine.model, engine)
+        if step == steps and job.model.lora is not None:  # the final LoRA model, merged, loadable as is
+            from raysweep.models.lora import MERGED_DIR, export_merged
+
+            export_merged(engine.model, directory / MERGED_DIR, parts.tokenizer)
+        return str(directory)
 
     def finish(metrics: dict, step: int, stopped: Optional[str]) -> dict:
         out = {**metrics, **summary}

@@ -19,6 +19,10 @@ from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce, 
 
 ReduceTaskGrads = Callable[[list[GradList]], list[GradList]]
 
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FP16_INIT_SCALE = 2.0 ** 16
+FP16_GROWTH_INTERVAL = 2000  # torch.amp.GradScaler's defaults
+
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -64,9 +68,21 @@ class UnlearningEngine:
         geffect_every: int = 0,
         geffect_block_groups: int = 3,
         reduce_after_synthesis: bool = False,
+        precision: str = "fp32",
+        grad_to_local: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        grad_from_local: Optional[Callable[[torch.nn.Parameter, torch.Tensor], torch.Tensor]] = None,
+        params_written: Optional[Callable[[], None]] = None,
     ):
         """``reduce_after_synthesis=True`` is the *wrong* order (synthesise per rank, then average),
-        kept only so a test can show that it breaks equivalence for non-linear methods."""
+        kept only so a test can show that it breaks equivalence for non-linear methods.
+
+        ``precision``: "bf16"/"fp16" run forward (and so backward) under autocast while the
+        parameters, the optimizer state, the task buffers and every synthesis scalar stay fp32
+        (spec 3.2 rule 5). "fp16" adds a dynamic loss scale, unscaled before synthesis.
+        ``grad_to_local``/``grad_from_local``: a sharded gradient's local shard and back (FSDP2).
+        ``params_written``: called after parameters are written outside a training step (AutoLR's
+        probes), so a sharded model drops gathered copies that would be stale (FSDP2 reshard).
+        """
         self.model = model
         self.forget, self.retain = forget, list(retain)
         self.forget_pools_with_retain = bool(self.retain) and forget.pools_with(self.retain[0])
@@ -84,17 +100,26 @@ class UnlearningEngine:
         self.reduce_after_synthesis = reduce_after_synthesis
         self.step_count = 0
         self.geffect_every = geffect_every
+        if precision not in AUTOCAST_DTYPES:
+            raise ValueError(f"train.precision: {precision!r} is not allowed ({', '.join(AUTOCAST_DTYPES)})")
+        self.precision = precision
+        self.loss_scale = FP16_INIT_SCALE if precision == "fp16" else 1.0
+        self._good_steps = 0
+        self.grad_to_local = grad_to_local or (lambda g: g)
+        self.grad_from_local = grad_from_local or (lambda p, t: t.to(p.dtype))
+        self.params_written = params_written or (lambda: None)
 
-        allowed = forget.trainable_filter(model)
+        from raysweep.models.lora import restrict_trainable
+
+        restrict_trainable(model, forget.trainable_filter(model))  # RMU's layers, LoRA-aware
         inner = getattr(model, "module", model)
-        for name, p in inner.named_parameters():
-            if allowed is not None and name not in allowed:
-                p.requires_grad_(False)
         self.param_names = [n for n, p in inner.named_parameters() if p.requires_grad]
         self.params = [p for p in inner.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters (check the objective's layer setting)")
         self.device = self.params[0].device
+        if precision != "fp32" and any(p.dtype != torch.float32 for p in self.params):
+            raise ValueError(f"train.precision: {precision!r} needs fp32 master weights (set model.dtype: float32)")
         if geffect_every:
             from raysweep.evaluation.geffect import layer_groups
 
@@ -109,10 +134,10 @@ class UnlearningEngine:
 
     # ---- gradients ----------------------------------------------------------------------------
     def _backward_into(self, loss: torch.Tensor, buf: Optional[GradList], scale: float) -> GradList:
-        (loss * scale).backward()
+        (loss * (scale * self.loss_scale)).backward()
         out: GradList = []
         for k, p in enumerate(self.params):
-            g = p.grad
+            g = None if p.grad is None else self.grad_to_local(p.grad)
             p.grad = None
             if g is not None and g.dtype != torch.float32:
                 g = g.float()  # fp32 buffers (spec 3.2 rule 5)
@@ -137,12 +162,40 @@ class UnlearningEngine:
             with self.no_sync():  # no DDP all-reduce inside backward: each task is reduced on its own
                 for batch in batches:
                     batch = to_device(batch, self.device)
-                    loss = objective(self.model, batch, self.ctx)
-                    total += float(loss.detach()) * scale
+                    with self.autocast():
+                        loss = objective(self.model, batch, self.ctx)
+                    total += float(loss.detach().float()) * scale
                     buf = self._backward_into(loss, buf, scale)
         finally:
             self.ctx.denominator = None
+        if self.loss_scale != 1.0 and buf is not None:  # unscale before synthesis (spec 3.2 rule 5)
+            buf = [None if t is None else t.div_(self.loss_scale) for t in buf]
         return buf, total
+
+    def autocast(self):
+        dtype = AUTOCAST_DTYPES[self.precision]
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _fp16_overflowed(self, grads: list[GradList]) -> bool:
+        """Dynamic loss scaling: halve and skip the step on inf/nan, grow after a run of good steps.
+        The flag is all-reduced so every rank skips together."""
+        if self.precision != "fp16":
+            return False
+        bad = torch.zeros(1)
+        for task in grads:
+            for t in task:
+                if t is not None and not bool(torch.isfinite(t).all()):
+                    bad += 1
+        if float(self.sum_across_ranks(bad)[0]) > 0:
+            self.loss_scale /= 2.0
+            self._good_steps = 0
+            return True
+        self._good_steps += 1
+        if self._good_steps % FP16_GROWTH_INTERVAL == 0:
+            self.loss_scale *= 2.0
+        return False
 
     def task_gradients(self, micro_batches: Sequence[tuple[dict, dict]]) -> tuple[list[GradList], dict]:
         """Accumulated, *unreduced* ``[ĝ_F, g_R1, ...]`` over the micro-batches and mean losses."""
@@ -181,6 +234,10 @@ class UnlearningEngine:
     # ---- one optimizer step -------------------------------------------------------------------
     def step(self, micro_batches: Sequence[tuple[dict, dict]], probe_batch: Optional[dict] = None) -> dict[str, float]:
         grads, metrics = self.task_gradients(micro_batches)
+        if self._fp16_overflowed(grads):
+            metrics.update(skipped_overflow=1.0, loss_scale=self.loss_scale, lr=self._current_lr())
+            self.step_count += 1
+            return metrics
         if self.reduce_after_synthesis:
             g = self.synthesis(grads, SynthContext(reduce_sum=self.reduce_sum, step=self.step_count))
             g = self.reduce_task_grads([g])[0]
@@ -200,7 +257,7 @@ class UnlearningEngine:
                 g = [None if t is None else t * coef for t in g]
             metrics["grad_norm_before_clip"] = total
         for p, t in zip(self.params, g):
-            p.grad = None if t is None else t.to(p.dtype)
+            p.grad = None if t is None else self.grad_from_local(p, t)
 
         lr = self._current_lr()
         for group in self.optimizer.param_groups:
@@ -231,14 +288,24 @@ class UnlearningEngine:
         from raysweep.engine.autolr import autolr_step, horizon_scale
 
         probe_obj = self.retain[0]
+        # The probe loss is the global batch's pooled mean (as for the task losses), so W ranks
+        # see the same loss as one process with the whole probe batch.
+        units = torch.tensor([float(probe_obj.units(probe_batch))])
+        denominator = max(float(self.sum_across_ranks(units)[0]), 1.0) / self.world_size
 
         def probe() -> float:
-            with torch.no_grad():
-                loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
+            self.params_written()
+            self.ctx.denominator = denominator
+            try:
+                with torch.no_grad(), self.autocast():
+                    loss = probe_obj(self.model, probe_batch, self.ctx).detach().reshape(1).float()
+            finally:
+                self.ctx.denominator = None
             return float(self.sum_across_ranks(loss)[0]) / self.world_size  # same η on every rank
 
         horizon = horizon_scale(self.synthesis.autolr_horizon, self.step_count, self.total_steps)
         lr, info = autolr_step(self.params, self.optimizer, probe, horizon)
+        self.params_written()
         self.synthesis.autolr_lr = lr
         return lr, info
 
@@ -248,9 +315,11 @@ class UnlearningEngine:
             "step": self.step_count,
             "optimizer": self.optimizer.state_dict(),
             "synthesis": self.synthesis.state_dict(),
+            "loss_scale": self.loss_scale,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.synthesis.load_state_dict(state["synthesis"])
+        self.loss_scale = float(state.get("loss_scale", self.loss_scale))

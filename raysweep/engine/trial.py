@@ -65,10 +65,17 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
     data = _cached(("data", job.data.model_dump_json()), lambda: load_job_data(job))
     lap("data")
     prepared = prepare(job, data, quiet=True)
+    # Re-seed: a preparation that just trained consumed random numbers, and the trial (LoRA's
+    # adapter init, dropout, samplers) must not depend on whether the cache answered.
+    torch.manual_seed(job.seed)
     lap("prepare_lookup")
     tokenizer = _cached(("tokenizer", str(prepared.tokenizer)), lambda: load_tokenizer(prepared.tokenizer))
     lap("tokenizer")
     model = load_causal_lm(prepared.target, job.model.dtype)
+    if job.train.gradient_checkpointing:
+        # Non-reentrant: correct with two separate backward passes per step and frozen inputs.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     lap("model_load")
     u = job.unlearn
     forget = build_objective(u.forget.name, u.forget.params)
@@ -78,15 +85,20 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
         ref = copy.deepcopy(model).eval()  # π_ref: the frozen model before unlearning
         for p in ref.parameters():
             p.requires_grad_(False)
+        if job.train.precision == "bf16":
+            ref.to(torch.bfloat16)  # frozen, only ever run forward under bf16 autocast
         ctx.reference_model = ref
     model.train()
-    allowed = forget.trainable_filter(model)
-    if allowed is not None:  # freeze before any DDP wrapper registers its hooks
-        for name, p in model.named_parameters():
-            p.requires_grad_(name in allowed)
+    if job.model.lora is not None:  # after the reference copy: π_ref is the plain base model
+        from raysweep.models.lora import apply_lora
+
+        model = apply_lora(model, job.model.lora)
+    from raysweep.models.lora import restrict_trainable
+
+    restrict_trainable(model, forget.trainable_filter(model))  # before any DDP wrapper's hooks
     lap("reference_copy")
     wrapped = model_wrapper(model) if model_wrapper else model
-    if ctx.reference_model is not None:
+    if ctx.reference_model is not None and job.train.strategy != "fsdp":  # FSDP shards it onto the device
         ctx.reference_model.to(next(model.parameters()).device)
     lap("model_wrap")
     engine = UnlearningEngine(
@@ -94,7 +106,7 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
         lr=u.lr, optimizer=u.optimizer, weight_decay=u.weight_decay, max_grad_norm=u.max_grad_norm,
         total_steps=u.steps, schedule=u.schedule, warmup_steps=u.warmup_steps,
         geffect_every=job.eval.geffect_every, geffect_block_groups=job.eval.geffect_block_groups,
-        **(engine_kwargs or {}),
+        precision=job.train.precision, **(engine_kwargs or {}),
     )
     collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
     sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)

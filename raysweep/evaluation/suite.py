@@ -141,6 +141,14 @@ class Evaluator:
 
                 ref_auc = self.reference().get("muse_privleak_auc", AUC_RETRAIN_NEWS)
                 out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard))
+            elif bench == "corpus":
+                from raysweep.evaluation.perplexity import heldout_perplexity
+
+                for split in ("forget", "retain"):
+                    rows = self.data.heldout.get(split, [])
+                    rows = rows[: e.max_questions] if e.max_questions else rows
+                    ppl, loss = heldout_perplexity(model, self.collator, rows, e.batch_size, shard)
+                    out[f"{split}_heldout_ppl"], out[f"{split}_heldout_loss"] = ppl, loss
             else:
                 from raysweep.evaluation.mcq import mcq_accuracy
 

@@ -42,6 +42,13 @@ def data_fingerprint(data: UnlearnData) -> str:
 
 
 def load_job_data(job: JobSpec) -> UnlearnData:
+    if job.data.benchmark == "corpus":
+        from raysweep.data.corpus import load_corpus
+
+        d = job.data
+        return load_corpus(d.path, d.forget_file, d.retain_file, max_length=d.max_length, chunk_chars=d.chunk_chars,
+                           heldout_fraction=d.heldout_fraction, n_forget_texts=d.n_forget_texts,
+                           n_retain_texts=d.n_retain_texts)
     if job.data.benchmark == "muse":
         return load_muse(job.data.path, job.data.n_forget_texts)
     subset = Subset(job.data.subset.authors, job.data.subset.forget_authors) if job.data.subset else None
@@ -52,7 +59,8 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
     return _hash({
         "data": data_fingerprint(data),
         "max_length": job.data.max_length,
-        "model": job.model.model_dump(mode="json"),
+        # LoRA only changes unlearning: the target and reference are the same with or without it.
+        "model": job.model.model_dump(mode="json", exclude={"lora"}),
         "prepare": job.prepare.model_dump(mode="json"),
         "version": 1,
     })
@@ -159,7 +167,8 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, 
         _log(f"prepare: fine-tuning the {label.replace('_', ' ')} on {len(rows)} QA "
              f"({p.epochs} epochs, batch {p.batch_size})")
         t0 = time.time()
-        model = load_causal_lm(base_dir, job.model.dtype)
+        # On a GPU machine the fine-tuning runs there (a 1B target is days of CPU time).
+        model = load_causal_lm(base_dir, job.model.dtype, device=_prepare_device())
         final_loss = finetune(model, collator, rows, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr,
                               weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio, seed=p.seed, label=label)
         model.save_pretrained(tmp / label)
@@ -172,6 +181,12 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, 
     os.replace(tmp, root)
     _log(f"prepare: cached under {root}")
     return PreparedModels(root / "target", _reference_dir(root), root / "target", key, False)
+
+
+def _prepare_device():
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def _reference_dir(root: Path):

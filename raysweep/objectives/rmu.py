@@ -19,6 +19,8 @@ from raysweep.objectives.base import IGNORE_INDEX, Objective, register
 
 def decoder_layers(model) -> torch.nn.ModuleList:
     inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # peft: adapters live inside the same blocks
+        inner = inner.get_base_model()
     base = getattr(inner, "model", None)
     if base is None or not hasattr(base, "layers"):
         raise TypeError("RMU needs a decoder-only model with model.model.layers (Llama-style)")

@@ -46,3 +46,32 @@ def sharded_synthesis(rank, world, name, params, seed, steps):
         out = method(shards, SynthContext(reduce_sum=sum_scalars))
         outs.append(([None if t is None else t for t in out], dict(method.last_info)))
     return outs
+
+
+def unlearn_many(rank, world, job_path, runs, root):
+    """Several trials in one process (imports paid once): ``runs`` is ``[(tag, overrides, options)]``;
+    every rank checkpoints into the same folder per tag (FSDP's sharded checkpoints)."""
+    from raysweep.distributed.fsdp import grad_to_local  # noqa: F401 - import check on every rank
+
+    out = {}
+    for tag, overrides, options in runs:
+        job = load_job(job_path, overrides)
+        recorder = Recorder()
+        run_worker(job, rank, world, torch.device("cpu"), recorder, WorkerOptions(**options), f"{root}/{tag}")
+        out[tag] = recorder.rows
+    return out
+
+
+def fsdp_shard_sizes(rank, world, job_path):
+    """(name, local numel, full numel) of every trainable parameter after sharding."""
+    from raysweep.distributed.fsdp import shard_model
+    from raysweep.models.build import load_causal_lm
+    from raysweep.models.prepare import prepare
+
+    model = shard_model(load_causal_lm(prepare(load_job(job_path)).target), torch.device("cpu"))
+    return [(n, p.to_local().numel(), p.numel()) for n, p in model.named_parameters()]
+
+
+def fsdp_shards_then_unlearn(rank, world, job_path, runs, root):
+    """Both in one process: the shard sizes, then the trials (one spawn instead of two)."""
+    return fsdp_shard_sizes(rank, world, job_path), unlearn_many(rank, world, job_path, runs, root)
