@@ -61,7 +61,9 @@ def check_equivalence(job_path, tmp_path, cases):
             for (m2, _), (m1, _) in zip(rank_rows[tag], one[tag]):
                 for key in ("loss_forget", "loss_retain_0", "norm_forget", "norm_retain", "cos_forget_retain",
                             "norm_update"):
-                    assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-7), (tag, key)
+                    # a cosine near 0 is a difference of nearly equal float32 sums: absolute tolerance
+                    tol = 1e-6 if key.startswith("cos_") else 1e-7
+                    assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=tol), (tag, key)
 
 
 def test_fsdp_equals_one_process_with_the_double_batch(job_path, tmp_path):
