@@ -51,12 +51,18 @@ def truncate_at_stops(text: str) -> str:
 
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
                          max_prompt_tokens: Optional[int] = None, shard: Shard = LOCAL) -> list[str]:
-    # Keep the prompt's end (the question) only when it would not fit the model's context.
+    enc = prompt_token_ids(model, tokenizer, prompts, max_new_tokens, max_prompt_tokens)
+    return greedy_generate(model, tokenizer, enc, max_new_tokens, batch_size, shard)
+
+
+def prompt_token_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                     max_prompt_tokens: Optional[int] = None) -> list[list[int]]:
+    """BOS + each prompt's tokens; the prompt's end (the question) is kept, and its start cut, only
+    when prompt + ``max_new_tokens`` would not fit the model's context."""
     room = _context(model) - max_new_tokens - 1
     max_prompt_tokens = room if max_prompt_tokens is None else min(max_prompt_tokens, room)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
-    return greedy_generate(model, tokenizer, enc, max_new_tokens, batch_size, shard)
+    return [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
 
 
 def _context(model) -> int:

@@ -38,6 +38,21 @@ def normalised_answer_losses(model, collator: QACollator, questions: Sequence[st
     return torch.tensor(losses, dtype=torch.float32)
 
 
+def min_k_of(token_logprobs: torch.Tensor, k: float) -> float:
+    """Mean of the lowest ``max(1, int(k n))`` of ``n`` token log-probs (Min-K% Prob)."""
+    lp = token_logprobs.double().sort().values
+    return float(lp[: max(1, int(lp.numel() * k))].mean())
+
+
+def extraction_strength_of(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """``1 - j/n``, ``j`` the first index from which every prediction equals its label; ``j = n-1``
+    when none does (open-unlearning's loop ends there)."""
+    n = int(labels.numel())
+    wrong = (predictions != labels).nonzero(as_tuple=True)[0]
+    j = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)
+    return 1.0 - j / n
+
+
 @torch.no_grad()
 def answer_token_scores(model, collator: QACollator, questions: Sequence[str], answers: Sequence[str],
                         k: float = 0.4, batch_size: int = 64, shard: Shard = LOCAL) -> list[tuple[float, float]]:
@@ -61,16 +76,12 @@ def answer_token_scores(model, collator: QACollator, questions: Sequence[str], a
         out = []
         for i in range(len(batch)):
             pos = (target[i] != -100).nonzero(as_tuple=True)[0][:-1]
-            n = int(pos.numel())
-            if n == 0:
+            if pos.numel() == 0:
                 out.append((0.0, 0.0))
                 continue
             labels = target[i, pos]
-            lp = logp[i, pos].gather(-1, labels.unsqueeze(-1)).squeeze(-1).double().sort().values
-            mink = float(lp[: max(1, int(n * k))].mean())
-            wrong = (preds[i, pos] != labels).nonzero(as_tuple=True)[0]
-            j = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)
-            out.append((mink, 1.0 - j / n))
+            lp = logp[i, pos].gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            out.append((min_k_of(lp, k), extraction_strength_of(preds[i, pos], labels)))
         return out
 
     return map_batches(encoded, batch_size, score, length=lambda e: len(e[0]), shard=shard)
