@@ -158,7 +158,7 @@ def _matched(perturbed_rows: Optional[list[dict]], qa_rows: list[dict], name: st
 
 def _subset_eval_rows(files: dict[str, list[dict]], cut: int, end: int, forget: list[dict],
                       retain: list[dict]) -> tuple[Optional[list[dict]], Optional[list[dict]]]:
-    """Rows of ``full.jsonl`` [0, end) are authors in order; ``retain_perturbed`` is full rows
+    """Evaluation rows for an author subset (spec 9.1). Rows of ``full.jsonl`` [0, end) are authors in order; ``retain_perturbed`` is full rows
     0..399 and ``forget10_perturbed`` full rows 3600..3999, so full row j's perturbed row is found
     by position. Retain evaluation: the retain authors' ``retain_perturbed`` rows."""
     by_row: dict[int, dict] = {}

@@ -39,14 +39,15 @@ def normalised_answer_losses(model, collator: QACollator, questions: Sequence[st
 
 
 def min_k_of(token_logprobs: torch.Tensor, k: float) -> float:
-    """Mean of the lowest ``max(1, int(k n))`` of ``n`` token log-probs (Min-K% Prob)."""
+    """Mean of the lowest ``max(1, int(k n))`` of ``n`` token log-probs (Min-K% Prob, spec 9.2)."""
     lp = token_logprobs.double().sort().values
     return float(lp[: max(1, int(lp.numel() * k))].mean())
 
 
 def extraction_strength_of(predictions: torch.Tensor, labels: torch.Tensor) -> float:
-    """``1 - j/n``, ``j`` the first index from which every prediction equals its label; ``j = n-1``
-    when none does (open-unlearning's loop ends there)."""
+    """Extraction strength (open-unlearning's TOFU/MUSE metric, next to spec 9.1's): ``1 - j/n``,
+    ``j`` the first index from which every prediction equals its label; ``j = n-1`` when none does
+    (open-unlearning's loop ends there)."""
     n = int(labels.numel())
     wrong = (predictions != labels).nonzero(as_tuple=True)[0]
     j = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)

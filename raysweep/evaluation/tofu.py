@@ -116,7 +116,7 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
 
 
 class TofuEvalSets:
-    """The four evaluation splits (+ holdout) for a job's TOFU data. Forget and retain rows come
+    """The four evaluation splits (+ holdout) for a job's TOFU data (spec 9.1). Forget and retain rows come
     with their paraphrased/perturbed answers matched by row (``UnlearnData.forget_eval`` /
     ``retain_eval``): retain is exactly ``retain_perturbed`` (400 rows, open-unlearning's
     ``TOFU_QA_retain_eval``), not every retain question found in some perturbed file."""
