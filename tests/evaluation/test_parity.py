@@ -275,3 +275,17 @@ def test_letter_loglikelihood_matches_a_direct_forward(tiny, tofu_dir):
             direct = sum(float(logp[len(ctx) - 1 + k, t]) for k, t in enumerate(cont))
             assert float(ll[i, j]) == pytest.approx(direct, abs=1e-4)
     assert not math.isnan(float(ll.sum())) and np.isfinite(ll.numpy()).all()
+
+
+def test_privleak_objectives_need_the_retain_reference(tofu_dir, tmp_path):
+    from raysweep.spec import JobSpecError, parse_job
+
+    space = tmp_path / "space.yaml"
+    space.write_text("method: {graddiff: {}}\n")
+    for bench, metric in (("tofu", "privleak"), ("muse", "muse_privleak")):
+        raw = {"data": {"path": str(tofu_dir)}, "prepare": {"retain_reference": False},
+               "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
+               "eval": {"benchmarks": [bench]},
+               "sweep": {"search_space": str(space), "objectives": {metric: "min"}}}
+        with pytest.raises(JobSpecError, match=f"prepare.retain_reference: False is not allowed \\(sweep uses {metric}\\)"):
+            parse_job(raw)
