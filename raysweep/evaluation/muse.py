@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from raysweep.data.tofu import load_jsonl
-from raysweep.evaluation.batching import LOCAL, Shard, map_batches
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches, model_context
 from raysweep.evaluation.qa import greedy_generate
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc
@@ -59,14 +59,10 @@ def prompt_token_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
                      max_prompt_tokens: Optional[int] = None) -> list[list[int]]:
     """BOS + each prompt's tokens; the prompt's end (the question) is kept, and its start cut, only
     when prompt + ``max_new_tokens`` would not fit the model's context."""
-    room = _context(model) - max_new_tokens - 1
+    room = model_context(model) - max_new_tokens - 1
     max_prompt_tokens = room if max_prompt_tokens is None else min(max_prompt_tokens, room)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     return [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
-
-
-def _context(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 2048))
 
 
 def knowmem(model, tokenizer, qa: Sequence[dict], icl: Sequence[dict], max_new_tokens: int = 32,
@@ -91,7 +87,7 @@ def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = MIN_K_FRACTI
                  batch_size: int = 8, shard: Shard = LOCAL) -> np.ndarray:
     """Mean of the lowest ``k`` fraction of token log-probs, per text (higher = more member-like)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    max_length = min(max_length, _context(model))
+    max_length = min(max_length, model_context(model))
     enc = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_length] for t in texts]
 
     def score(batch):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
-from raysweep.evaluation.batching import LOCAL, Shard
+from raysweep.evaluation.batching import LOCAL, Shard, model_context
 from raysweep.spec import JobSpec
 
 
@@ -38,10 +38,6 @@ def during_job(job: JobSpec) -> JobSpec:
     update = {"benchmarks": list(e.during_benchmarks or e.benchmarks),
               "max_questions": e.during_max_questions or e.max_questions}
     return job.model_copy(update={"eval": e.model_copy(update=update)})
-
-
-def _context(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 2048))
 
 
 def _log(msg: str) -> None:
@@ -170,7 +166,7 @@ class Evaluator:
                 from raysweep.evaluation.mcq import mcq_accuracy
 
                 out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size, shard,
-                                                   max_length=_context(model))
+                                                   max_length=model_context(model))
             if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
         if was_training:
