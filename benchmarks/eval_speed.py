@@ -46,7 +46,7 @@ def main() -> None:
     prepared = prepare(job, data)
     tok = load_tokenizer(prepared.tokenizer)
     model = load_causal_lm(prepared.target).eval()
-    collator = QACollator(tok, job.data.max_length)
+    collator = QACollator.for_job(job, tok)
     rows = data.forget[: args.questions] + data.retain[: args.questions]
     questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
 

@@ -44,7 +44,7 @@ def main() -> None:
     data = load_job_data(job)
     prepared = prepare(job, data)
     tok = load_tokenizer(prepared.target)
-    evaluator = Evaluator(job, data, tok, QACollator(tok, job.data.max_length), prepared.retain_reference)
+    evaluator = Evaluator(job, data, tok, QACollator.for_job(job, tok), prepared.retain_reference)
     evaluator.reference()  # computed (or read) before timing
 
     rows = []

@@ -105,7 +105,7 @@ def cmd_eval(args) -> int:
         reference = prepare(job, data).retain_reference
     tok = load_tokenizer(args.model)
     model = load_causal_lm(args.model, job.model.dtype)
-    evaluator = Evaluator(job, data, tok, QACollator(tok, job.data.max_length), reference, benchmarks)
+    evaluator = Evaluator(job, data, tok, QACollator.for_job(job, tok), reference, benchmarks)
     t0 = time.time()
     metrics = evaluator(model, progress=True)
     print(_metric_table(metrics))

@@ -107,6 +107,10 @@ class ModelSpec(_Strict):
     tiny: TinyModelSpec = TinyModelSpec()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: Optional[LoraSpec] = None  # issue 10
+    # Prompt format in prepare, unlearning and evaluation alike (raysweep/data/prompts.py):
+    # auto = the tokenizer's chat template when it has one, else plain "Question: ... Answer:".
+    template: Literal["auto", "plain", "chat", "llama2", "llama3"] = "auto"
+    system_prompt: Optional[str] = None
 
 
 class PrepareSpec(_Strict):
@@ -174,14 +178,27 @@ BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu
 class EvalSpec(_Strict):
     # What the trial evaluates before and after; empty = the data's own benchmark.
     benchmarks: list[Literal[BENCHMARKS]] = []
-    max_new_tokens: int = Field(64, gt=0)
+    # Greedy generation cap (open-unlearning's generation default: 200 new tokens).
+    max_new_tokens: int = Field(200, gt=0)
+    # Token cap of every scored (question, answer) pair in evaluation, separate from the training
+    # data.max_length (open-unlearning's QADataset max_length 512); truncations are counted.
+    max_length: int = Field(512, ge=16)
     batch_size: int = Field(64, gt=0)
     # Cap on rows per evaluation split (None = every row, the open-unlearning convention).
     max_questions: Optional[int] = Field(None, gt=0)
-    # WMDP/MMLU: a fixed seeded subset of this many questions, from this data root.
-    mcq_questions: int = Field(200, gt=0)
+    # WMDP/MMLU: a fixed seeded subset of this many questions ("all": every question), from this
+    # data root; MMLU with this many dev-set exemplars per subject (lm-eval first_n; SAGO uses 5).
+    mcq_questions: Union[int, Literal["all"]] = 200
+    mmlu_shots: int = Field(0, ge=0, le=5)
     mcq_seed: int = 0
     mcq_data: Optional[Path] = None
+
+    @field_validator("mcq_questions")
+    @classmethod
+    def _positive(cls, v):
+        if v != "all" and v <= 0:
+            raise ValueError("a positive number of questions, or 'all'")
+        return v
     # G-effect (spec 8.1) every K optimizer steps; 0 = off.
     geffect_every: int = Field(0, ge=0)
     geffect_block_groups: int = Field(3, gt=0)
@@ -222,8 +239,10 @@ _SPLIT_METRICS = ("answer_loss", "prob", "rougeL_recall", "truth_ratio")
 BENCHMARK_METRICS = {
     "qa": [f"{s}_{m}" for s in ("forget", "retain") for m in ("answer_loss", "answer_prob", "rougeL_recall")],
     "tofu": [f"{s}_{m}" for s in ("forget", "retain", "real_authors", "world_facts") for m in _SPLIT_METRICS]
-    + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc"],
-    "muse": ["muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak"],
+    + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc", "mia_min_k_auc", "privleak",
+       "extraction_strength", "truncated_inputs"],
+    "muse": ["muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak",
+             "muse_privleak_published_ref"],
     **{b: [f"{b}_acc"] for b in ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")},
     "corpus": ["forget_heldout_ppl", "retain_heldout_ppl", "forget_heldout_loss", "retain_heldout_loss"],
 }
@@ -327,7 +346,7 @@ class JobSpec(_Strict):
                 raise ValueError(
                     f"@sweep: metric {name!r} is not allowed (metrics of eval.benchmarks {benches}: {', '.join(known)})"
                     f"{'; did you mean ' + repr(_close(name, known)) + '?' if _close(name, known) else ''}")
-        needs_ref = {"forget_quality", "log10_forget_quality"} & set(names)
+        needs_ref = {"forget_quality", "log10_forget_quality", "privleak", "muse_privleak"} & set(names)
         if needs_ref and not self.prepare.retain_reference:
             raise ValueError(f"@prepare.retain_reference: False is not allowed (sweep uses {sorted(needs_ref)[0]})")
         if self.sweep.reference_point and set(self.sweep.reference_point) != set(self.sweep.objectives):

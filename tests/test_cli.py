@@ -106,13 +106,16 @@ def test_eval_command_writes_json_and_prints_table(tmp_path, tofu_dir, shared_ca
     assert res.returncode == 0, res.stderr[-2000:]
     metrics = json.loads(out.read_text())["metrics"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "retain_truth_ratio",
-                "real_authors_prob", "world_facts_rougeL_recall", "mia_loss_auc"):
+                "real_authors_prob", "world_facts_rougeL_recall", "mia_loss_auc", "mia_min_k_auc", "privleak",
+                "extraction_strength", "truncated_inputs"):
         assert key in metrics and key in res.stdout
     assert 0 <= metrics["forget_quality"] <= 1 and 0 <= metrics["model_utility"] <= 1
     # The retain reference against its own truth ratios: forget quality 1 by construction.
     ref = raysweep_inproc(capsys, "eval", info["retain_reference"], "--benchmark", "tofu", "--job", str(job),
                           "--out", str(tmp_path / "ref.json"))
-    assert json.loads((tmp_path / "ref.json").read_text())["metrics"]["forget_quality"] == pytest.approx(1.0)
+    ref_metrics = json.loads((tmp_path / "ref.json").read_text())["metrics"]
+    assert ref_metrics["forget_quality"] == pytest.approx(1.0)
+    assert ref_metrics["privleak"] == pytest.approx(0.0, abs=1e-6)  # its own Min-K% AUC is the reference
 
 
 def test_muse_prepare_recipe_and_metrics(tmp_path, capsys):

@@ -1,34 +1,51 @@
-"""QA tokenisation: prompt and answer tokens, prompt and padding labels -100 (spec 1)."""
+"""QA tokenisation: prompt and answer tokens, prompt and padding labels -100 (spec 1). How the
+question is wrapped (plain ``Question: ... Answer:``, the tokenizer's chat template, Llama-2
+``[INST]``) is the collator's :class:`raysweep.data.prompts.PromptFormat`."""
 
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from raysweep.data.prompts import PromptFormat, job_prompt_format, resolve_prompt_format
+
 IGNORE_INDEX = -100
-PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
-
-
-def format_prompt(question: str) -> str:
-    return PROMPT_TEMPLATE.format(question=question)
 
 
 class QACollator:
     """Turns QA rows into right-padded training batches (or left-padded prompts for generation)."""
 
-    def __init__(self, tokenizer, max_length: int = 128, refusals: Sequence[str] = (), seed: int = 0):
+    def __init__(self, tokenizer, max_length: int = 128, refusals: Sequence[str] = (), seed: int = 0,
+                 prompt: Optional[PromptFormat] = None):
         self.tok = tokenizer
         self.max_length = max_length
         self.refusals = list(refusals)
         self.seed = seed
+        self.prompt = prompt or resolve_prompt_format(tokenizer)
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token")
         # Rows are tokenised once per collator: every step and every evaluation reuse them.
-        self._encoded: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        self._encoded: dict[tuple[str, str], tuple[list[int], list[int], bool]] = {}
+
+    @classmethod
+    def for_job(cls, job, tokenizer, max_length: Optional[int] = None, **kw) -> "QACollator":
+        """The job's prompt format (``model.template``) and ``data.max_length`` unless given."""
+        return cls(tokenizer, max_length or job.data.max_length, prompt=job_prompt_format(job, tokenizer), **kw)
+
+    def with_max_length(self, max_length: int) -> "QACollator":
+        """The same tokenizer and prompt format with another length cap (evaluation's own)."""
+        return QACollator(self.tok, max_length, self.refusals, self.seed, self.prompt)
 
     def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        return self._cached(question, answer)[:2]
+
+    def truncated(self, question: str, answer: str) -> bool:
+        """Whether the pair was longer than ``max_length`` (its answer end was cut)."""
+        return self._cached(question, answer)[2]
+
+    def _cached(self, question: str, answer: str) -> tuple[list[int], list[int], bool]:
         key = (question, answer)
         hit = self._encoded.get(key)
         if hit is None:
@@ -37,15 +54,12 @@ class QACollator:
             hit = self._encoded[key] = self._encode(question, answer)
         return hit
 
-    def _encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        prompt = self.tok(format_prompt(question), add_special_tokens=False)["input_ids"]
-        ans = self.tok(" " + answer, add_special_tokens=False)["input_ids"]
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
-        ids = (bos + prompt + ans + eos)[: self.max_length]
-        n_prompt = min(len(bos) + len(prompt), len(ids))
+    def _encode(self, question: str, answer: str) -> tuple[list[int], list[int], bool]:
+        full, n_prompt = self.prompt.pair_ids(self.tok, question, answer)
+        ids = full[: self.max_length]
+        n_prompt = min(n_prompt, len(ids))
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-        return ids, labels
+        return ids, labels, len(full) > self.max_length
 
     def encode_text(self, text: str) -> tuple[list[int], list[int]]:
         """Raw text (WMDP/MUSE corpora): every non-pad token is a label (spec 1)."""
@@ -82,8 +96,7 @@ class QACollator:
 
     def prompt_ids(self, question: str) -> list[int]:
         """The prompt tokens a greedy answer is generated from (BOS included)."""
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        return bos + self.tok(format_prompt(question), add_special_tokens=False)["input_ids"]
+        return self.prompt.prompt_ids(self.tok, question)
 
     def prompts(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched greedy generation."""

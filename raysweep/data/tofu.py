@@ -78,6 +78,11 @@ class UnlearnData:
     data_dir: Optional[Path] = None
     # Corpus unlearning: held-out text per split ("forget", "retain") for perplexity.
     heldout: dict[str, list[dict]] = field(default_factory=dict)
+    # TOFU evaluation rows with paraphrased/perturbed answers, matched to the QA by row (spec 9.1):
+    # forget = the forget split's ``_perturbed`` rows; retain = ``retain_perturbed`` (400 rows; with
+    # an author subset, those of the retain authors). None: not available for this data.
+    forget_eval: Optional[list[dict]] = None
+    retain_eval: Optional[list[dict]] = None
 
     def texts(self) -> list[str]:
         """Every string a tokenizer for this job should cover."""
@@ -121,15 +126,53 @@ def load_tofu(
         holdout_file = data_dir / f"{HOLDOUT_FOR[forget_split]}.jsonl"
         holdout = load_jsonl(holdout_file, QA_FIELDS) if holdout_file.exists() else []
 
+    # Question -> perturbed row: only for the tokenizer's training text (``texts``); evaluation rows
+    # are matched by row below, never by question (one question text belongs to two authors).
     perturbed: dict[str, dict] = {}
+    files = {}
     for name in ("retain_perturbed", "forget10_perturbed", "forget05_perturbed", "forget01_perturbed"):
         f = data_dir / f"{name}.jsonl"
         if f.exists():
-            for row in load_jsonl(f, ("question",)):
+            files[name] = load_jsonl(f, ("question",))
+            for row in files[name]:
                 perturbed.setdefault(row["question"], row)
+    if subset is not None:
+        forget_eval, retain_eval = _subset_eval_rows(files, cut, subset.authors * QA_PER_AUTHOR, forget, retain)
+    else:
+        forget_eval = _matched(files.get(f"{forget_split}_perturbed"), forget, f"{forget_split}_perturbed")
+        retain_eval = files.get("retain_perturbed")
     refusal_file = data_dir / "idontknow.txt"
     refusals = [l.strip() for l in refusal_file.read_text().splitlines() if l.strip()] if refusal_file.exists() else []
-    return UnlearnData(forget, retain, holdout, refusals, perturbed, data_dir)
+    return UnlearnData(forget, retain, holdout, refusals, perturbed, data_dir, forget_eval=forget_eval,
+                       retain_eval=retain_eval)
+
+
+def _matched(perturbed_rows: Optional[list[dict]], qa_rows: list[dict], name: str) -> Optional[list[dict]]:
+    """``perturbed_rows`` when row i holds QA row i's question (the TOFU files are row-aligned)."""
+    if perturbed_rows is None:
+        return None
+    if len(perturbed_rows) != len(qa_rows) or any(p["question"] != q["question"] for p, q in zip(perturbed_rows, qa_rows)):
+        raise DataError(f"{name}.jsonl: rows are not aligned with the forget split's rows (row i must hold question i)")
+    return perturbed_rows
+
+
+def _subset_eval_rows(files: dict[str, list[dict]], cut: int, end: int, forget: list[dict],
+                      retain: list[dict]) -> tuple[Optional[list[dict]], Optional[list[dict]]]:
+    """Evaluation rows for an author subset (spec 9.1). Rows of ``full.jsonl`` [0, end) are authors in order; ``retain_perturbed`` is full rows
+    0..399 and ``forget10_perturbed`` full rows 3600..3999, so full row j's perturbed row is found
+    by position. Retain evaluation: the retain authors' ``retain_perturbed`` rows."""
+    by_row: dict[int, dict] = {}
+    for name, start in (("retain_perturbed", 0), ("forget10_perturbed", 4000 - 20 * QA_PER_AUTHOR)):
+        for i, row in enumerate(files.get(name, [])):
+            by_row[start + i] = row
+    rows = retain + forget  # full rows [0, end)
+    for j, row in enumerate(rows):
+        if j in by_row and by_row[j]["question"] != row["question"]:
+            raise DataError(f"perturbed rows are not aligned with full.jsonl (row {j}: {row['question'][:40]!r})")
+    forget_eval = [by_row[j] for j in range(cut, end)] if all(j in by_row for j in range(cut, end)) else None
+    n_retain = min(cut, len(files.get("retain_perturbed", [])))
+    retain_eval = [by_row[j] for j in range(n_retain)] if n_retain else None
+    return forget_eval, retain_eval
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:

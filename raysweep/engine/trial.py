@@ -108,7 +108,7 @@ def build_trial(job: JobSpec, model_wrapper: Optional[Callable] = None, engine_k
         geffect_every=job.eval.geffect_every, geffect_block_groups=job.eval.geffect_block_groups,
         precision=job.train.precision, **(engine_kwargs or {}),
     )
-    collator = QACollator(tokenizer, job.data.max_length, refusals=data.refusals, seed=u.seed)
+    collator = QACollator.for_job(job, tokenizer, refusals=data.refusals, seed=u.seed)
     sampler = PairedSampler(len(data.forget), len(data.retain), u.batch_size, seed=u.seed)
     evaluator = Evaluator(job, data, tokenizer, collator, prepared.retain_reference)
     during = None

@@ -27,6 +27,11 @@ class Shard:
 LOCAL = Shard()
 
 
+def model_context(model) -> int:
+    """The model's context length in tokens (``max_position_embeddings``; 2048 when unnamed)."""
+    return int(getattr(model.config, "max_position_embeddings", 2048))
+
+
 def torch_distributed_shard() -> Shard:
     """The current ``torch.distributed`` group as a shard (one local shard when not initialised)."""
     import torch.distributed as dist

@@ -4,9 +4,14 @@
   ``"\\n\\n"``, ``"\\nQuestion"`` or ``"Question:"``, ROUGE-L F1 (no stemming) x 100.
 * VerbMem: the forget-text prefix, greedy 128 tokens, ROUGE-L F1 (no stemming) against the true
   continuation truncated to 128 tokens, x 100.
-* PrivLeak: Min-K% Prob (K = 40%) per text; ``AUC = P(score(holdout) > score(forget))``;
-  ``PrivLeak = (AUC - AUC_ref) / AUC_ref x 100`` with the benchmark's ``AUC_retrain = 0.4772``
-  for News unless the job's own retain reference supplies one.
+* PrivLeak: Min-K% Prob (K = 40%) per text, each text scored up to 2048 tokens (open-unlearning's
+  ``MUSE_MIA`` max_length; less only where the model's context is shorter);
+  ``AUC = P(score(holdout) > score(forget))``; ``muse_privleak = (AUC - AUC_ref) / AUC_ref x 100``
+  with ``AUC_ref`` the job's own retain reference evaluated the same way. Without a reference there
+  is no ``muse_privleak``: the value relative to the benchmark's published ``AUC_retrain = 0.4772``
+  (News, a 7B retrain model) is reported under its own name, ``muse_privleak_published_ref``.
+* Prompts (KnowMem, VerbMem) are cut on the left only when prompt + new tokens would not fit the
+  model's context; a long VerbMem prefix is kept whole otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 
 from raysweep.data.tofu import load_jsonl
-from raysweep.evaluation.batching import LOCAL, Shard, map_batches
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches, model_context
 from raysweep.evaluation.qa import greedy_generate
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc
@@ -27,6 +32,7 @@ from raysweep.objectives.base import token_logprobs
 AUC_RETRAIN_NEWS = 0.4772
 STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
 MIN_K_FRACTION = 0.4
+PRIVLEAK_MAX_TOKENS = 2048
 
 
 def knowmem_prompt(icl: Sequence[dict], question: str) -> str:
@@ -44,16 +50,19 @@ def truncate_at_stops(text: str) -> str:
 
 
 def greedy_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-                         max_prompt_tokens: int = 512, shard: Shard = LOCAL) -> list[str]:
-    # Keep the prompt's end (the question) when it would not fit the model's context.
-    max_prompt_tokens = min(max_prompt_tokens, _context(model) - max_new_tokens - 1)
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    enc = [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
+                         max_prompt_tokens: Optional[int] = None, shard: Shard = LOCAL) -> list[str]:
+    enc = prompt_token_ids(model, tokenizer, prompts, max_new_tokens, max_prompt_tokens)
     return greedy_generate(model, tokenizer, enc, max_new_tokens, batch_size, shard)
 
 
-def _context(model) -> int:
-    return int(getattr(model.config, "max_position_embeddings", 2048))
+def prompt_token_ids(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                     max_prompt_tokens: Optional[int] = None) -> list[list[int]]:
+    """BOS + each prompt's tokens; the prompt's end (the question) is kept, and its start cut, only
+    when prompt + ``max_new_tokens`` would not fit the model's context."""
+    room = model_context(model) - max_new_tokens - 1
+    max_prompt_tokens = room if max_prompt_tokens is None else min(max_prompt_tokens, room)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return [bos + tokenizer(p, add_special_tokens=False)["input_ids"][-max_prompt_tokens:] for p in prompts]
 
 
 def knowmem(model, tokenizer, qa: Sequence[dict], icl: Sequence[dict], max_new_tokens: int = 32,
@@ -74,11 +83,11 @@ def verbmem(model, tokenizer, rows: Sequence[dict], max_new_tokens: int = 128, b
 
 
 @torch.no_grad()
-def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = MIN_K_FRACTION, max_length: int = 512,
+def min_k_scores(model, tokenizer, texts: Sequence[str], k: float = MIN_K_FRACTION, max_length: int = PRIVLEAK_MAX_TOKENS,
                  batch_size: int = 8, shard: Shard = LOCAL) -> np.ndarray:
     """Mean of the lowest ``k`` fraction of token log-probs, per text (higher = more member-like)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    max_length = min(max_length, _context(model))
+    max_length = min(max_length, model_context(model))
     enc = [(bos + tokenizer(t, add_special_tokens=False)["input_ids"])[:max_length] for t in texts]
 
     def score(batch):
@@ -114,7 +123,7 @@ def load_muse_eval(data_dir: Path, max_rows: Optional[int] = None) -> dict[str, 
             for n in names}
 
 
-def evaluate_muse(model, tokenizer, sets: dict[str, list[dict]], auc_reference: float = AUC_RETRAIN_NEWS,
+def evaluate_muse(model, tokenizer, sets: dict[str, list[dict]], auc_reference: Optional[float] = None,
                   batch_size: int = 16, verbmem_tokens: int = 128, knowmem_tokens: int = 32,
                   shard: Shard = LOCAL) -> dict[str, float]:
     model.eval()
@@ -128,5 +137,6 @@ def evaluate_muse(model, tokenizer, sets: dict[str, list[dict]], auc_reference: 
                                        knowmem_tokens, batch_size, shard),
         "muse_verbmem_forget": verbmem(model, tokenizer, sets["verbmem_forget"], verbmem_tokens, batch_size, shard),
         "muse_privleak_auc": a,
-        "muse_privleak": privleak(a, auc_reference),
+        **({"muse_privleak": privleak(a, auc_reference)} if auc_reference is not None
+           else {"muse_privleak_published_ref": privleak(a, AUC_RETRAIN_NEWS)}),
     }

@@ -38,6 +38,56 @@ def normalised_answer_losses(model, collator: QACollator, questions: Sequence[st
     return torch.tensor(losses, dtype=torch.float32)
 
 
+def min_k_of(token_logprobs: torch.Tensor, k: float) -> float:
+    """Mean of the lowest ``max(1, int(k n))`` of ``n`` token log-probs (Min-K% Prob, spec 9.2)."""
+    lp = token_logprobs.double().sort().values
+    return float(lp[: max(1, int(lp.numel() * k))].mean())
+
+
+def extraction_strength_of(predictions: torch.Tensor, labels: torch.Tensor) -> float:
+    """Extraction strength (open-unlearning's TOFU/MUSE metric, next to spec 9.1's): ``1 - j/n``,
+    ``j`` the first index from which every prediction equals its label; ``j = n-1`` when none does
+    (open-unlearning's loop ends there)."""
+    n = int(labels.numel())
+    wrong = (predictions != labels).nonzero(as_tuple=True)[0]
+    j = 0 if wrong.numel() == 0 else min(int(wrong[-1]) + 1, n - 1)
+    return 1.0 - j / n
+
+
+@torch.no_grad()
+def answer_token_scores(model, collator: QACollator, questions: Sequence[str], answers: Sequence[str],
+                        k: float = 0.4, batch_size: int = 64, shard: Shard = LOCAL) -> list[tuple[float, float]]:
+    """Per pair (Min-K% score, extraction strength), as open-unlearning's ``mia_min_k`` and
+    ``extraction_strength`` compute them (spec 9.1/9.2): over the answer's label tokens *except the
+    last* (its EOS, ``tokenwise_logprobs``' "ignore eos prediction").
+
+    * Min-K%: the mean of the lowest ``max(1, int(k n))`` token log-probs (higher = more member-like).
+    * Extraction strength: ``1 - j/n`` with ``j`` the first position from which every greedy
+      (argmax) next-token prediction equals the answer; open-unlearning's loop leaves ``j = n-1``
+      when no suffix matches, so such an answer scores ``1/n`` (not 0) - kept for parity.
+    """
+    encoded = [collator.encode(q, a) for q, a in zip(questions, answers)]
+
+    def score(batch):
+        padded = {k_: v.to(model.device) for k_, v in collator.pad(batch).items()}
+        logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits[:, :-1].float()
+        target = padded["labels"][:, 1:]
+        logp = torch.log_softmax(logits, -1)
+        preds = logits.argmax(-1)
+        out = []
+        for i in range(len(batch)):
+            pos = (target[i] != -100).nonzero(as_tuple=True)[0][:-1]
+            if pos.numel() == 0:
+                out.append((0.0, 0.0))
+                continue
+            labels = target[i, pos]
+            lp = logp[i, pos].gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            out.append((min_k_of(lp, k), extraction_strength_of(preds[i, pos], labels)))
+        return out
+
+    return map_batches(encoded, batch_size, score, length=lambda e: len(e[0]), shard=shard)
+
+
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompt_ids: Sequence[list[int]], max_new_tokens: int,
                     batch_size: int = 64, shard: Shard = LOCAL) -> list[str]:

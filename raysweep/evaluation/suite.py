@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
-from raysweep.evaluation.batching import LOCAL, Shard
+from raysweep.evaluation.batching import LOCAL, Shard, model_context
 from raysweep.spec import JobSpec
 
 
 def evaluation_key(job: JobSpec, benchmarks: list[str]) -> str:
     """Everything that changes a cached evaluation of a fixed model (reference, target)."""
     e = job.eval
-    payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": job.data.max_length,
-               "tokens": e.max_new_tokens, "v": 1}
+    payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": e.max_length,
+               "tokens": e.max_new_tokens, "prompt": [job.model.template, job.model.system_prompt], "v": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -47,7 +47,9 @@ def _log(msg: str) -> None:
 class Evaluator:
     def __init__(self, job: JobSpec, data: UnlearnData, tokenizer, collator: "QACollator",
                  retain_reference: Optional[Path] = None, benchmarks: Optional[list[str]] = None):
-        self.job, self.data, self.tok, self.collator = job, data, tokenizer, collator
+        # Evaluation scores pairs up to its own eval.max_length, not the training data.max_length.
+        self.job, self.data, self.tok = job, data, tokenizer
+        self.collator = collator.with_max_length(job.eval.max_length)
         self.benchmarks = list(benchmarks or job.eval.benchmarks or [job.data.benchmark])
         self.retain_reference = Path(retain_reference) if retain_reference else None
         self._tofu_sets = None
@@ -77,7 +79,9 @@ class Evaluator:
 
         if name not in self._mcq:
             root = self.job.eval.mcq_data or Path(self.job.data.path).parent
-            self._mcq[name] = load_mcq(root, name, self.job.eval.mcq_questions, self.job.eval.mcq_seed)
+            n = None if self.job.eval.mcq_questions == "all" else self.job.eval.mcq_questions
+            self._mcq[name] = load_mcq(root, name, n, self.job.eval.mcq_seed,
+                                       shots=self.job.eval.mmlu_shots if name == "mmlu" else 0)
         return self._mcq[name]
 
     # ---- the retain reference, cached on disk ------------------------------------------------
@@ -105,6 +109,8 @@ class Evaluator:
             m, per_q = evaluate_tofu(ref_model, self.collator, self.tofu_sets, max_new_tokens=self.job.eval.max_new_tokens,
                                      batch_size=self.job.eval.batch_size)
             self._reference["tofu_forget_truth_ratios"] = per_q["forget"]["truth_ratio"].tolist()
+            if "mia_min_k_auc" in m:
+                self._reference["tofu_mia_min_k_auc"] = m["mia_min_k_auc"]
         if "muse" in needs:
             from raysweep.evaluation.muse import evaluate_muse
 
@@ -131,16 +137,23 @@ class Evaluator:
             elif bench == "tofu":
                 from raysweep.evaluation.tofu import evaluate_tofu
 
-                ratios = self.reference().get("tofu_forget_truth_ratios")
-                metrics, _ = evaluate_tofu(model, self.collator, self.tofu_sets, reference_forget_ratios=ratios,
+                ref = self.reference()
+                metrics, _ = evaluate_tofu(model, self.collator, self.tofu_sets,
+                                           reference_forget_ratios=ref.get("tofu_forget_truth_ratios"),
+                                           reference_mia_auc=ref.get("tofu_mia_min_k_auc"),
                                            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=progress,
                                            shard=shard)
+                if "privleak" not in metrics and progress and shard.rank == 0:
+                    _log("  tofu privleak: not reported (it needs the retain reference, prepare.retain_reference: true)")
                 out.update(metrics)
             elif bench == "muse":
-                from raysweep.evaluation.muse import AUC_RETRAIN_NEWS, evaluate_muse
+                from raysweep.evaluation.muse import evaluate_muse
 
-                ref_auc = self.reference().get("muse_privleak_auc", AUC_RETRAIN_NEWS)
+                ref_auc = self.reference().get("muse_privleak_auc")
                 out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard))
+                if ref_auc is None and progress and shard.rank == 0:
+                    _log("  muse privleak: no retain reference - reported as muse_privleak_published_ref, relative "
+                         "to the benchmark's published AUC_retrain (0.4772), not as muse_privleak")
             elif bench == "corpus":
                 from raysweep.evaluation.perplexity import heldout_perplexity
 
@@ -152,7 +165,8 @@ class Evaluator:
             else:
                 from raysweep.evaluation.mcq import mcq_accuracy
 
-                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size, shard)
+                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size, shard,
+                                                   max_length=model_context(model))
             if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
         if was_training:

@@ -5,9 +5,18 @@ Conventions where the paper and the reference code differ (stated, as the spec a
   ``R = exp(ℓ̄(ã) - mean_j ℓ̄(â_j))``.
 * **Rows**: every row of each split is scored (open-unlearning), not the original code's first
   300. Numbers are therefore comparable with open-unlearning's, not with the TOFU repo's.
-* **Retain split** for utility: the retain rows that have paraphrased/perturbed answers
-  (``retain_perturbed``; all rows of the 20-author subset).
-* **Prompt**: the QA template of ``raysweep.data.collate`` (our tiny models have no chat format).
+* **Retain split** for utility: exactly the ``retain_perturbed`` rows (400), matched by row
+  (open-unlearning's ``TOFU_QA_retain_eval``); with an author subset, those of the retain authors.
+* **Prompt**: the job's prompt format (``model.template``, raysweep/data/prompts.py): the
+  tokenizer's chat template when it has one, plain ``Question: ... Answer:`` for the tiny models.
+* **Lengths**: greedy generation up to ``eval.max_new_tokens`` (200, open-unlearning's generation
+  default); every scored pair is capped at ``eval.max_length`` (512), and the pairs cut by that cap
+  are counted (``truncated_inputs``) and named in a warning line, never silently dropped.
+* **Extra metrics** open-unlearning's TOFU config reports: ``privleak`` (Min-K% with K = 40% on
+  forget vs holdout answers, relative to the retain reference: ``(1-AUC - (1-AUC_ref)) / (1-AUC_ref)
+  x 100``; absent without a reference) and ``extraction_strength`` (mean over the forget answers),
+  next to the loss-attack ``mia_loss_auc``. Both AUCs use open-unlearning's orientation: 1 = the
+  forget answers look like members, 0.5 = indistinguishable from the holdout.
 """
 
 from __future__ import annotations
@@ -22,11 +31,12 @@ import torch
 from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData, load_jsonl
 from raysweep.evaluation.batching import LOCAL, Shard
-from raysweep.evaluation.qa import greedy_answers, normalised_answer_losses
+from raysweep.evaluation.qa import answer_token_scores, greedy_answers, normalised_answer_losses
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc, harmonic_mean, ks_pvalue
 
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
+MIN_K_FRACTION = 0.4  # open-unlearning mia_min_k k: 0.4
 
 
 def truth_ratio(paraphrased_loss: np.ndarray, perturbed_losses: np.ndarray) -> np.ndarray:
@@ -53,6 +63,24 @@ def model_utility(numbers: dict[str, float]) -> float:
     """Harmonic mean of {prob, rougeL_recall, truth_ratio} x {retain, real_authors, world_facts}."""
     keys = [f"{s}_{m}" for s in UTILITY_SPLITS for m in ("prob", "rougeL_recall", "truth_ratio")]
     return harmonic_mean([numbers[k] for k in keys])
+
+
+def tofu_privleak(mia_auc: float, reference_auc: float) -> float:
+    """open-unlearning's ``privleak`` handler: its MIA AUC (1 = members) turned into MUSE's
+    orientation as ``1 - x`` for the model and the retain reference, then the relative difference
+    in percent (spec 9.2)."""
+    score, ref = 1.0 - mia_auc, 1.0 - reference_auc
+    return (score - ref) / (ref + 1e-10) * 100.0
+
+
+def truncated_pairs(collator: QACollator, rows: Sequence[dict]) -> int:
+    """How many scored (question, answer) pairs of ``rows`` exceed the collator's ``max_length``:
+    the answer, the paraphrase and every perturbed answer of each row."""
+    n = 0
+    for r in rows:
+        answers = [r["answer"]] + ([r["paraphrased_answer"]] if "paraphrased_answer" in r else []) + list(r.get("perturbed_answer", []))
+        n += sum(collator.truncated(r["question"], a) for a in answers)
+    return n
 
 
 def _losses_by_pair(model, collator, pairs: list[tuple[str, str]], batch_size: int, shard: Shard = LOCAL) -> np.ndarray:
@@ -87,22 +115,22 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
     return out
 
 
-def attach_perturbed(rows: Sequence[dict], perturbed: dict[str, dict]) -> list[dict]:
-    return [{**r, **perturbed[r["question"]]} for r in rows if r["question"] in perturbed]
-
-
 class TofuEvalSets:
-    """The four evaluation splits (+ holdout) for a job's TOFU data."""
+    """The four evaluation splits (+ holdout) for a job's TOFU data (spec 9.1). Forget and retain rows come
+    with their paraphrased/perturbed answers matched by row (``UnlearnData.forget_eval`` /
+    ``retain_eval``): retain is exactly ``retain_perturbed`` (400 rows, open-unlearning's
+    ``TOFU_QA_retain_eval``), not every retain question found in some perturbed file."""
 
     def __init__(self, data: UnlearnData, max_rows: Optional[int] = None):
         if data.data_dir is None:
             raise ValueError("TOFU evaluation needs the data directory")
-        cap = (lambda rows: rows[:max_rows]) if max_rows else (lambda rows: rows)
-        forget = attach_perturbed(data.forget, data.perturbed)
-        if len(forget) != len(data.forget):
+        if data.forget_eval is None:
             raise ValueError("some forget questions have no perturbed answers (truth ratio impossible)")
-        self.forget = cap(forget)
-        self.retain = cap(attach_perturbed(data.retain, data.perturbed))
+        if data.retain_eval is None:
+            raise ValueError("TOFU evaluation needs retain_perturbed.jsonl in the data directory")
+        cap = (lambda rows: rows[:max_rows]) if max_rows else (lambda rows: rows)
+        self.forget = cap(list(data.forget_eval))
+        self.retain = cap(list(data.retain_eval))
         self.real_authors = cap(load_jsonl(Path(data.data_dir) / "real_authors_perturbed.jsonl"))
         self.world_facts = cap(load_jsonl(Path(data.data_dir) / "world_facts_perturbed.jsonl"))
         self.holdout = cap(list(data.holdout))
@@ -113,10 +141,12 @@ class TofuEvalSets:
 
 @torch.no_grad()
 def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_forget_ratios=None,
-                  max_new_tokens: int = 64, batch_size: int = 64, progress: bool = False,
-                  shard: Shard = LOCAL) -> tuple[dict, dict]:
-    """Returns (flat metrics, per-question arrays). ``reference_forget_ratios``: the retain
-    reference's forget-split truth ratios; without them forget quality is absent, never made up."""
+                  reference_mia_auc: Optional[float] = None, max_new_tokens: int = 200, batch_size: int = 64,
+                  progress: bool = False, shard: Shard = LOCAL) -> tuple[dict, dict]:
+    """Returns (flat metrics, per-question arrays). ``reference_forget_ratios`` /
+    ``reference_mia_auc``: the retain reference's forget-split truth ratios and Min-K% AUC; without
+    them forget quality / privleak are absent, never made up. ``collator``: the evaluation's
+    (``eval.max_length``), see :meth:`QACollator.with_max_length`."""
     was_training = model.training
     model.eval()
     per_q, metrics = {}, {}
@@ -141,11 +171,28 @@ def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_
         fq = forget_quality(per_q["forget"]["truth_ratio"], reference_forget_ratios)
         metrics["forget_quality"] = fq
         metrics["log10_forget_quality"] = math.log10(max(fq, 1e-300))
+    forget_scores = answer_token_scores(model, collator, [r["question"] for r in sets.forget],
+                                        [r["answer"] for r in sets.forget], MIN_K_FRACTION, batch_size, shard)
+    metrics["extraction_strength"] = float(np.mean([es for _, es in forget_scores]))
     if sets.holdout:
         hold = _losses_by_pair(model, collator, [(r["question"], r["answer"]) for r in sets.holdout], batch_size, shard)
         # Loss attack: members (forget) should have lower loss than non-members (holdout).
         metrics["mia_loss_auc"] = auc(hold, per_q["forget"]["answer_loss"])
+        hold_scores = answer_token_scores(model, collator, [r["question"] for r in sets.holdout],
+                                          [r["answer"] for r in sets.holdout], MIN_K_FRACTION, batch_size, shard)
+        # Min-K%: members have the higher mean of their lowest token log-probs.
+        metrics["mia_min_k_auc"] = auc([m for m, _ in forget_scores], [m for m, _ in hold_scores])
         per_q["holdout"] = {"answer_loss": hold}
+        if reference_mia_auc is not None:
+            metrics["privleak"] = tofu_privleak(metrics["mia_min_k_auc"], reference_mia_auc)
+    truncated = {split: truncated_pairs(collator, getattr(sets, split)) for split in sets.sizes()}
+    metrics["truncated_inputs"] = float(sum(truncated.values()))
+    if metrics["truncated_inputs"] and shard.rank == 0:
+        import sys
+
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(truncated.items()) if v)
+        print(f"  warning: {int(metrics['truncated_inputs'])} evaluated answers/paraphrases/perturbed answers exceed "
+              f"eval.max_length={collator.max_length} tokens and were cut ({detail})", file=sys.stderr, flush=True)
     if was_training:
         model.train()
     return metrics, per_q

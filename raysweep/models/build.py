@@ -82,6 +82,21 @@ def smollm2_gguf_file() -> Path:
     return files[0]
 
 
+def smollm2_tokenizer(cache_dir: Path):
+    """SmolLM2-135M-Instruct's tokenizer (with its chat template) alone: read from the GGUF once
+    (~20 s), saved under ``cache_dir`` and loaded from there (~1 s) afterwards."""
+    from transformers import AutoTokenizer
+
+    out = Path(cache_dir) / "smollm2-135m-tokenizer"
+    if not (out / "tokenizer_config.json").exists():
+        gguf = smollm2_gguf_file()
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, out)
+    return load_tokenizer(out)
+
+
 def convert_smollm2(cache_dir: Path) -> Path:
     """Dequantise the GGUF once into a safetensors directory; later calls reuse it."""
     out = Path(cache_dir) / "smollm2-135m"

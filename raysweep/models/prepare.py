@@ -56,14 +56,21 @@ def load_job_data(job: JobSpec) -> UnlearnData:
 
 
 def prepare_key(job: JobSpec, data: UnlearnData) -> str:
-    return _hash({
+    payload = {
         "data": data_fingerprint(data),
         "max_length": job.data.max_length,
         # LoRA only changes unlearning: the target and reference are the same with or without it.
-        "model": job.model.model_dump(mode="json", exclude={"lora"}),
+        "model": job.model.model_dump(mode="json", exclude={"lora", "template", "system_prompt"}),
         "prepare": job.prepare.model_dump(mode="json"),
         "version": 1,
-    })
+    }
+    # The prompt format changes what is fine-tuned. A tiny model's tokenizer has no chat template, so
+    # "auto" is the plain format it always had (its cache key is unchanged); any other model was
+    # prepared with the plain format before prompt formats existed, so its key moves.
+    m = job.model
+    if m.base != TINY or m.template not in ("auto", "plain") or m.system_prompt is not None:
+        payload["prompt"] = [m.template, m.system_prompt]
+    return _hash(payload)
 
 
 def _log(msg: str) -> None:
@@ -155,7 +162,7 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, 
     from raysweep.models.build import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(tok_dir)
-    collator = QACollator(tokenizer, job.data.max_length, seed=job.prepare.seed)
+    collator = QACollator.for_job(job, tokenizer, seed=job.prepare.seed)
     p = job.prepare
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -166,7 +166,7 @@ def target_metrics(job: JobSpec) -> dict:
 
     prepared = prepare(job, data)
     tok = load_tokenizer(prepared.tokenizer)
-    evaluator = Evaluator(job, data, tok, QACollator(tok, job.data.max_length), prepared.retain_reference)
+    evaluator = Evaluator(job, data, tok, QACollator.for_job(job, tok), prepared.retain_reference)
     cache = prepared.target.parent / f"target_eval_{evaluator._reference_key()}.json"
     if cache.exists():
         return json.loads(cache.read_text())

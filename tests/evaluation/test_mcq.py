@@ -25,6 +25,7 @@ def test_subset_is_fixed_and_seeded(setup):
     assert all(len(r["choices"]) == 4 and r["subject"] for r in mmlu)
     assert "The following are multiple choice questions (with answers) about" in format_question(mmlu[0])
     assert format_question(rows[0]).endswith("\nD. " + rows[0]["choices"][3] + "\nAnswer:")
+    assert format_question(rows[0]).startswith("The following are multiple choice questions (with answers) about biology.\n\n")
 
 
 def test_untrained_model_is_at_chance(setup, tmp_path):
@@ -58,7 +59,7 @@ def choice_loglikelihoods_grad(model, tok, rows):
     with torch.enable_grad():
         out = []
         for r in rows:
-            ctx = [tok.bos_token_id] + tok(format_question(r), add_special_tokens=False)["input_ids"]
+            ctx = tok(format_question(r))["input_ids"]  # lm-eval: the tokenizer's own special tokens
             ids = torch.tensor([ctx])
             logp = torch.log_softmax(model(ids).logits[0, -1], -1)
             out.append(torch.stack([logp[tok(" " + l, add_special_tokens=False)["input_ids"][0]] for l in LETTERS]))
@@ -71,7 +72,7 @@ def test_scoring_matches_a_direct_computation(setup, tmp_path):
                              intermediate_size=64, max_position_embeddings=512, seed=1)
     ll = choice_loglikelihoods(model, tok, rows[:3], batch_size=5)
     for i, r in enumerate(rows[:3]):
-        ctx = [tok.bos_token_id] + tok(format_question(r), add_special_tokens=False)["input_ids"]
+        ctx = tok(format_question(r))["input_ids"]
         for j, l in enumerate(LETTERS):
             cont = tok(" " + l, add_special_tokens=False)["input_ids"]
             ids = torch.tensor([ctx + cont])
