@@ -258,6 +258,10 @@ def cmd_pareto(args) -> int:
     check_output_file(args.plot, "--plot")
     c, uri = _tracking_client(args)
     report = pareto_report(c, uri, args.sweep, log_plot=not args.no_log, plot_path=args.plot)
+    if not args.no_log:
+        from raysweep.sweep.front_marks import publish
+
+        publish(c, report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--tracking-uri")
     pa.add_argument("--json", action="store_true", help="machine-readable output")
     pa.add_argument("--plot", help="where to write the plot (default: pareto_<sweep>.png)")
-    pa.add_argument("--no-log", action="store_true", help="do not log the plot to the parent run")
+    pa.add_argument("--no-log", action="store_true",
+                    help="do not log to MLflow (front marks on the runs, files on the parent run, logged models)")
     pa.add_argument("--per-trial", action="store_true",
                     help="each trial's own best trade-offs over its evaluated steps (eval.every)")
     pa.set_defaults(func=cmd_pareto)
