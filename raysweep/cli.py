@@ -269,6 +269,22 @@ def cmd_pareto(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from raysweep.reporting.html_report import write_report
+    from raysweep.sweep.report import pareto_report
+
+    c, uri = _tracking_client(args)
+    report = pareto_report(c, uri, args.sweep)
+    # Links into the MLflow UI only when it is a server a browser can open.
+    base = uri.rstrip("/") + "/" if uri.startswith(("http://", "https://")) else None
+    from raysweep.sweep.tracking import redact
+
+    files = write_report(report, args.out or f"report_{args.sweep}", link_base=base and redact(base).replace("***@", ""))
+    print(f"report of sweep {args.sweep}: {files['html'].resolve()} (and {files['markdown'].name}); "
+          f"front {len(report['front'])} of {report['n_points']} points, hypervolume {report['hypervolume']:.6g}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from raysweep.sweep.export import export
 
@@ -360,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("out_dir")
     ex.add_argument("--tracking-uri")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="a self-contained HTML page (and Markdown) of a sweep's front, from MLflow alone")
+    rp.add_argument("sweep")
+    rp.add_argument("--out", help="folder to write report.html, report.md and the SVGs to (default: report_<sweep>)")
+    rp.add_argument("--tracking-uri")
+    rp.set_defaults(func=cmd_report)
 
     st = sub.add_parser("status", help="trials of a sweep and their states")
     st.add_argument("sweep")
