@@ -266,7 +266,21 @@ def cmd_pareto(args) -> int:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_report(report, per_trial=args.per_trial))
+        print(_front_link_line(report, uri))
     return 0
+
+
+def _front_link_line(report: dict, uri: str) -> str:
+    """Where the front is in MLflow's UI (the model-training view, the front's saved view)."""
+    from raysweep.sweep.front_marks import FRONT_FILTER, front_runs_link
+    from raysweep.sweep.tracking import redact
+
+    if uri.startswith(("http://", "https://")):
+        base = redact(uri.rstrip("/")).replace("***@", "") + "/"
+        return f"front in MLflow: {front_runs_link(report['experiment_id'], report['sweep'], base)}"
+    return (f"front in MLflow: `mlflow ui --backend-store-uri {uri}`, then open "
+            f"{front_runs_link(report['experiment_id'], report['sweep'], 'http://127.0.0.1:5000/')} "
+            f"(or filter the runs with {FRONT_FILTER})")
 
 
 def cmd_report(args) -> int:

@@ -260,7 +260,7 @@ def render_html(report: dict, link_base: Optional[str] = None) -> str:
              f"Hypervolume <b>{report['hypervolume']:.5g}</b> against ({_e(ref)}), {_e(report['reference_point_source'])}. "
              f"Objectives: {_e(', '.join(f'{k} ({d})' for k, d in report['objectives'].items()))}.</p>",
              "<p class='muted'>Hover a point or a line for its configuration. Built from MLflow "
-             f"({_e(report['tracking_uri'])}) by <code>raysweep report</code>.</p>",
+             f"({_e(report['tracking_uri'])}) by <code>raysweep report</code>.{_front_view(report, link_base)}</p>",
              "<h2>Front</h2>", scatter_svg(rows, report["objectives"], palette,
                                              title=f"all evaluated points, front labelled (HV {report['hypervolume']:.4g})"),
              "<h2>Non-dominated configurations</h2>", _html_table(_front_head(report), _front_table(report, link_base),
@@ -278,6 +278,14 @@ def render_html(report: dict, link_base: Optional[str] = None) -> str:
               "<p class='muted'>Parallel coordinates: one line per evaluated point; front points bold.</p>",
               parallel_svg(rows, report["objectives"], palette), "</body></html>"]
     return "\n".join(parts)
+
+
+def _front_view(report: dict, link_base: Optional[str]) -> str:
+    if not link_base:
+        return ""
+    from raysweep.sweep.front_marks import front_runs_link
+
+    return f" <a href='{_e(front_runs_link(report['experiment_id'], report['sweep'], link_base))}'>The front in MLflow</a>."
 
 
 def _html_table(head: list[str], rows: list[list[str]], table_id: str = "") -> str:

@@ -9,6 +9,8 @@ computes nothing itself) and writes
   ``raysweep.pareto.steps`` (its steps on the front), metrics ``pareto/rank`` (its best
   non-domination rank, 0 = front) and ``pareto/on_front``, logged at step = finished trials so
   far (each refresh adds a point; the table shows the latest);
+* on the experiment: a shared view of the runs table showing the front (:func:`save_front_view`),
+  opened by :func:`front_runs_link`;
 * on the parent (``full=True``, at the end and on ``raysweep pareto``): ``pareto_front.csv`` and
   ``pareto_front.json``, the hypervolume-by-trials plot and metric ``pareto/hypervolume_by_trials``,
   and the run description (``mlflow.note.content``) listing the front with links.
@@ -22,11 +24,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 from raysweep.sweep import tracking
 from raysweep.sweep.report import plot_hypervolume_history, point_label
@@ -38,15 +40,39 @@ FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
 # unless the URL says otherwise (or the browser remembered the sidebar switch, localStorage
 # `mlflow.workflowType_v1`). Every link raysweep writes carries the parameter.
 TRAINING_VIEW = "workflowType=machine_learning"
+VIEW_PARAM, SHARED_VIEW_TAG = "viewStateShareKey", "mlflow.sharedViewState."
 
 
 def run_link(experiment_id: str, run_id: str, base: str = "") -> str:
     return f"{base}#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
-def front_runs_link(experiment_id: str, base: str = "") -> str:
-    """The experiment's runs page filtered to the front, in the model-training view."""
-    return f"{base}#/experiments/{experiment_id}/runs?searchFilter={quote(FRONT_FILTER)}&{TRAINING_VIEW}"
+def view_key(sweep: str) -> str:
+    return "raysweep-front-" + re.sub(r"[^A-Za-z0-9_-]", "-", sweep)
+
+
+def front_runs_link(experiment_id: str, sweep: str, base: str = "") -> str:
+    """The experiment's runs page showing the sweep's front (the saved view of :func:`save_front_view`),
+    in the model-training view."""
+    return f"{base}#/experiments/{experiment_id}/runs?{VIEW_PARAM}={view_key(sweep)}&{TRAINING_VIEW}"
+
+
+def save_front_view(c, report: dict) -> None:
+    """A shared view of the runs table (MLflow's "share view": experiment tag
+    ``mlflow.sharedViewState.<key>``): filtered to the front, grouped by ``raysweep.pareto`` - a
+    filter alone shows the front runs folded under their collapsed parent, and the view state
+    cannot unfold it - sorted by rank, with the objectives, rank, front steps, flat
+    hyperparameters and checkpoint path as columns."""
+    flat = sorted({k for r in report["trials"] for k in r.get("flat_params", {})})
+    state = {
+        "searchFilter": FRONT_FILTER, "orderByKey": "metrics.`pareto/rank`", "orderByAsc": True,
+        "selectedColumns": [f"tags.`{PARETO_TAG}`", "metrics.`pareto/rank`", f"tags.`{PARETO_TAG}.steps`",
+                            *[f"metrics.`objective/{k}`" for k in report["objectives"]],
+                            *[f"params.`{k}`" for k in flat], "tags.`raysweep.checkpoint_path`"],
+        "groupBy": {"aggregateFunction": "min", "groupByKeys": [{"mode": "tag", "groupByData": PARETO_TAG}]},
+        "groupsExpanded": {},
+    }
+    c.set_experiment_tag(report["experiment_id"], f"{SHARED_VIEW_TAG}{view_key(report['sweep'])}", json.dumps(state))
 
 
 def mark_children(c, report: dict) -> int:
@@ -67,6 +93,7 @@ def mark_children(c, report: dict) -> int:
         c.log_batch(run_id, metrics=[Metric("pareto/rank", float(min(r["rank"] for r in rows)), ts, step),
                                      Metric("pareto/on_front", float(on_front), ts, step)],
                     tags=[RunTag(k, v) for k, v in tags.items()])
+    save_front_view(c, report)
     return on
 
 
@@ -99,7 +126,7 @@ def description(report: dict) -> str:
     lines = [f"**Pareto front: {len(report['front'])} of {report['n_points']} evaluated points** from "
              f"{report['n_finished']} finished trials; hypervolume {report['hypervolume']:.4g} "
              f"({report['reference_point_source']}). "
-             f"[Show the front runs]({front_runs_link(exp)}) (filter `{FRONT_FILTER}`).", "",
+             f"[Show the front runs]({front_runs_link(exp, report['sweep'])}) (filter `{FRONT_FILTER}`).", "",
              "| run | " + " | ".join(f"{n} ({report['objectives'][n]})" for n in names) + " | export |",
              "|---|" + "---|" * len(names) + "---|"]
     for rec in front_records(report):

@@ -28,10 +28,11 @@ TRIALS = {
 FRONT = {("t1", 4), ("t2", 2), ("t4", 4)}
 
 
-def make_sweep(tmp_path, name="made", tofu_dir=None):
+def make_sweep(tmp_path, name="made", tofu_dir=None, uri=None):
     """The layout `raysweep launch` leaves: a parent with job/space artifacts, one FINISHED child
-    per trial with eval/* histories, objective/* finals and checkpoint tags; plus a FAILED trial."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    per trial with eval/* histories, objective/* finals and checkpoint tags; plus a FAILED trial.
+    In a sqlite file under ``tmp_path`` unless ``uri`` names a tracking server."""
+    uri = uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = tracking.client(uri)
     exp = c.create_experiment(f"raysweep/{name}", artifact_location=(tmp_path / "artifacts").as_uri())
     space = SearchSpace(SPACE, "space.yaml")
