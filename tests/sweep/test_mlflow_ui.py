@@ -25,6 +25,11 @@ def test_front_view_in_the_mlflow_ui(mlflow_server, tmp_path, tofu_dir):
     shown = set(re.findall(r"[a-z_]+-[a-z]+-trial-t\d", dom))
     assert shown == {"sago-npo-trial-t1", "graddiff-ga-trial-t2", "ngdiff-ga-trial-t4"}, shown
     assert "Group: front" in dom
-    # the model-training view is the selected one (its switch reads "Model training")
-    assert re.search(r'aria-checked="true"[^>]*>[^<]*<?[^>]*>?Model training|Model training', dom)
+    # the model-training view: its side bar ("Runs"), not the GenAI one ("Overview", "Training runs")
+    assert ">Runs<" in dom and ">Overview<" not in dom and ">Training runs<" not in dom
+    # control: the same page without raysweep's parameter opens in the GenAI view (MLflow 3.x's
+    # default for a fresh browser, whatever the experiment's mlflow.experimentKind tag says)
+    c.set_experiment_tag(report["experiment_id"], "mlflow.experimentKind", "custom_model_development")
+    genai = dump_dom(url.replace("&workflowType=machine_learning", ""), tmp_path / "profile2", budget_ms=20000)
+    assert ">Overview<" in genai and ">Training runs<" in genai
     print(f"MLflow UI screenshot: {png} ({colours} colours)")
