@@ -171,7 +171,11 @@ def publish(c, report: dict, full: bool = True, models: bool = True) -> None:
         if models:
             from raysweep.sweep.front_models import log_front_models
 
-            log_front_models(c, report)
+            try:
+                log_front_models(c, report)
+            except Exception as err:  # noqa: BLE001 - e.g. a tracking server older than MLflow 3
+                print(f"sweep {report['sweep']}: front checkpoints not logged as MLflow models: "
+                      f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}", file=sys.stderr, flush=True)
 
 
 class FrontRefresh:
