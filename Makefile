@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install quickstart test test-slow bench clean
+.PHONY: install browser quickstart test test-slow bench clean
 
 # torch is installed first, as the CPU wheel, so pip can never pick the CUDA build here;
 # constraints.txt pins the stack that was seen working together.
@@ -24,15 +24,26 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Headless Chromium (Debian's package) for the tests of what a person looks at: the HTML report
+# and MLflow's UI. Installed when missing; tolerant where apt-get is unavailable or not root
+# (those tests then skip, saying why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core ) \
+	      >/dev/null 2>&1 || echo "make browser: could not install chromium with apt-get; browser tests will skip" >&2; \
+	  else echo "make browser: no apt-get here; browser tests will skip" >&2; fi; }
+
 quickstart: $(STAMP)
 	$(BIN)/raysweep launch jobs/quickstart.yaml
 
 # pytest exits 5 when it ran no test: that is a failure here, not a pass.
-test: $(STAMP)
+test: $(STAMP) browser
 	@$(BIN)/python -m pytest -q --timeout=900; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test - failing" >&2; exit 1; fi; exit $$rc
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 clean:

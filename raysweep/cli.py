@@ -258,10 +258,44 @@ def cmd_pareto(args) -> int:
     check_output_file(args.plot, "--plot")
     c, uri = _tracking_client(args)
     report = pareto_report(c, uri, args.sweep, log_plot=not args.no_log, plot_path=args.plot)
+    if not args.no_log:
+        from raysweep.sweep.front_marks import publish
+
+        publish(c, report)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(format_report(report, per_trial=args.per_trial))
+        print(_front_link_line(report, uri))
+    return 0
+
+
+def _front_link_line(report: dict, uri: str) -> str:
+    """Where the front is in MLflow's UI (the model-training view, the front's saved view)."""
+    from raysweep.sweep.front_marks import FRONT_FILTER, front_runs_link
+    from raysweep.sweep.tracking import redact
+
+    if uri.startswith(("http://", "https://")):
+        base = redact(uri.rstrip("/")).replace("***@", "") + "/"
+        return f"front in MLflow: {front_runs_link(report['experiment_id'], report['sweep'], base)}"
+    return (f"front in MLflow: `mlflow ui --backend-store-uri {uri}`, then open "
+            f"{front_runs_link(report['experiment_id'], report['sweep'], 'http://127.0.0.1:5000/')} "
+            f"(or filter the runs with {FRONT_FILTER})")
+
+
+def cmd_report(args) -> int:
+    from raysweep.reporting.html_report import write_report
+    from raysweep.sweep.report import pareto_report
+
+    c, uri = _tracking_client(args)
+    report = pareto_report(c, uri, args.sweep)
+    # Links into the MLflow UI only when it is a server a browser can open.
+    base = uri.rstrip("/") + "/" if uri.startswith(("http://", "https://")) else None
+    from raysweep.sweep.tracking import redact
+
+    files = write_report(report, args.out or f"report_{args.sweep}", link_base=base and redact(base).replace("***@", ""))
+    print(f"report of sweep {args.sweep}: {files['html'].resolve()} (and {files['markdown'].name}); "
+          f"front {len(report['front'])} of {report['n_points']} points, hypervolume {report['hypervolume']:.6g}")
     return 0
 
 
@@ -344,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     pa.add_argument("--tracking-uri")
     pa.add_argument("--json", action="store_true", help="machine-readable output")
     pa.add_argument("--plot", help="where to write the plot (default: pareto_<sweep>.png)")
-    pa.add_argument("--no-log", action="store_true", help="do not log the plot to the parent run")
+    pa.add_argument("--no-log", action="store_true",
+                    help="do not log to MLflow (front marks on the runs, files on the parent run, logged models)")
     pa.add_argument("--per-trial", action="store_true",
                     help="each trial's own best trade-offs over its evaluated steps (eval.every)")
     pa.set_defaults(func=cmd_pareto)
@@ -355,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("out_dir")
     ex.add_argument("--tracking-uri")
     ex.set_defaults(func=cmd_export)
+
+    rp = sub.add_parser("report", help="a self-contained HTML page (and Markdown) of a sweep's front, from MLflow alone")
+    rp.add_argument("sweep")
+    rp.add_argument("--out", help="folder to write report.html, report.md and the SVGs to (default: report_<sweep>)")
+    rp.add_argument("--tracking-uri")
+    rp.set_defaults(func=cmd_report)
 
     st = sub.add_parser("status", help="trials of a sweep and their states")
     st.add_argument("sweep")

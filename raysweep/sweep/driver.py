@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from raysweep.spec import JobSpec, JobSpecError
 from raysweep.sweep import tracking
+from raysweep.sweep.front_marks import refresh_callback
 from raysweep.sweep.searcher import make_searcher
 from raysweep.sweep.space import SearchSpace
 from raysweep.sweep.trial import sweep_trial
@@ -215,7 +216,8 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials, reuse_actors=runs_inline(job),
                                     scheduler=scheduler),
         run_config=tune.RunConfig(name=name, storage_path=storage,
-                                  callbacks=[console, *recorders, *(callbacks or [])],
+                                  callbacks=[console, *recorders, refresh_callback(tracking_uri, name),
+                                             *(callbacks or [])],
                                   **_tuner_configs(job, verbose)),
     )
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
@@ -248,7 +250,7 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
         tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": tracking.redact(os.path.join(storage, name)),
         "raysweep.objectives": json.dumps(sw.objectives),
         "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
-        "raysweep.constrained": str(sw.constraint is not None),
+        "raysweep.constrained": str(sw.constraint is not None), **tracking.objective_tags(sw.objectives),
         **({"raysweep.warm_start": f"{warm_start} ({len(warm)} trials)"} if warm_start else {})})
     pid = parent.info.run_id
     tracking.log_job(c, pid, job)
@@ -298,7 +300,8 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     # (Ray 2.60 has no public way to replace callbacks on restore).
     run_config = tuner._local_tuner.get_run_config()
     scheduler, recorders = _scheduling(job, ctx, c, parent)
-    run_config.callbacks = [_console(sweep, space, job, board, 30.0), *recorders, *(callbacks or [])]
+    run_config.callbacks = [_console(sweep, space, job, board, 30.0), *recorders, refresh_callback(tracking_uri, sweep),
+                            *(callbacks or [])]
     if scheduler is not None:  # likewise the scheduler: a fresh one, its rungs rebuilt from MLflow
         tuner._local_tuner._tune_config.scheduler = scheduler
     try:
@@ -330,4 +333,8 @@ def finish(c, tracking_uri: str, sweep: str) -> dict:
     # The plot lives with the sweep's Tune/Train storage (and in MLflow), not in the cwd.
     storage = parent.data.tags.get("raysweep.storage")
     plot = os.path.join(storage, f"pareto_{sweep}.png") if storage and os.path.isdir(storage) else None
-    return pareto_report(c, tracking_uri, sweep, log_plot=True, plot_path=plot)
+    report = pareto_report(c, tracking_uri, sweep, log_plot=True, plot_path=plot)
+    from raysweep.sweep.front_marks import publish
+
+    publish(c, report)  # the front where MLflow users look: run marks, parent files, logged models
+    return report

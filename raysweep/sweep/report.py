@@ -26,8 +26,8 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
         m, tags = r.data.metrics, r.data.tags
         base = {
             "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
-            "forget": tags.get("raysweep.forget"), "params": dict(r.data.params),
-            "stopped_by": tags.get("raysweep.stopped_by"),
+            "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
+            "end_time": r.info.end_time, **split_params(r.data.params),
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None
@@ -47,6 +47,15 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
                      "feasible": bool(m.get("feasible", 1.0) > 0),
                      "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
     return rows, objectives
+
+
+def split_params(params: dict) -> dict:
+    """A child run's searched parameters (``method.sago.alpha``, ``unlearn.lr``) apart from the
+    same values logged under flat cross-method names (``alpha``, ``lr``)."""
+    from raysweep.sweep.space import is_space_key
+
+    return {"params": {k: v for k, v in params.items() if is_space_key(k)},
+            "flat_params": {k: v for k, v in params.items() if not is_space_key(k)}}
 
 
 def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, bool]]:
@@ -77,6 +86,66 @@ def per_trial_fronts(rows: list[dict], objectives: dict[str, str]) -> dict[str, 
     return out
 
 
+def _front_mask(rows: list[dict], objectives: dict[str, str]) -> np.ndarray:
+    """Non-dominated among the feasible rows (infeasible ones are never on the front)."""
+    names = list(objectives)
+    mask = np.zeros(len(rows), dtype=bool)
+    idx = [i for i, r in enumerate(rows) if r["feasible"]]
+    if idx:
+        pts = np.array([[rows[i]["objectives"][k] for k in names] for i in idx])
+        mask[idx] = non_dominated(pts, list(objectives.values()))
+    return mask
+
+
+def _front_hv(rows: list[dict], objectives: dict[str, str], ref_point) -> float:
+    front = [r for r, keep in zip(rows, _front_mask(rows, objectives)) if keep]
+    if not front:
+        return 0.0
+    pts = np.array([[r["objectives"][k] for k in objectives] for r in front])
+    return float(hypervolume(pts, list(objectives.values()), ref_point))
+
+
+def assign_ranks(rows: list[dict], objectives: dict[str, str]) -> None:
+    """``rank`` of each row: its non-domination rank (0 = the front); infeasible rows rank after
+    every feasible one (dominated by all of them, as MO-ASHA treats them), ranked among themselves."""
+    from raysweep.sweep.pareto import nondominated_ranks
+
+    names, directions = list(objectives), list(objectives.values())
+    offset = 0
+    for group in ([r for r in rows if r["feasible"]], [r for r in rows if not r["feasible"]]):
+        if not group:
+            continue
+        ranks = nondominated_ranks(np.array([[r["objectives"][k] for k in names] for r in group]), directions)
+        for r, rank in zip(group, ranks):
+            r["rank"] = offset + int(rank)
+        offset += int(ranks.max()) + 1
+
+
+def per_method_fronts(rows: list[dict], objectives: dict[str, str], ref_point) -> dict[str, dict]:
+    """Each method's own front (its feasible non-dominated points) and hypervolume, against the
+    sweep's reference point so the methods compare."""
+    out = {}
+    for method in sorted({r["method"] or "?" for r in rows}):
+        mine = [r for r in rows if (r["method"] or "?") == method]
+        front = [r for r, keep in zip(mine, _front_mask(mine, objectives)) if keep]
+        out[method] = {"front": front, "hypervolume": _front_hv(mine, objectives, ref_point),
+                       "n_trials": len({r["run_id"] for r in mine}), "n_points": len(mine)}
+    return out
+
+
+def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point) -> list[dict]:
+    """Hypervolume of the front of the first k finished trials (by end time), k = 1..n: how the
+    search progressed, against the final reference point."""
+    order = sorted({r["run_id"]: (r.get("end_time") or 0, r["trial_id"] or "") for r in rows}.items(),
+                   key=lambda kv: kv[1])
+    out, seen = [], set()
+    for k, (run_id, (_, trial)) in enumerate(order, start=1):
+        seen.add(run_id)
+        out.append({"trials": k, "trial_id": trial,
+                    "hypervolume": _front_hv([r for r in rows if r["run_id"] in seen], objectives, ref_point)})
+    return out
+
+
 def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None) -> dict:
     parent = tracking.find_parent(c, sweep, tracking_uri)
     rows, objectives = collect(c, parent)
@@ -100,12 +169,16 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     trial_fronts = per_trial_fronts(rows, objectives)
+    assign_ranks(rows, objectives)
     report = {
         "sweep": sweep, "tracking_uri": tracking.redact(tracking_uri), "objectives": objectives,
         "reference_point": dict(zip(names, ref_point)), "reference_point_source": ref_note,
         "hypervolume": hv, "n_finished": len({r["run_id"] for r in rows}), "n_points": len(rows),
         "n_feasible": len(feasible),
         "front": [r for r in rows if r["pareto"]], "trials": rows, "per_trial": trial_fronts,
+        "per_method": per_method_fronts(rows, objectives, ref_point),
+        "hypervolume_history": hypervolume_history(rows, objectives, ref_point),
+        "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
     }
     if log_plot or plot_path:
         path = Path(plot_path or f"pareto_{sweep}.png")
@@ -135,6 +208,9 @@ def plot_front(rows: list[dict], names: list[str], directions: list[str], path: 
     front = sorted([r for r in rows if r["pareto"]], key=lambda r: r["objectives"][x])
     if len(front) > 1:
         ax.plot([r["objectives"][x] for r in front], [r["objectives"][y] for r in front], "k--", lw=1)
+    for r in front:  # which trial (and step along it) each front point is: what export takes
+        ax.annotate(point_label(r), (r["objectives"][x], r["objectives"][y]), xytext=(5, 5),
+                    textcoords="offset points", fontsize=7)
     for m in methods:
         ax.scatter([], [], color=colours[m], label=m)
     ax.scatter([], [], facecolors="none", edgecolors="black", s=90, label="Pareto front")
@@ -142,6 +218,27 @@ def plot_front(rows: list[dict], names: list[str], directions: list[str], path: 
     ax.set_ylabel(f"{y} ({'lower' if directions[-1] == 'min' else 'higher'} is better)")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def point_label(r: dict) -> str:
+    """``TRIAL`` or ``TRIAL@STEP`` for a point along the run: the argument ``raysweep export`` takes."""
+    return r["trial_id"] if r.get("final", True) or r.get("step") is None else f"{r['trial_id']}@{r['step']}"
+
+
+def plot_hypervolume_history(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    ax.step([h["trials"] for h in history], [h["hypervolume"] for h in history], where="post", marker="o", ms=3)
+    ax.set_xlabel("finished trials")
+    ax.set_ylabel("hypervolume of the front")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

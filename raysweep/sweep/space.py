@@ -158,6 +158,38 @@ class SearchSpace:
         return out
 
 
+    def flat_params(self, params: dict) -> dict:
+        """The drawn configuration under cross-method names, for MLflow columns that compare
+        methods: ``method.sago.alpha`` and ``method.pcgrad_r.alpha`` are both ``alpha``;
+        ``unlearn.lr`` is ``lr``. A name used by two sections of the space keeps its section
+        (``method.alpha``, ``forget.alpha``). Fixed values of the drawn blocks are included."""
+        sections: dict[str, set] = {}
+        for section in ("method", "forget", "retain"):
+            for block in (self.raw.get(section) or {}).values():
+                for p in block or {}:
+                    sections.setdefault(p, set()).add(section)
+        for field in self.raw.get("unlearn") or {}:
+            sections.setdefault(field, set()).add("unlearn")
+        out = {}
+        for key, value in self.overrides(params).items():
+            section = key.split(".", 1)[1]
+            items = {p: v for p, v in value.items() if p != "name"} if section in ("method", "forget", "retain") \
+                else {section: value}
+            for p, v in items.items():
+                home = "unlearn" if section not in ("method", "forget", "retain") else section
+                out[p if len(sections.get(p, ())) <= 1 else f"{home}.{p}"] = v
+        return out
+
+
+def is_space_key(name: str) -> bool:
+    """A parameter name as the sampler draws it (``method``, ``method.sago.alpha``,
+    ``unlearn.lr``), as opposed to a flat cross-method name (``alpha``, ``method.alpha``)."""
+    parts = name.split(".")
+    if len(parts) == 1:
+        return name in ("method", "forget", "retain")
+    return (parts[0] in ("method", "forget", "retain") and len(parts) == 3) or (parts[0] == "unlearn" and len(parts) == 2)
+
+
 def candidate_values(spec: Any) -> list:
     """Values a (validated) parameter spec may yield, as the sampler types them: each bound of a
     range, each choice, or the fixed value."""

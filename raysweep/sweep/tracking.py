@@ -2,9 +2,13 @@
 
 Parent tags: ``raysweep.sweep`` (the sweep name, what the CLI takes), ``raysweep.role=parent``,
 ``raysweep.storage`` (the Tune experiment path), ``raysweep.objectives`` (JSON {metric: min|max}),
-``raysweep.reference_point`` (JSON, optional). Artifacts: ``job.yaml``, ``job.json``,
-``search_space.yaml``. Child tags: ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``,
-``raysweep.checkpoint_uri``, ``raysweep.node``; a trial keeps one child run across restarts.
+``raysweep.reference_point`` (JSON, optional), ``raysweep.objective.<name>`` (its direction).
+Artifacts: ``job.yaml``, ``job.json``, ``search_space.yaml``; once the front is computed
+``pareto_front.csv``/``.json``, the front and hypervolume plots, a description listing the front
+(``sweep/front_marks.py``). Child runs are named ``<method>-<forget>-trial-<id>``; tags:
+``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``, ``raysweep.objective.<name>``,
+``raysweep.checkpoint_uri``, ``raysweep.node``, ``raysweep.pareto`` (front|dominated); a trial
+keeps one child run across restarts.
 """
 
 from __future__ import annotations
@@ -143,13 +147,28 @@ def get_or_create_child(c, parent_run_id: str, experiment: str, trial_id: str, s
             c.update_run(run_id, status="RUNNING")
         c.set_tag(run_id, "raysweep.restarts", str(int(found.data.tags.get("raysweep.restarts", "0")) + 1))
         return run_id
+    name = child_run_name(tags.get("raysweep.method"), tags.get("raysweep.forget"), trial_id)
     run = c.create_run(experiment, tags={"mlflow.parentRunId": parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: sweep,
-                                         "mlflow.runName": f"trial-{trial_id}", **tags})
+                                         "mlflow.runName": name, **tags})
     from mlflow.entities import Param
 
     if params:
         c.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
     return run.info.run_id
+
+
+def child_run_name(method: Optional[str], forget: Optional[str], trial_id: str) -> str:
+    """``sago-npo-trial-3f2a1_00003``: what the runs table shows, readable without opening the run."""
+    return "-".join([p for p in (method, forget) if p] + [f"trial-{trial_id}"])
+
+
+OBJECTIVE_TAG = "raysweep.objective."
+
+
+def objective_tags(objectives: dict[str, str]) -> dict[str, str]:
+    """One tag per objective with its direction (``raysweep.objective.forget_quality=max``): a
+    column of its own in the runs table, unlike the JSON of ``raysweep.objectives``."""
+    return {f"{OBJECTIVE_TAG}{k}": v for k, v in objectives.items()}
 
 
 def log_metrics(c, run_id: str, metrics: dict, step: Optional[int] = None) -> None:

@@ -97,9 +97,12 @@ def sweep_trial(config: dict, ctx: dict) -> None:
     if _replay_if_finished(c, ctx, job, trial_id):
         return
     node = ray.get_runtime_context().get_node_id()
-    tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name, "raysweep.node": node}
+    tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name, "raysweep.node": node,
+            **tracking.objective_tags(job.sweep.objectives)}
+    # Shared hyperparameters under one flat name too (``alpha``): one MLflow column across methods.
+    params = {**SearchSpace(ctx["space"], ctx["space_source"]).flat_params(config), **config}
     run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
-                                          dict(config), tags)
+                                          params, tags)
     reporting = ReportingOptions(mlflow_tracking_uri=ctx["tracking_uri"], mlflow_run_id=run_id,
                                  progress_board=ctx.get("progress_board"), progress_label=trial_id,
                                  progress_every_seconds=ctx.get("progress_every_seconds", 10.0),

@@ -206,3 +206,33 @@ def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, chang
     with pytest.raises(JobSpecError) as err:
         load_job(path)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept):
+    """Issue 11 item 5 on a real sweep: the driver's end marks the front on the runs and logs the
+    front's checkpoints as MLflow models that load and answer."""
+    import mlflow
+
+    from raysweep.sweep import tracking
+    from raysweep.sweep.front_marks import FRONT_FILTER
+    from raysweep.sweep.report import point_label
+
+    tmp, path, job, res, report = swept
+    uri = job.sweep.tracking_uri
+    c = tracking.client(uri)
+    parent = tracking.find_parent(c, "traj", uri)
+    kids = tracking.child_runs(c, parent)
+    assert all(r.data.tags["mlflow.runName"] == f"graddiff-ga-trial-{r.data.tags['raysweep.trial_id']}" for r in kids)
+    front_runs = {r.info.run_id for r in c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER)}
+    assert front_runs == {r["run_id"] for r in report["front"]}
+    assert "Pareto front" in parent.data.tags["mlflow.note.content"]
+    models = {m.tags["raysweep.point"]: m for m in c.search_logged_models([parent.info.experiment_id])}
+    assert set(models) == {point_label(r) for r in report["front"]}
+    first = next(iter(models.values()))
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        answers = mlflow.pyfunc.load_model(f"models:/{first.model_id}").predict(["Who wrote the book?"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert len(answers) == 1 and isinstance(answers[0], str)

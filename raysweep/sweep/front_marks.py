@@ -1,0 +1,214 @@
+"""The Pareto front where MLflow users look: marks on the child runs, files and a description on
+the sweep's parent run.
+
+Contract: :func:`publish` takes a report from :func:`raysweep.sweep.report.pareto_report` (it
+computes nothing itself) and writes
+
+* on every finished child run: tag ``raysweep.pareto=front|dominated`` (so
+  ``tags.raysweep.pareto = 'front'`` filters the runs table to the front), tag
+  ``raysweep.pareto.steps`` (its steps on the front), metrics ``pareto/rank`` (its best
+  non-domination rank, 0 = front) and ``pareto/on_front``, logged at step = finished trials so
+  far (each refresh adds a point; the table shows the latest);
+* on the experiment: a shared view of the runs table showing the front (:func:`save_front_view`),
+  opened by :func:`front_runs_link`;
+* on the parent (``full=True``, at the end and on ``raysweep pareto``): ``pareto_front.csv`` and
+  ``pareto_front.json``, the hypervolume-by-trials plot and metric ``pareto/hypervolume_by_trials``,
+  and the run description (``mlflow.note.content``) listing the front with links.
+
+:func:`refresh_callback` is the Tune callback that refreshes the child marks while the sweep
+runs, at most every ``every_seconds``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from raysweep.sweep import tracking
+from raysweep.sweep.report import plot_hypervolume_history, point_label
+
+FRONT, DOMINATED = "front", "dominated"
+PARETO_TAG = "raysweep.pareto"
+FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
+# MLflow 3.x's UI ignores the experiment's `mlflow.experimentKind` tag: it opens the GenAI view
+# unless the URL says otherwise (or the browser remembered the sidebar switch, localStorage
+# `mlflow.workflowType_v1`). Every link raysweep writes carries the parameter.
+TRAINING_VIEW = "workflowType=machine_learning"
+VIEW_PARAM, SHARED_VIEW_TAG = "viewStateShareKey", "mlflow.sharedViewState."
+
+
+def run_link(experiment_id: str, run_id: str, base: str = "") -> str:
+    return f"{base}#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+
+
+def view_key(sweep: str) -> str:
+    return "raysweep-front-" + re.sub(r"[^A-Za-z0-9_-]", "-", sweep)
+
+
+def front_runs_link(experiment_id: str, sweep: str, base: str = "") -> str:
+    """The experiment's runs page showing the sweep's front (the saved view of :func:`save_front_view`),
+    in the model-training view."""
+    return f"{base}#/experiments/{experiment_id}/runs?{VIEW_PARAM}={view_key(sweep)}&{TRAINING_VIEW}"
+
+
+def save_front_view(c, report: dict) -> None:
+    """A shared view of the runs table (MLflow's "share view": experiment tag
+    ``mlflow.sharedViewState.<key>``): filtered to the front, grouped by ``raysweep.pareto`` - a
+    filter alone shows the front runs folded under their collapsed parent, and the view state
+    cannot unfold it - sorted by rank, with the objectives, rank, front steps, flat
+    hyperparameters and checkpoint path as columns."""
+    flat = sorted({k for r in report["trials"] for k in r.get("flat_params", {})})
+    state = {
+        "searchFilter": FRONT_FILTER, "orderByKey": "metrics.`pareto/rank`", "orderByAsc": True,
+        "selectedColumns": [f"tags.`{PARETO_TAG}`", "metrics.`pareto/rank`", f"tags.`{PARETO_TAG}.steps`",
+                            *[f"metrics.`objective/{k}`" for k in report["objectives"]],
+                            *[f"params.`{k}`" for k in flat], "tags.`raysweep.checkpoint_path`"],
+        "groupBy": {"aggregateFunction": "min", "groupByKeys": [{"mode": "tag", "groupByData": PARETO_TAG}]},
+        "groupsExpanded": {},
+    }
+    c.set_experiment_tag(report["experiment_id"], f"{SHARED_VIEW_TAG}{view_key(report['sweep'])}", json.dumps(state))
+
+
+def mark_children(c, report: dict) -> int:
+    """Tags and metrics on each child run with a candidate point; returns how many are on the front."""
+    from mlflow.entities import Metric, RunTag
+
+    by_run: dict[str, list[dict]] = {}
+    for r in report["trials"]:
+        by_run.setdefault(r["run_id"], []).append(r)
+    ts, step = int(time.time() * 1000), int(report["n_finished"])
+    on = 0
+    for run_id, rows in by_run.items():
+        front_steps = sorted({str(r["step"]) for r in rows if r["pareto"] and r["step"] is not None})
+        on_front = any(r["pareto"] for r in rows)
+        on += on_front
+        tags = {PARETO_TAG: FRONT if on_front else DOMINATED, f"{PARETO_TAG}.steps": ",".join(front_steps),
+                **tracking.objective_tags(report["objectives"])}
+        c.log_batch(run_id, metrics=[Metric("pareto/rank", float(min(r["rank"] for r in rows)), ts, step),
+                                     Metric("pareto/on_front", float(on_front), ts, step)],
+                    tags=[RunTag(k, v) for k, v in tags.items()])
+    save_front_view(c, report)
+    return on
+
+
+def front_records(report: dict) -> list[dict]:
+    """One record per front point: what ``pareto_front.csv``/``.json`` hold."""
+    out = []
+    for r in sorted(report["front"], key=lambda r: r["objectives"][next(iter(report["objectives"]))]):
+        out.append({"run_id": r["run_id"], "trial_id": r["trial_id"], "step": r["step"], "final": r["final"],
+                    "method": r["method"], "forget": r["forget"], **{k: v for k, v in r["objectives"].items()},
+                    "hyperparameters": {**r.get("flat_params", {}), **r["params"]},
+                    "checkpoint": r["checkpoint_uri"], "export": point_label(r)})
+    return out
+
+
+def _csv(records: list[dict], objectives: dict) -> str:
+    hp = sorted({k for rec in records for k in rec["hyperparameters"]})
+    head = ["run_id", "trial_id", "step", "final", "method", "forget", *objectives, *hp, "checkpoint", "export"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(head)
+    for rec in records:
+        w.writerow([rec[k] for k in head[:6 + len(objectives)]] + [rec["hyperparameters"].get(k, "") for k in hp]
+                   + [rec["checkpoint"] or "", rec["export"]])
+    return buf.getvalue()
+
+
+def description(report: dict) -> str:
+    """The parent run's description (Markdown): the front with links to its runs."""
+    exp, names = report["experiment_id"], list(report["objectives"])
+    lines = [f"**Pareto front: {len(report['front'])} of {report['n_points']} evaluated points** from "
+             f"{report['n_finished']} finished trials; hypervolume {report['hypervolume']:.4g} "
+             f"({report['reference_point_source']}). "
+             f"[Show the front runs]({front_runs_link(exp, report['sweep'])}) (filter `{FRONT_FILTER}`).", "",
+             "| run | " + " | ".join(f"{n} ({report['objectives'][n]})" for n in names) + " | export |",
+             "|---|" + "---|" * len(names) + "---|"]
+    for rec in front_records(report):
+        name = tracking.child_run_name(rec["method"], rec["forget"], rec["trial_id"])
+        lines.append(f"| [{name}]({run_link(exp, rec['run_id'])}) | "
+                     + " | ".join(f"{rec[n]:.4g}" for n in names) + f" | `{rec['export']}` |")
+    per = ", ".join(f"{m} {v['hypervolume']:.4g}" for m, v in report.get("per_method", {}).items())
+    if per:
+        lines += ["", f"Hypervolume per method: {per}."]
+    lines += ["", "Files: `pareto_front.csv`, `pareto_front.json`, the front plot and `hypervolume_by_trials.png` "
+              "(Artifacts). Checkpoints of the front are under *Logged models*."]
+    return "\n".join(lines)
+
+
+def log_parent(c, report: dict) -> None:
+    from mlflow.entities import Metric
+
+    pid = report["parent_run_id"]
+    records = front_records(report)
+    c.log_text(pid, json.dumps({"objectives": report["objectives"], "hypervolume": report["hypervolume"],
+                                "reference_point": report["reference_point"], "front": records},
+                               indent=2, default=str), "pareto_front.json")
+    c.log_text(pid, _csv(records, report["objectives"]), "pareto_front.csv")
+    history = report["hypervolume_history"]
+    if history:
+        ts = int(time.time() * 1000)
+        c.log_batch(pid, metrics=[Metric("pareto/hypervolume_by_trials", h["hypervolume"], ts, h["trials"])
+                                  for h in history])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "hypervolume_by_trials.png"
+            plot_hypervolume_history(history, path, f"{report['sweep']}: hypervolume by finished trials")
+            c.log_artifact(pid, str(path))
+    c.set_tag(pid, "mlflow.note.content", description(report))
+
+
+def publish(c, report: dict, full: bool = True, models: bool = True) -> None:
+    """Child marks always; with ``full`` the parent's files and description, and (``models``) the
+    front's checkpoints as MLflow logged models."""
+    mark_children(c, report)
+    if full:
+        log_parent(c, report)
+        if models:
+            from raysweep.sweep.front_models import log_front_models
+
+            try:
+                log_front_models(c, report)
+            except Exception as err:  # noqa: BLE001 - e.g. a tracking server older than MLflow 3
+                print(f"sweep {report['sweep']}: front checkpoints not logged as MLflow models: "
+                      f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}", file=sys.stderr, flush=True)
+
+
+class FrontRefresh:
+    """Build with :func:`refresh_callback`. Recomputes the front from MLflow when a trial ends
+    (at most every ``every_seconds``) and refreshes the child marks; the sweep's end does the rest."""
+
+    def __init__(self, tracking_uri: str, sweep: str, every_seconds: float = 30.0):
+        self.tracking_uri, self.sweep, self.every_seconds = tracking_uri, sweep, every_seconds
+        self._last = 0.0
+        self._warned = False
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if time.time() - self._last < self.every_seconds:
+            return
+        self._last = time.time()
+        from raysweep.sweep.report import pareto_report
+
+        try:
+            c = tracking.client(self.tracking_uri)
+            mark_children(c, pareto_report(c, self.tracking_uri, self.sweep))
+        except tracking.TrackingError:  # no finished trial yet (this one was stopped or failed)
+            pass
+        except Exception as err:  # noqa: BLE001 - marks are a view; the sweep's end redoes them
+            if not self._warned:
+                self._warned = True
+                print(f"sweep {self.sweep}: could not refresh the front marks in MLflow "
+                      f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__}); retried at the end",
+                      file=sys.stderr, flush=True)
+
+
+def refresh_callback(tracking_uri: str, sweep: str, every_seconds: float = 30.0):
+    """A :class:`FrontRefresh` that is also a ``ray.tune.Callback``."""
+    from ray.tune import Callback
+
+    return type("FrontRefreshCallback", (FrontRefresh, Callback), {})(tracking_uri, sweep, every_seconds)
+

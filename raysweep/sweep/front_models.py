@@ -1,0 +1,100 @@
+"""Checkpoints of the front as MLflow 3 logged models: listed under the experiment's *Logged
+models*, linked to their trial's run, registrable (``mlflow.register_model("models:/<id>", NAME)``)
+and loadable with ``mlflow.pyfunc.load_model`` (a text generator).
+
+A model holds the trial's resolved job (``job.json``) and a pointer to the checkpoint (the
+``runs:/`` artifact or storage folder the sweep recorded), not a second copy of the weights: a
+front of ten 1B-parameter checkpoints would otherwise add tens of GB to the artifact store. The
+pyfunc (``front_model_code.py``, MLflow's models-from-code: nothing pickled) rebuilds the Hugging
+Face model on load the way ``raysweep export`` does. Tags: ``raysweep.checkpoint_path`` (plain
+path of the checkpoint, on the model and on the run), ``raysweep.pareto`` (front|dominated,
+refreshed), ``raysweep.point`` (``TRIAL@STEP``). Each (run, step) gets one model: the run's tag
+``raysweep.model.step.<step>`` remembers it across refreshes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from raysweep.sweep import tracking
+from raysweep.sweep.report import point_label
+
+MODEL_TAG = "raysweep.model.step."
+PATH_TAG = "raysweep.checkpoint_path"
+MODEL_TYPE = "raysweep-checkpoint"
+CODE = Path(__file__).with_name("front_model_code.py")
+
+
+def plain_path(c, uri: str) -> str:
+    """Where a checkpoint's files are, without ``runs:/`` indirection (the run's artifact folder)."""
+    if uri and uri.startswith("runs:/"):
+        run_id, _, rest = uri[len("runs:/"):].partition("/")
+        return f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{rest}"
+    return uri
+
+
+def log_front_models(c, report: dict) -> list[str]:
+    """A logged model for each front point that has none yet; ``raysweep.pareto`` refreshed on
+    those logged before. Returns the front's model ids."""
+    front = {(r["run_id"], int(r["step"] or 0)): r for r in report["front"] if r.get("checkpoint_uri")}
+    runs = {r["run_id"] for r in report["trials"]}
+    ids = []
+    for run_id in runs:
+        tags = c.get_run(run_id).data.tags
+        for key, model_id in tags.items():
+            if key.startswith(MODEL_TAG):
+                step = int(key[len(MODEL_TAG):]) if key[len(MODEL_TAG):].isdigit() else -1
+                on = (run_id, step) in front
+                c.set_logged_model_tags(model_id, {"raysweep.pareto": "front" if on else "dominated"})
+                if on:
+                    ids.append(model_id)
+                    front.pop((run_id, step))
+    if front:
+        job_json = _job_json(c, report["parent_run_id"])
+        for r in front.values():
+            ids.append(_log_one(c, report, r, job_json))
+    return ids
+
+
+def _job_json(c, parent_run_id: str) -> str:
+    return Path(c.download_artifacts(parent_run_id, "job.json")).read_text()
+
+
+def _log_one(c, report: dict, r: dict, sweep_job_json: str) -> str:
+    import mlflow.pyfunc
+
+    from raysweep.sweep.space import SearchSpace
+    from raysweep.sweep.trial import trial_job
+    from raysweep.spec import JobSpec
+
+    import yaml
+
+    parent = c.get_run(report["parent_run_id"])
+    space = yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text())
+    job = JobSpec.model_validate_json(sweep_job_json)
+    config = {k: yaml.safe_load(v) for k, v in r["params"].items()}
+    trial_spec = trial_job(config, {"space": space, "space_source": str(job.sweep.search_space),
+                                    "job_json": sweep_job_json})
+    path = plain_path(c, r["checkpoint_uri"])
+    name = tracking.child_run_name(r["method"], r["forget"], r["trial_id"]) + ("" if r["final"] else f"-step-{r['step']}")
+    model = c.create_logged_model(
+        report["experiment_id"], name=name, source_run_id=r["run_id"], model_type=MODEL_TYPE,
+        params={k: str(v)[:6000] for k, v in {**r.get("flat_params", {}), **r["params"]}.items()},
+        tags={"raysweep.pareto": "front", "raysweep.point": point_label(r), "raysweep.sweep": report["sweep"],
+              "raysweep.checkpoint_uri": r["checkpoint_uri"], PATH_TAG: path,
+              "raysweep.method": r["method"] or "", "raysweep.forget": r["forget"] or ""})
+    with tempfile.TemporaryDirectory(prefix="raysweep-model-") as tmp:
+        (Path(tmp) / "job.json").write_text(trial_spec.model_dump_json())
+        mlflow.pyfunc.save_model(
+            str(Path(tmp) / "model"), python_model=str(CODE), artifacts={"job": str(Path(tmp) / "job.json")},
+            model_config={"checkpoint": r["checkpoint_uri"], "point": point_label(r), "sweep": report["sweep"]},
+            pip_requirements=["raysweep"])
+        c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
+    for k, v in r["objectives"].items():  # the point's objectives, shown with the model (a key of their own)
+        c.log_metric(r["run_id"], f"front/{k}", v, step=int(r["step"] or 0), model_id=model.model_id)
+    c.finalize_logged_model(model.model_id, "READY")
+    c.set_tag(r["run_id"], f"{MODEL_TAG}{int(r['step'] or 0)}", model.model_id)
+    c.set_tag(r["run_id"], PATH_TAG, path)
+    return model.model_id
+
