@@ -1,9 +1,13 @@
 """TOFU-format QA data: splits by name from a data directory, and the author subset.
 
-TOFU stores 20 QA per author, in author order. ``Subset(authors=K, forget_authors=F)`` keeps the
-first K authors of ``full`` and forgets the last F of them, so CPU jobs stay small while every
-question keeps its paraphrased/perturbed answers (``retain_perturbed`` covers the first 20
-authors; the ``forgetXX_perturbed`` files cover the last ones).
+TOFU stores 20 QA per author, in author order. ``Subset(authors=K, forget_authors=F, offset=O)``
+keeps authors O..O+K-1 of ``full`` and forgets the last F of them, so CPU jobs stay small. Only
+authors 0-19 (``retain_perturbed``) and 180-199 (``forget10_perturbed``) have the paraphrased and
+perturbed answers the truth ratio needs, so a subset evaluated with TOFU metrics must forget
+authors in those ranges (offset 0, or 162-180 for 20 authors forgetting 2).
+
+``prior_knowledge_rows``: the real-authors and world-facts QA (the knowledge TOFU's model utility
+measures), for giving a model trained from scratch that knowledge before it is unlearned.
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ QA_FIELDS = ("question", "answer")
 class Subset:
     authors: int
     forget_authors: int
+    offset: int = 0  # index of the first author kept (0-based)
+
+    def author_range(self) -> tuple[int, int]:
+        """(first, last) author index kept, inclusive."""
+        return self.offset, self.offset + self.authors - 1
+
+
+PRIOR_KNOWLEDGE_FILES = ("real_authors_perturbed.jsonl", "world_facts_perturbed.jsonl")
+
+
+def prior_knowledge_rows(data_dir: str | Path) -> list[dict]:
+    """Question/answer rows of TOFU's real-authors and world-facts splits (217 rows)."""
+    rows = []
+    for name in PRIOR_KNOWLEDGE_FILES:
+        rows += [{"question": r["question"], "answer": r["answer"]}
+                 for r in load_jsonl(Path(data_dir) / name, QA_FIELDS)]
+    return rows
 
 
 @dataclass
@@ -104,11 +125,13 @@ def load_tofu(
                 f"(1..authors-1 with authors={subset.authors})"
             )
         full = load_jsonl(data_dir / "full.jsonl", QA_FIELDS)
-        if subset.authors * QA_PER_AUTHOR > len(full):
-            raise DataError(
-                f"data.subset.authors: {subset.authors} is not allowed (at most {len(full) // QA_PER_AUTHOR})"
-            )
-        rows = full[: subset.authors * QA_PER_AUTHOR]
+        total = len(full) // QA_PER_AUTHOR
+        if subset.authors > total:
+            raise DataError(f"data.subset.authors: {subset.authors} is not allowed (at most {total})")
+        if not 0 <= subset.offset <= total - subset.authors:
+            raise DataError(f"data.subset.offset: {subset.offset} is not allowed "
+                            f"(0..{total - subset.authors} with authors={subset.authors}; {total} authors)")
+        rows = full[subset.offset * QA_PER_AUTHOR:(subset.offset + subset.authors) * QA_PER_AUTHOR]
         cut = (subset.authors - subset.forget_authors) * QA_PER_AUTHOR
         forget, retain = rows[cut:], rows[:cut]
         holdout_file = data_dir / "holdout10.jsonl"

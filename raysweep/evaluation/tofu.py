@@ -100,9 +100,13 @@ class TofuEvalSets:
         cap = (lambda rows: rows[:max_rows]) if max_rows else (lambda rows: rows)
         forget = attach_perturbed(data.forget, data.perturbed)
         if len(forget) != len(data.forget):
-            raise ValueError("some forget questions have no perturbed answers (truth ratio impossible)")
+            raise ValueError("some forget questions have no perturbed answers (truth ratio impossible; with "
+                             "data.subset the forget authors must lie in 0-19 or 180-199)")
         self.forget = cap(forget)
         self.retain = cap(attach_perturbed(data.retain, data.perturbed))
+        if not self.retain:
+            raise ValueError("no retain question has perturbed answers (retain truth ratio impossible; with "
+                             "data.subset some retain authors must lie in 0-19 or 180-199)")
         self.real_authors = cap(load_jsonl(Path(data.data_dir) / "real_authors_perturbed.jsonl"))
         self.world_facts = cap(load_jsonl(Path(data.data_dir) / "world_facts_perturbed.jsonl"))
         self.holdout = cap(list(data.holdout))
