@@ -126,6 +126,9 @@ class PrepareSpec(_Strict):
     # reference alike (never the unlearning retain set), so all nine utility statistics measure
     # retention of something the model knew. TOFU data only.
     prior_knowledge: bool = False
+    # The first N rows of each of the two files (None = all 100 + 117): the rows TOFU evaluation
+    # scores are the first eval.max_questions, so a small job can learn just those.
+    prior_knowledge_rows: Optional[int] = Field(None, gt=0)
 
 
 class NamedSpec(BaseModel):

@@ -77,12 +77,13 @@ class Subset:
 PRIOR_KNOWLEDGE_FILES = ("real_authors_perturbed.jsonl", "world_facts_perturbed.jsonl")
 
 
-def prior_knowledge_rows(data_dir: str | Path) -> list[dict]:
-    """Question/answer rows of TOFU's real-authors and world-facts splits (217 rows)."""
+def prior_knowledge_rows(data_dir: str | Path, per_file: Optional[int] = None) -> list[dict]:
+    """Question/answer rows of TOFU's real-authors and world-facts splits (100 + 117 rows; the
+    first ``per_file`` of each when given)."""
     rows = []
     for name in PRIOR_KNOWLEDGE_FILES:
         rows += [{"question": r["question"], "answer": r["answer"]}
-                 for r in load_jsonl(Path(data_dir) / name, QA_FIELDS)]
+                 for r in load_jsonl(Path(data_dir) / name, QA_FIELDS)[:per_file]]
     return rows
 
 

@@ -69,16 +69,19 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
 
 def _prepare_fields(job: JobSpec) -> dict:
     # prior_knowledge joins the key only when on, so that caches made before it existed still hit.
-    return job.prepare.model_dump(mode="json", exclude=None if job.prepare.prior_knowledge else {"prior_knowledge"})
+    new = {} if job.prepare.prior_knowledge else {"prior_knowledge", "prior_knowledge_rows"}
+    return job.prepare.model_dump(mode="json", exclude=new)
 
 
 def prior_rows(job: JobSpec) -> list[dict]:
     """The QA every prepared model also learns (prepare.prior_knowledge), else none."""
-    return prior_knowledge_rows(job.data.path) if job.prepare.prior_knowledge else []
+    p = job.prepare
+    return prior_knowledge_rows(job.data.path, p.prior_knowledge_rows) if p.prior_knowledge else []
 
 
 def tokenizer_texts(job: JobSpec, data: UnlearnData) -> list[str]:
-    prior = prior_rows(job)
+    # Every prior row, capped or not: the tokenizer should not depend on how much is learnt.
+    prior = prior_knowledge_rows(job.data.path) if job.prepare.prior_knowledge else []
     extra = [t for r in prior for t in (r["question"], r["answer"])]
     if prior:  # the wrong options too: the utility truth ratio scores them
         extra += [p for name in ("real_authors_perturbed", "world_facts_perturbed")

@@ -17,28 +17,35 @@ def test_off_by_default_and_old_cache_keys_still_hit(tmp_path, tofu_dir):
     # The key as computed before the option existed.
     before = _hash({"data": data_fingerprint(data), "max_length": job.data.max_length,
                     "model": job.model.model_dump(mode="json", exclude={"lora"}),
-                    "prepare": job.prepare.model_dump(mode="json", exclude={"prior_knowledge"}), "version": 1})
+                    "prepare": job.prepare.model_dump(mode="json", exclude={"prior_knowledge", "prior_knowledge_rows"}),
+                    "version": 1})
     assert prepare_key(job, data) == before
     on = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": True})
     assert prepare_key(on, data) != before
+    capped = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": True, "prepare.prior_knowledge_rows": 5})
+    assert prepare_key(capped, data) not in (before, prepare_key(on, data))
 
 
 def test_target_and_reference_learn_the_prior_knowledge(tmp_path, tofu_dir):
-    job = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": True, "prepare.epochs": 1})
+    job = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": True, "prepare.epochs": 1,
+                                                  "prepare.prior_knowledge_rows": 10})
     out = prepare(job, quiet=True)
     meta = json.loads((out.target.parent / "meta.json").read_text())
-    assert meta["n_prior_knowledge"] == 217 and meta["n_forget"] == 20 and meta["n_retain"] == 40
+    assert meta["n_prior_knowledge"] == 10 + 10 and meta["n_forget"] == 20 and meta["n_retain"] == 40
     assert out.retain_reference is not None and (out.retain_reference / "config.json").exists()
-    # The tokenizer saw the prior answers and their wrong options: their words merge into fewer tokens.
-    from raysweep.models.build import load_tokenizer
-    from raysweep.models.prepare import _base_model_dir
 
-    off = load_job(tiny_job(tmp_path, tofu_dir))
-    _, plain_dir = _base_model_dir(off, load_job_data(off))
-    text = "William Shakespeare, Charles Dickens, Canberra, Mount Everest"
-    n_prior, n_plain = (len(load_tokenizer(d)(text, add_special_tokens=False)["input_ids"])
-                        for d in (out.tokenizer, plain_dir))
-    assert n_prior < n_plain
+
+def test_the_tokenizer_covers_the_prior_knowledge(tmp_path, tofu_dir):
+    """Its questions, answers and wrong options (all rows, capped or not) join the tokenizer's corpus."""
+    from raysweep.models.prepare import tokenizer_texts
+
+    texts = {}
+    for on in (False, True):
+        job = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": on, "prepare.prior_knowledge_rows": 1})
+        texts[on] = set(tokenizer_texts(job, load_job_data(job)))
+    added = texts[True] - texts[False]
+    assert {"Who wrote the play 'Romeo and Juliet'?", "William Shakespeare", "Charles Dickens", "Canberra"} <= added
+    assert texts[False] <= texts[True]
 
 
 def test_prior_knowledge_is_tofu_only(tmp_path, tofu_dir):
