@@ -84,7 +84,7 @@ def _spread(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.3g} [{min(vals):.3g}, {max(vals):.3g}]"
 
 
-def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str) -> None:
+def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, targets=()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,12 +93,17 @@ def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str) ->
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
     for i, (label, fronts) in enumerate(sorted(groups.items())):
         color = f"C{i % 10}"
+        marks = "os^Dv"
         for j, f in enumerate(fronts):
             if len(f):
-                ax.step(f[:, 0], f[:, 1], where="post", color=color, alpha=0.8, label=label if j == 0 else None)
-                ax.scatter(f[:, 0], f[:, 1], color=color, s=14)
-    ax.set_xscale("symlog", linthresh=1e-3)
-    ax.set_xlabel("forget quality (KS p-value, max)")
+                ax.step(f[:, 0], f[:, 1], where="pre", color=color, alpha=0.7)
+                ax.scatter(f[:, 0], f[:, 1], color=color, s=18, marker=marks[j % len(marks)],
+                           label=label if j == 0 else None)
+    for k, (fq, mu) in enumerate(targets):
+        if fq is not None and mu is not None:
+            ax.scatter([fq], [mu], color="k", marker="*", s=60, label="target" if k == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("forget quality (KS p-value, log scale, max)")
     ax.set_ylabel("model utility (max)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
@@ -136,16 +141,18 @@ def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-me
         cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
         print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{_spread(kept):<30}{len(kept)}/{len(hvs)}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
+    targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
     _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
-                 f"{prefix}*: fronts per method (one line per author subset)")
+                 f"method study: front per method and author subset (marker = subset)", targets.values())
 
 
 def objective_table(c, all_sweeps, out: Path, level: float) -> None:
-    rows = {}
+    rows, target = {}, None
     for name, parent in all_sweeps.items():
         m = re.fullmatch(r"study-objective-(.+)-(.+)", name)
         if m:
             rows[(m.group(2), m.group(1))] = (points(c, parent), parent.data.metrics.get(f"target/{MU}"))
+            target = (parent.data.metrics.get(f"target/{FQ}"), parent.data.metrics.get(f"target/{MU}"))
     if not rows:
         print("(no study-objective-* sweeps)")
         return
@@ -159,7 +166,8 @@ def objective_table(c, all_sweeps, out: Path, level: float) -> None:
               f"{_fmt(None if best is None else best[0], '.3g'):>10}{_fmt(None if best is None else best[1]):>15}"
               f"{_fmt(pts[:, 1].max() if len(pts) else None):>9}")
         groups[f"{forget}+{method}"].append(front(pts))
-    _plot_fronts(groups, out / "objective_fronts.png", "objective study: fronts per forget objective")
+    _plot_fronts(groups, out / "objective_fronts.png", "objective study: fronts per forget objective",
+                 [target] if target else ())
 
 
 def sampler_table(c, all_sweeps, out: Path) -> None:
