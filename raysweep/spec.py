@@ -29,6 +29,8 @@ class _Strict(BaseModel):
 class SubsetSpec(_Strict):
     authors: int = Field(20, gt=0)
     forget_authors: int = Field(2, gt=0)
+    # First author kept (authors offset..offset+authors-1; the last forget_authors are forgotten).
+    offset: int = Field(0, ge=0)
 
 
 class DataSpec(_Strict):
@@ -123,6 +125,14 @@ class PrepareSpec(_Strict):
     # The retain reference (trained without the forget set) is what TOFU forget quality and MUSE
     # privleak compare against; a job that uses neither can skip training it.
     retain_reference: bool = True
+    # Give a model trained from scratch the knowledge TOFU's model utility measures: the
+    # real-authors and world-facts QA join the fine-tuning rows of the target and of the retain
+    # reference alike (never the unlearning retain set), so all nine utility statistics measure
+    # retention of something the model knew. TOFU data only.
+    prior_knowledge: bool = False
+    # The first N rows of each of the two files (None = all 100 + 117): the rows TOFU evaluation
+    # scores are the first eval.max_questions, so a small job can learn just those.
+    prior_knowledge_rows: Optional[int] = Field(None, gt=0)
 
 
 class NamedSpec(BaseModel):
@@ -324,6 +334,13 @@ class JobSpec(_Strict):
         if self.model.lora is not None and self.train.strategy == "fsdp":
             raise ValueError("@train.strategy: 'fsdp' is not allowed with model.lora (LoRA trains with ddp; "
                              "its buffers are adapter-sized already)")
+        return self
+
+    @model_validator(mode="after")
+    def _prior_knowledge_is_tofu(self):
+        if self.prepare.prior_knowledge and self.data.benchmark != "tofu":
+            raise ValueError(f"@prepare.prior_knowledge: True is not allowed with data.benchmark "
+                             f"{self.data.benchmark!r} (tofu: it adds TOFU's real-authors and world-facts QA)")
         return self
 
     @model_validator(mode="after")

@@ -1,9 +1,13 @@
 """TOFU-format QA data: splits by name from a data directory, and the author subset.
 
-TOFU stores 20 QA per author, in author order. ``Subset(authors=K, forget_authors=F)`` keeps the
-first K authors of ``full`` and forgets the last F of them, so CPU jobs stay small while every
-question keeps its paraphrased/perturbed answers (``retain_perturbed`` covers the first 20
-authors; the ``forgetXX_perturbed`` files cover the last ones).
+TOFU stores 20 QA per author, in author order. ``Subset(authors=K, forget_authors=F, offset=O)``
+keeps authors O..O+K-1 of ``full`` and forgets the last F of them, so CPU jobs stay small. Only
+authors 0-19 (``retain_perturbed``) and 180-199 (``forget10_perturbed``) have the paraphrased and
+perturbed answers the truth ratio needs, so a subset evaluated with TOFU metrics must forget
+authors in those ranges (offset 0, or 162-180 for 20 authors forgetting 2).
+
+``prior_knowledge_rows``: the real-authors and world-facts QA (the knowledge TOFU's model utility
+measures), for giving a model trained from scratch that knowledge before it is unlearned.
 """
 
 from __future__ import annotations
@@ -63,6 +67,24 @@ QA_FIELDS = ("question", "answer")
 class Subset:
     authors: int
     forget_authors: int
+    offset: int = 0  # index of the first author kept (0-based)
+
+    def author_range(self) -> tuple[int, int]:
+        """(first, last) author index kept, inclusive."""
+        return self.offset, self.offset + self.authors - 1
+
+
+PRIOR_KNOWLEDGE_FILES = ("real_authors_perturbed.jsonl", "world_facts_perturbed.jsonl")
+
+
+def prior_knowledge_rows(data_dir: str | Path, per_file: Optional[int] = None) -> list[dict]:
+    """Question/answer rows of TOFU's real-authors and world-facts splits (100 + 117 rows; the
+    first ``per_file`` of each when given)."""
+    rows = []
+    for name in PRIOR_KNOWLEDGE_FILES:
+        rows += [{"question": r["question"], "answer": r["answer"]}
+                 for r in load_jsonl(Path(data_dir) / name, QA_FIELDS)[:per_file]]
+    return rows
 
 
 @dataclass
@@ -109,11 +131,13 @@ def load_tofu(
                 f"(1..authors-1 with authors={subset.authors})"
             )
         full = load_jsonl(data_dir / "full.jsonl", QA_FIELDS)
-        if subset.authors * QA_PER_AUTHOR > len(full):
-            raise DataError(
-                f"data.subset.authors: {subset.authors} is not allowed (at most {len(full) // QA_PER_AUTHOR})"
-            )
-        rows = full[: subset.authors * QA_PER_AUTHOR]
+        total = len(full) // QA_PER_AUTHOR
+        if subset.authors > total:
+            raise DataError(f"data.subset.authors: {subset.authors} is not allowed (at most {total})")
+        if not 0 <= subset.offset <= total - subset.authors:
+            raise DataError(f"data.subset.offset: {subset.offset} is not allowed "
+                            f"(0..{total - subset.authors} with authors={subset.authors}; {total} authors)")
+        rows = full[subset.offset * QA_PER_AUTHOR:(subset.offset + subset.authors) * QA_PER_AUTHOR]
         cut = (subset.authors - subset.forget_authors) * QA_PER_AUTHOR
         forget, retain = rows[cut:], rows[:cut]
         holdout_file = data_dir / "holdout10.jsonl"
@@ -137,7 +161,7 @@ def load_tofu(
             for row in files[name]:
                 perturbed.setdefault(row["question"], row)
     if subset is not None:
-        forget_eval, retain_eval = _subset_eval_rows(files, cut, subset.authors * QA_PER_AUTHOR, forget, retain)
+        forget_eval, retain_eval = _subset_eval_rows(files, subset.offset * QA_PER_AUTHOR, forget, retain)
     else:
         forget_eval = _matched(files.get(f"{forget_split}_perturbed"), forget, f"{forget_split}_perturbed")
         retain_eval = files.get("retain_perturbed")
@@ -156,22 +180,25 @@ def _matched(perturbed_rows: Optional[list[dict]], qa_rows: list[dict], name: st
     return perturbed_rows
 
 
-def _subset_eval_rows(files: dict[str, list[dict]], cut: int, end: int, forget: list[dict],
+def _subset_eval_rows(files: dict[str, list[dict]], first: int, forget: list[dict],
                       retain: list[dict]) -> tuple[Optional[list[dict]], Optional[list[dict]]]:
-    """Evaluation rows for an author subset (spec 9.1). Rows of ``full.jsonl`` [0, end) are authors in order; ``retain_perturbed`` is full rows
-    0..399 and ``forget10_perturbed`` full rows 3600..3999, so full row j's perturbed row is found
-    by position. Retain evaluation: the retain authors' ``retain_perturbed`` rows."""
+    """Evaluation rows for an author subset (spec 9.1). The subset is rows [first, first + len) of
+    ``full.jsonl`` (authors in order); ``retain_perturbed`` is full rows 0..399 and
+    ``forget10_perturbed`` full rows 3600..3999, so full row j's perturbed row is found by position.
+    Forget evaluation needs every forget row; retain evaluation uses the retain authors' rows that
+    have one (authors 0-19 and 180-199), matched by position, never by question text."""
     by_row: dict[int, dict] = {}
     for name, start in (("retain_perturbed", 0), ("forget10_perturbed", 4000 - 20 * QA_PER_AUTHOR)):
         for i, row in enumerate(files.get(name, [])):
             by_row[start + i] = row
-    rows = retain + forget  # full rows [0, end)
-    for j, row in enumerate(rows):
+    rows = retain + forget  # full rows [first, first + len(rows))
+    for j, row in enumerate(rows, start=first):
         if j in by_row and by_row[j]["question"] != row["question"]:
             raise DataError(f"perturbed rows are not aligned with full.jsonl (row {j}: {row['question'][:40]!r})")
-    forget_eval = [by_row[j] for j in range(cut, end)] if all(j in by_row for j in range(cut, end)) else None
-    n_retain = min(cut, len(files.get("retain_perturbed", [])))
-    retain_eval = [by_row[j] for j in range(n_retain)] if n_retain else None
+    cut = first + len(retain)
+    forget_rows = range(cut, cut + len(forget))
+    forget_eval = [by_row[j] for j in forget_rows] if all(j in by_row for j in forget_rows) else None
+    retain_eval = [by_row[j] for j in range(first, cut) if j in by_row] or None
     return forget_eval, retain_eval
 
 

@@ -125,9 +125,12 @@ class TofuEvalSets:
         if data.data_dir is None:
             raise ValueError("TOFU evaluation needs the data directory")
         if data.forget_eval is None:
-            raise ValueError("some forget questions have no perturbed answers (truth ratio impossible)")
-        if data.retain_eval is None:
-            raise ValueError("TOFU evaluation needs retain_perturbed.jsonl in the data directory")
+            raise ValueError("some forget questions have no perturbed answers (truth ratio impossible; with "
+                             "data.subset the forget authors must lie in 0-19 or 180-199)")
+        if not data.retain_eval:
+            raise ValueError("no retain question has perturbed answers (retain truth ratio impossible: "
+                             "retain_perturbed.jsonl is missing, or with data.subset no retain author lies in "
+                             "0-19 or 180-199)")
         cap = (lambda rows: rows[:max_rows]) if max_rows else (lambda rows: rows)
         self.forget = cap(list(data.forget_eval))
         self.retain = cap(list(data.retain_eval))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from raysweep.data.tofu import Subset, UnlearnData, load_muse, load_tofu
+from raysweep.data.tofu import Subset, UnlearnData, load_jsonl, load_muse, load_tofu, prior_knowledge_rows
 from raysweep.spec import JobSpec
 
 if TYPE_CHECKING:  # torch and transformers load only when something is trained
@@ -51,7 +51,8 @@ def load_job_data(job: JobSpec) -> UnlearnData:
                            n_retain_texts=d.n_retain_texts)
     if job.data.benchmark == "muse":
         return load_muse(job.data.path, job.data.n_forget_texts)
-    subset = Subset(job.data.subset.authors, job.data.subset.forget_authors) if job.data.subset else None
+    s = job.data.subset
+    subset = Subset(s.authors, s.forget_authors, s.offset) if s else None
     return load_tofu(job.data.path, job.data.forget_split, subset)
 
 
@@ -61,7 +62,7 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
         "max_length": job.data.max_length,
         # LoRA only changes unlearning: the target and reference are the same with or without it.
         "model": job.model.model_dump(mode="json", exclude={"lora", "template", "system_prompt"}),
-        "prepare": job.prepare.model_dump(mode="json"),
+        "prepare": _prepare_fields(job),
         "version": 1,
     }
     # The prompt format changes what is fine-tuned. A tiny model's tokenizer has no chat template, so
@@ -71,6 +72,28 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
     if m.base != TINY or m.template not in ("auto", "plain") or m.system_prompt is not None:
         payload["prompt"] = [m.template, m.system_prompt]
     return _hash(payload)
+
+
+def _prepare_fields(job: JobSpec) -> dict:
+    # prior_knowledge joins the key only when on, so that caches made before it existed still hit.
+    new = {} if job.prepare.prior_knowledge else {"prior_knowledge", "prior_knowledge_rows"}
+    return job.prepare.model_dump(mode="json", exclude=new)
+
+
+def prior_rows(job: JobSpec) -> list[dict]:
+    """The QA every prepared model also learns (prepare.prior_knowledge), else none."""
+    p = job.prepare
+    return prior_knowledge_rows(job.data.path, p.prior_knowledge_rows) if p.prior_knowledge else []
+
+
+def tokenizer_texts(job: JobSpec, data: UnlearnData) -> list[str]:
+    # Every prior row, capped or not: the tokenizer should not depend on how much is learnt.
+    prior = prior_knowledge_rows(job.data.path) if job.prepare.prior_knowledge else []
+    extra = [t for r in prior for t in (r["question"], r["answer"])]
+    if prior:  # the wrong options too: the utility truth ratio scores them
+        extra += [p for name in ("real_authors_perturbed", "world_facts_perturbed")
+                  for r in load_jsonl(job.data.path / f"{name}.jsonl") for p in r["perturbed_answer"]]
+    return data.texts() + extra
 
 
 def _log(msg: str) -> None:
@@ -123,11 +146,12 @@ def _base_model_dir(job: JobSpec, data: UnlearnData) -> tuple[Path, Path]:
         src = Path(resolve_model_source(job.model.base, job.cache_dir))
         return src, src
     tiny = job.model.tiny
-    key = _hash({"texts": _hash(data.texts()), "tiny": tiny.model_dump(), "seed": job.prepare.seed, "v": 1})
+    texts = tokenizer_texts(job, data)
+    key = _hash({"texts": _hash(texts), "tiny": tiny.model_dump(), "seed": job.prepare.seed, "v": 1})
     out = job.cache_dir / "base" / f"tiny-llama-{key}"
     if not (out / "config.json").exists():
         tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tok = train_tokenizer(data.texts(), tiny.vocab_size, tmp)
+        tok = train_tokenizer(texts, tiny.vocab_size, tmp)
         build_tiny_llama(tok, tmp, hidden_size=tiny.hidden_size, num_layers=tiny.num_layers,
                          num_heads=tiny.num_heads, intermediate_size=tiny.intermediate_size,
                          max_position_embeddings=tiny.max_position_embeddings, seed=job.prepare.seed)
@@ -166,10 +190,14 @@ def prepare(job: JobSpec, data: UnlearnData | None = None, force: bool = False, 
     p = job.prepare
     tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"key": key, "base": str(base_dir), "n_forget": len(data.forget), "n_retain": len(data.retain)}
-    plan = [("target", data.forget + data.retain)]
+    prior = prior_rows(job)
+    meta = {"key": key, "base": str(base_dir), "n_forget": len(data.forget), "n_retain": len(data.retain),
+            "n_prior_knowledge": len(prior)}
+    # Prior knowledge is learnt alongside the TOFU QA by both models, so the reference differs
+    # from the target only by the forget set.
+    plan = [("target", data.forget + data.retain + prior)]
     if p.retain_reference:
-        plan.append(("retain_reference", data.retain))
+        plan.append(("retain_reference", data.retain + prior))
     for label, rows in plan:
         _log(f"prepare: fine-tuning the {label.replace('_', ' ')} on {len(rows)} QA "
              f"({p.epochs} epochs, batch {p.batch_size})")

@@ -80,3 +80,35 @@ def test_sampler_global_batch_is_independent_of_worker_count():
     assert s.batch(3, "retain") != PairedSampler(40, 360, 8, seed=2).batch(3, "retain")
     with pytest.raises(ValueError, match="batch_size"):
         s.batch(0, "forget", 0, 3)
+
+
+def test_subset_offset_keeps_a_later_block_of_authors(tofu_dir):
+    full = load_jsonl(tofu_dir / "full.jsonl")
+    d = load_tofu(tofu_dir, subset=Subset(authors=20, forget_authors=2, offset=180))
+    assert d.retain == full[3600:3960] and d.forget == full[3960:4000]
+    # Authors 180-199 are TOFU's forget10 authors: every question keeps its perturbed answers.
+    assert all(r["question"] in d.perturbed for r in d.forget + d.retain)
+    assert load_tofu(tofu_dir, subset=Subset(20, 2, 0)).forget == full[360:400]  # offset 0 = before
+
+
+@pytest.mark.parametrize("offset", [-1, 181])
+def test_subset_offset_out_of_range_is_a_one_line_error(tofu_dir, offset):
+    with pytest.raises(DataError, match=rf"data.subset.offset: {offset} is not allowed \(0\.\.180 with authors=20"):
+        load_tofu(tofu_dir, subset=Subset(authors=20, forget_authors=2, offset=offset))
+
+
+def test_offset_without_perturbed_forget_answers_is_refused_by_tofu_eval(tofu_dir):
+    from raysweep.evaluation.tofu import TofuEvalSets
+
+    with pytest.raises(ValueError, match="forget authors must lie in 0-19 or 180-199"):
+        TofuEvalSets(load_tofu(tofu_dir, subset=Subset(authors=20, forget_authors=2, offset=40)))
+    sets = TofuEvalSets(load_tofu(tofu_dir, subset=Subset(authors=20, forget_authors=2, offset=170)))
+    assert sets.sizes()["forget"] == 40 and sets.sizes()["retain"] == 160  # authors 180-187 only
+
+
+def test_prior_knowledge_rows_are_the_real_authors_and_world_facts_qa(tofu_dir):
+    from raysweep.data.tofu import prior_knowledge_rows
+
+    rows = prior_knowledge_rows(tofu_dir)
+    assert len(rows) == 100 + 117 and set(rows[0]) == {"question", "answer"}
+    assert rows[0]["answer"] == "William Shakespeare"

@@ -1,0 +1,302 @@
+"""The study's tables and plots (issue 13), from MLflow alone.
+
+    python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
+                                     [--fq-level 0.05] [--only method|objective|sampler|geffect]
+
+Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
+  study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
+  study-objective-<forget>-<method>   objective study (one forget objective under one synthesis method)
+  study-sampler-<sampler>-s<seed>     search efficiency (one sampler, one seed)
+  study-geffect-<forget>              G-effect along one GradDiff run per forget objective
+
+Printed per table:
+* hypervolume of each sweep's front (reference point of the job), mean and spread (max - min) over
+  the author subsets;
+* utility kept at matched forgetting (the SAGO paper's recovery measure): walking the front from
+  high utility to high forget quality, the first point whose forget quality is at least
+  ``--fq-level``; its model utility / the target's model utility. "-" when no point reaches it;
+* hypervolume vs trials per sampler and seed, and the trials each needs to reach the final
+  hypervolume of the random sampler (mean over seeds);
+* G-effect per layer group (retain and forget) at each measured step.
+PNG plots go to ``--out`` (small: 100 dpi, few points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from raysweep.sweep import tracking  # noqa: E402
+from raysweep.sweep.pareto import hypervolume, non_dominated  # noqa: E402
+from raysweep.sweep.report import collect  # noqa: E402
+
+FQ, MU = "forget_quality", "model_utility"
+
+
+def sweeps(c) -> dict[str, object]:
+    """Every parent run by sweep name (the newest when a name repeats)."""
+    ids = [e.experiment_id for e in c.search_experiments()]
+    runs = c.search_runs(ids, filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'", max_results=5000,
+                         order_by=["attributes.start_time ASC"]) if ids else []
+    return {r.data.tags[tracking.SWEEP_TAG]: r for r in runs if tracking.SWEEP_TAG in r.data.tags}
+
+
+def points(c, parent) -> np.ndarray:
+    rows, objectives = collect(c, parent)
+    return np.array([[r["objectives"][FQ], r["objectives"][MU]] for r in rows], dtype=float).reshape(-1, 2)
+
+
+def front(pts: np.ndarray) -> np.ndarray:
+    if not len(pts):
+        return pts
+    f = pts[non_dominated(pts, ["max", "max"])]
+    return f[np.argsort(f[:, 0])]  # ascending forget quality = descending utility
+
+
+def hv(pts: np.ndarray) -> float:
+    return hypervolume(pts, ["max", "max"], [0.0, 0.0]) if len(pts) else 0.0
+
+
+def kept_at(pts: np.ndarray, target_mu: float, level: float):
+    """Utility after / target utility at the first front point with forget quality >= level."""
+    for fq, mu in front(pts):
+        if fq >= level:
+            return mu / target_mu
+    return None
+
+
+def _fmt(v, spec=".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _spread(vals: list[float]) -> str:
+    if not vals:
+        return "-"
+    return f"{statistics.mean(vals):.3g} [{min(vals):.3g}, {max(vals):.3g}]"
+
+
+def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, targets=()) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    for i, (label, fronts) in enumerate(sorted(groups.items())):
+        color = f"C{i % 10}"
+        marks = "os^Dv"
+        for j, f in enumerate(fronts):
+            if len(f):
+                ax.step(f[:, 0], f[:, 1], where="pre", color=color, alpha=0.7)
+                ax.scatter(f[:, 0], f[:, 1], color=color, s=18, marker=marks[j % len(marks)],
+                           label=label if j == 0 else None)
+    for k, (fq, mu) in enumerate(targets):
+        if fq is not None and mu is not None:
+            ax.scatter([fq], [mu], color="k", marker="*", s=60, label="target" if k == 0 else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("forget quality (KS p-value, log scale, max)")
+    ax.set_ylabel("model utility (max)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
+
+
+def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-method-") -> None:
+    by_method: dict[str, dict[str, tuple]] = defaultdict(dict)
+    for name, parent in all_sweeps.items():
+        m = re.fullmatch(re.escape(prefix) + r"(.+)-o(\d+)", name)
+        if not m:
+            continue
+        pts = points(c, parent)
+        target_mu = parent.data.metrics.get(f"target/{MU}")
+        by_method[m.group(1)][m.group(2)] = (pts, target_mu, parent.data.metrics.get(f"target/{FQ}"))
+    if not by_method:
+        print(f"(no {prefix}* sweeps)")
+        return
+    offsets = sorted({o for d in by_method.values() for o in d}, key=int)
+    print(f"\n== Method study (NPO forget; objectives forget quality, model utility; reference point (0, 0)) ==")
+    print(f"target per subset (model utility, forget quality): " + ", ".join(
+        f"o{o}: ({_fmt(d[1])}, {_fmt(d[2], '.2g')})" for o in offsets for d in [next(
+            (v[o] for v in by_method.values() if o in v), (None, None, None))]))
+    head = "".join(f"{'HV o' + o:>10}" for o in offsets)
+    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}{f'kept@FQ>={level:g} mean [min, max]':<30}"
+          f"{'subsets reaching':>8}")
+    groups = {}
+    for method, d in sorted(by_method.items()):
+        hvs = [hv(d[o][0]) for o in offsets if o in d]
+        kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], level)] if k is not None]
+        n = sum(len(d[o][0]) for o in offsets if o in d)
+        cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
+        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{_spread(kept):<30}{len(kept)}/{len(hvs)}")
+        groups[method] = [front(d[o][0]) for o in offsets if o in d]
+    targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
+    _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
+                 f"method study: front per method and author subset (marker = subset)", targets.values())
+
+
+def objective_table(c, all_sweeps, out: Path, level: float) -> None:
+    rows, target = {}, None
+    for name, parent in all_sweeps.items():
+        m = re.fullmatch(r"study-objective-(.+)-(.+)", name)
+        if m:
+            rows[(m.group(2), m.group(1))] = (points(c, parent), parent.data.metrics.get(f"target/{MU}"))
+            target = (parent.data.metrics.get(f"target/{FQ}"), parent.data.metrics.get(f"target/{MU}"))
+    if not rows:
+        print("(no study-objective-* sweeps)")
+        return
+    print(f"\n== Objective study (author subset o0) ==")
+    print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}{f'kept@FQ>={level:g}':>14}{'best FQ':>10}"
+          f"{'MU at best FQ':>15}{'max MU':>9}")
+    groups = defaultdict(list)
+    for (method, forget), (pts, tmu) in sorted(rows.items()):
+        best = pts[np.argmax(pts[:, 0])] if len(pts) else None
+        print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}{_fmt(kept_at(pts, tmu, level)):>14}"
+              f"{_fmt(None if best is None else best[0], '.3g'):>10}{_fmt(None if best is None else best[1]):>15}"
+              f"{_fmt(pts[:, 1].max() if len(pts) else None):>9}")
+        groups[f"{forget}+{method}"].append(front(pts))
+    _plot_fronts(groups, out / "objective_fronts.png", "objective study: fronts per forget objective",
+                 [target] if target else ())
+
+
+def sampler_table(c, all_sweeps, out: Path) -> None:
+    curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for name, parent in all_sweeps.items():
+        m = re.fullmatch(r"study-sampler-(.+)-s(\d+)", name)
+        if not m:
+            continue
+        rows, _ = collect(c, parent)
+        finals = sorted((r for r in rows if r["final"]), key=lambda r: int(r["trial_id"].split("_")[-1])
+                        if r["trial_id"] and r["trial_id"].split("_")[-1].isdigit() else 0)
+        pts, ys = [], []
+        for r in finals:
+            pts.append([r["objectives"][FQ], r["objectives"][MU]])
+            ys.append(hv(np.array(pts)))
+        curves[m.group(1)][int(m.group(2))] = ys
+    if not curves:
+        print("(no study-sampler-* sweeps)")
+        return
+    print("\n== Search efficiency (hypervolume after n trials; mean over seeds) ==")
+    n = max(len(y) for d in curves.values() for y in d.values())
+    goal_vals = [y[-1] for y in curves.get("random", {}).values() if y]
+    goal = statistics.mean(goal_vals) if goal_vals else None
+    print(f"{'sampler':<8}{'seeds':>6}" + "".join(f"{'n=' + str(i + 1):>8}" for i in range(n))
+          + f"{'final mean [min, max]':>26}{'trials to random final HV':>28}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
+    for i, (sampler, d) in enumerate(sorted(curves.items())):
+        mean = [statistics.mean(y[k] for y in d.values() if len(y) > k) for k in range(n)]
+        finals = [y[-1] for y in d.values() if y]
+        reach = []
+        for y in d.values():
+            hit = next((k + 1 for k, v in enumerate(y) if goal is not None and v >= goal - 1e-12), None)
+            reach.append(hit)
+        reach_s = ", ".join("-" if r is None else str(r) for r in reach)
+        print(f"{sampler:<8}{len(d):>6}" + "".join(f"{v:>8.4f}" for v in mean)
+              + f"{_spread(finals):>26}{reach_s:>28}")
+        for j, y in enumerate(d.values()):
+            ax.plot(range(1, len(y) + 1), y, color=f"C{i}", alpha=0.35)
+        ax.plot(range(1, n + 1), mean, color=f"C{i}", lw=2, label=f"{sampler} (mean of {len(d)})")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("hypervolume (forget quality x utility)")
+    ax.set_title("search efficiency: hypervolume vs trials", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "sampler_hv.png"
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
+
+
+def geffect_table(c, all_sweeps, out: Path) -> None:
+    found = {}
+    for name, parent in all_sweeps.items():
+        m = re.fullmatch(r"study-geffect-(.+)", name)
+        if not m:
+            continue
+        runs = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+        if not runs:
+            continue
+        run = runs[0]
+        keys = sorted(k for k in run.data.metrics if k.startswith("geffect_") or "/geffect_" in k)
+        hist = {k: sorted((x.step, x.value) for x in c.get_metric_history(run.info.run_id, k)) for k in keys}
+        found[m.group(1)] = hist
+    if not found:
+        print("(no study-geffect-* sweeps)")
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    print("\n== G-effect per layer group (mean over the measured steps; first -> last measurement) ==")
+    names = sorted(found)
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.0), dpi=100, squeeze=False)
+    for j, forget in enumerate(names):
+        hist = found[forget]
+        for i, side in enumerate(("retain", "forget")):
+            keys = [k for k in hist if f"geffect_{side}/" in k and not k.endswith("/total")]
+            order = sorted(keys, key=lambda k: (not k.endswith("/embed"), k.endswith("/head"), k))
+            for k in order:
+                vals = [v for _, v in hist[k]]
+                print(f"  {forget:<6} {side:<7} {k.split('/')[-1]:<12} mean {statistics.mean(vals):+.3e}  "
+                      f"first {vals[0]:+.3e}  last {vals[-1]:+.3e}  (n={len(vals)})")
+                ax = axes[i][j]
+                ax.plot([s for s, _ in hist[k]], vals, label=k.split("/")[-1])
+            tot = [k for k in hist if k.endswith(f"geffect_{side}/total")]
+            for k in tot:
+                vals = [v for _, v in hist[k]]
+                print(f"  {forget:<6} {side:<7} {'total':<12} mean {statistics.mean(vals):+.3e}")
+            axes[i][j].axhline(0, color="k", lw=0.5)
+            axes[i][j].set_title(f"{forget}: {side} G-effect", fontsize=9)
+            axes[i][j].set_yscale("symlog", linthresh=1e-4)
+            axes[i][j].tick_params(labelsize=7)
+            if i == 1:
+                axes[i][j].set_xlabel("step", fontsize=8)
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "geffect_layers.png"
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
+    ap.add_argument("--out", default=str(REPO / "docs" / "study"))
+    ap.add_argument("--fq-level", type=float, default=0.05,
+                    help="forget quality a front point must reach for 'utility kept at matched forgetting'")
+    ap.add_argument("--only", choices=["method", "objective", "sampler", "geffect"])
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    c = tracking.client(args.tracking_uri)
+    all_sweeps = sweeps(c)
+    tables = {"method": lambda: method_table(c, all_sweeps, out, args.fq_level),
+              "objective": lambda: objective_table(c, all_sweeps, out, args.fq_level),
+              "sampler": lambda: sampler_table(c, all_sweeps, out),
+              "geffect": lambda: geffect_table(c, all_sweeps, out)}
+    for name, fn in tables.items():
+        if args.only in (None, name):
+            fn()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
+#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 sampler method10
+# Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
+# finished under the same name is skipped, so an interrupted study continues where it stopped.
+# Then:  python jobs/study/make_tables.py
+set -u
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DB=${STUDY_DB:-$ROOT/study_runs/mlflow.db}
+mkdir -p "$(dirname "$DB")" study_runs/logs
+PY=${PYTHON:-python}
+JOB=jobs/study/method.yaml
+SPACES=../../search_spaces/study      # relative to the job file
+
+launch() {  # NAME [--set k=v ...]
+  local name=$1; shift
+  if grep -qs "^$name\$" study_runs/done.txt; then echo "skip $name (done)"; return; fi
+  echo "$(date -u +%H:%M:%S) launch $name"
+  if $PY -m raysweep.cli launch "$JOB" --name "$name" --tracking-uri "sqlite:///$DB" \
+      --storage "$ROOT/study_runs/runs" "$@" > "study_runs/logs/$name.log" 2>&1; then
+    echo "$name" >> study_runs/done.txt
+  else
+    echo "FAILED $name (study_runs/logs/$name.log)"; tail -3 "study_runs/logs/$name.log"
+  fi
+}
+
+METHODS="graddiff sago pcgrad_r ngdiff gru mgda"
+method_study() {  # OFFSET
+  for m in $METHODS; do
+    launch "study-method-$m-o$1" --set "sweep.search_space=$SPACES/$m.yaml" --set "data.subset.offset=$1"
+  done
+}
+
+stage() {
+  case $1 in
+    method0) method_study 0 ;;
+    method180) method_study 180 ;;
+    method10) method_study 10 ;;
+    geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers)
+      for f in ga npo wga; do
+        launch "study-geffect-$f" --set "sweep.search_space=$SPACES/geffect_$f.yaml" --set sweep.num_trials=1 \
+          --set eval.geffect_every=2 --set eval.geffect_block_groups=4 --set unlearn.steps=24
+      done ;;
+    objective)
+      for f in ga npo wga tnpo wtnpo; do
+        launch "study-objective-$f-graddiff" --set "sweep.search_space=$SPACES/objective_$f.yaml"
+      done ;;
+    sampler)  # same space and budget for every sampler; seeds outer so partial runs stay balanced
+      for s in 0 1 2; do
+        for smp in random tpe gp nsga2; do
+          launch "study-sampler-$smp-s$s" --set "sweep.search_space=$SPACES/sampler.yaml" \
+            --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=5
+        done
+      done ;;
+    *) echo "unknown stage $1"; exit 2 ;;
+  esac
+}
+
+for s in "${@:-method0 geffect objective method180 sampler method10}"; do
+  for one in $s; do stage "$one"; done
+done

@@ -1,0 +1,38 @@
+"""The study's smallest sweep, end to end: `raysweep launch` of the method-study job (one method,
+one trial, prior knowledge on), then `jobs/study/make_tables.py` reads MLflow and prints the
+method table with that sweep's hypervolume and writes a small front plot."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
+       "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+
+
+def test_smallest_study_sweep_and_its_tables(tmp_path):
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The cache is the job's default: prepared models of an earlier study run are reused.
+    launch = subprocess.run(
+        [sys.executable, "-m", "raysweep.cli", "launch", "jobs/study/method.yaml", "--name", "study-method-mgda-o0",
+         "--tracking-uri", db, "--storage", str(tmp_path / "runs"),
+         "--set", "sweep.search_space=../../search_spaces/study/mgda.yaml", "--set", "sweep.num_trials=1"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=3600)
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    out = tmp_path / "plots"
+    tables = subprocess.run([sys.executable, "jobs/study/make_tables.py", "--tracking-uri", db, "--out", str(out),
+                             "--only", "method"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert tables.returncode == 0, tables.stderr[-3000:]
+    row = next(line for line in tables.stdout.splitlines() if line.startswith("mgda "))
+    trials, hv = re.match(r"mgda\s+(\d+)\s+([0-9.]+)", row).groups()
+    assert int(trials) == 1 and 0.0 <= float(hv) <= 1.0
+    plot = out / "method_fronts.png"
+    assert plot.exists() and 1_000 < plot.stat().st_size < 200_000
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
