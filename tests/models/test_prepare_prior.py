@@ -16,7 +16,7 @@ def test_off_by_default_and_old_cache_keys_still_hit(tmp_path, tofu_dir):
     data = load_job_data(job)
     # The key as computed before the option existed.
     before = _hash({"data": data_fingerprint(data), "max_length": job.data.max_length,
-                    "model": job.model.model_dump(mode="json", exclude={"lora"}),
+                    "model": job.model.model_dump(mode="json", exclude={"lora", "template", "system_prompt"}),
                     "prepare": job.prepare.model_dump(mode="json", exclude={"prior_knowledge", "prior_knowledge_rows"}),
                     "version": 1})
     assert prepare_key(job, data) == before
