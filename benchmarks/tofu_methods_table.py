@@ -62,12 +62,16 @@ def main() -> None:
         result = run_trial(method_job, progress=False, evaluate_before=False)
         rows.append((f"{label} ({args.steps} steps, lr {args.lr:g})", result["after"]))
 
-    header = f"{'model':<32} {'forget quality':>15} {'log10 FQ':>9} {'model utility':>14} {'forget ROUGE-L':>15} {'retain ROUGE-L':>15}"
+    # open-unlearning's extra TOFU metrics (issue 9), when the evaluation reports them.
+    extra = [k for k in ("privleak", "extraction_strength", "mia_min_k_auc", "truncated_inputs") if k in rows[0][1]]
+    header = (f"{'model':<32} {'forget quality':>15} {'log10 FQ':>9} {'model utility':>14} {'forget ROUGE-L':>15} "
+              f"{'retain ROUGE-L':>15}" + "".join(f" {k:>20}" for k in extra))
     print(header)
     print("-" * len(header))
     for label, m in rows:
         print(f"{label:<32} {m['forget_quality']:>15.3e} {m['log10_forget_quality']:>9.2f} "
-              f"{m['model_utility']:>14.4f} {m['forget_rougeL_recall']:>15.3f} {m['retain_rougeL_recall']:>15.3f}")
+              f"{m['model_utility']:>14.4f} {m['forget_rougeL_recall']:>15.3f} {m['retain_rougeL_recall']:>15.3f}"
+              + "".join(f" {m.get(k, float('nan')):>20.3f}" for k in extra))
     if args.out:
         Path(args.out).write_text(json.dumps(dict(rows), indent=2))
 

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from raysweep.data.collate import QACollator, left_pad
-from raysweep.evaluation.batching import LOCAL, Shard, map_batches
+from raysweep.evaluation.batching import LOCAL, Shard, map_batches, model_context
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.objectives.base import sequence_sums, token_logprobs
 
@@ -91,11 +91,16 @@ def answer_token_scores(model, collator: QACollator, questions: Sequence[str], a
 @torch.no_grad()
 def greedy_generate(model, tokenizer, prompt_ids: Sequence[list[int]], max_new_tokens: int,
                     batch_size: int = 64, shard: Shard = LOCAL) -> list[str]:
-    """Greedy continuations of tokenised prompts, decoded without special tokens."""
+    """Greedy continuations of tokenised prompts, decoded without special tokens. Generation stops
+    at the model's context (a tiny model's 256 positions; never binding for a real model's
+    >= 2048 with 200 new tokens): positions past it were never trained."""
 
     def generate(batch):
         enc = {k: v.to(model.device) for k, v in left_pad(batch, tokenizer.pad_token_id).items()}
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+        room = min(max_new_tokens, model_context(model) - enc["input_ids"].shape[1])
+        if room <= 0:
+            return [""] * len(batch)
+        out = model.generate(**enc, max_new_tokens=room, do_sample=False, use_cache=True,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
         return tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 

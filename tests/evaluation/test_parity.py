@@ -73,6 +73,23 @@ def test_truncated_pairs_are_counted(tiny):
     assert evaluation.prompt == train.prompt
 
 
+def test_generation_stops_at_a_tiny_models_context(tiny, tmp_path):
+    from raysweep.evaluation.qa import greedy_generate
+
+    _, tok = tiny
+    short = build_tiny_llama(tok, tmp_path / "m", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                             max_position_embeddings=24, seed=0).eval()
+    prompt = tok(QUESTION)["input_ids"][:20]
+    (text,) = greedy_generate(short, tok, [prompt], max_new_tokens=200)
+    # Exactly the 24 - 20 = 4 tokens that fit, not 200.
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        direct = short.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert text == tok.decode(direct[0, 20:], skip_special_tokens=True)
+    assert greedy_generate(short, tok, [prompt * 2], max_new_tokens=200) == [""]
+
+
 # ---- 2. prompt format -----------------------------------------------------------------------
 
 def test_smollm2_prompts_come_from_its_chat_template_and_the_tiny_models_do_not(smol_tok, tiny):
