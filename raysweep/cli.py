@@ -286,7 +286,9 @@ def _front_link_line(report: dict, uri: str) -> str:
 def cmd_report(args) -> int:
     from raysweep.reporting.html_report import write_report
     from raysweep.sweep.report import pareto_report
+    from raysweep.validation import check_output_dir
 
+    check_output_dir(args.out, "--out")
     c, uri = _tracking_client(args)
     report = pareto_report(c, uri, args.sweep)
     # Links into the MLflow UI only when it is a server a browser can open.

@@ -349,6 +349,18 @@ def check_output_file(path: Optional[str], field: str) -> None:
         raise InputError(f"{field}: '{path}' is not allowed (its folder '{parent}' is not writable)")
 
 
+def check_output_dir(path: Optional[str], field: str) -> None:
+    """A folder to write into: absent (it is created) or a writable folder, not a file."""
+    if not path:
+        return
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{field}: '{path}' is not allowed (a file; a folder is expected)")
+    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"{field}: '{path}' is not allowed ('{existing}' is not writable)")
+
+
 def check_tracking(uri: str, *, must_exist: bool, field: str = "--tracking-uri",
                    timeout: float = TRACKING_TIMEOUT_S) -> None:
     """The tracking store answers (HTTP: one request with a short timeout, credentials checked) or

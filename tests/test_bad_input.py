@@ -218,6 +218,8 @@ CASES = [
     ("remote", "pareto-dead-server", lambda r: ["pareto", "s", "--tracking-uri", DEAD], "no MLflow server answered within"),
     ("remote", "pareto-no-database", lambda r: ["pareto", "s", "--tracking-uri", f"sqlite:///{r / 'none.db'}"], "no tracking database there"),
     ("remote", "pareto-unknown-sweep", lambda r: ["pareto", "nosuch", "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}"], "unknown sweep 'nosuch'"),
+    ("remote", "report-dead-server", lambda r: ["report", "s", "--tracking-uri", DEAD], "no MLflow server answered within"),
+    ("remote", "report-unknown-sweep", lambda r: ["report", "nosuch", "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}"], "unknown sweep 'nosuch'"),
     ("remote", "status-dead-server", lambda r: ["status", "s", "--tracking-uri", DEAD], "no MLflow server answered within"),
     ("remote", "status-no-database", lambda r: ["status", "s", "--tracking-uri", f"sqlite:///{r / 'none.db'}"], "no tracking database there"),
     ("remote", "credentials-redacted", lambda r: ["status", "s", "--tracking-uri", "http://alice:s3cret@127.0.0.1:9"], "'http://***@127.0.0.1:9' is not allowed"),
@@ -225,9 +227,10 @@ CASES = [
     ("output", "plot-missing-folder", lambda r: ["pareto", "s", "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}", "--plot", str(r / "nofolder" / "p.png")], "--plot: '"),
     ("output", "run-out-missing-folder", lambda r: [*RUN, str(r / J), "--out", str(r / "nofolder" / "r.json")], "its folder '"),
     ("output", "run-out-is-folder", lambda r: [*RUN, str(r / J), "--out", str(r)], "(a folder; a file path is expected)"),
+    ("output", "report-out-is-file", lambda r: ["report", "s", "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}", "--out", str(r / "a_file")], "(a file; a folder is expected)"),
     ("output", "eval-out-missing-folder", lambda r: ["eval", str(r / "model"), "--benchmark", "qa", "--out", str(r / "nofolder" / "e.json")], "--out: '"),
 ]
-COMMANDS = ("run", "launch", "prepare", "eval", "pareto", "status", "resume")
+COMMANDS = ("run", "launch", "prepare", "eval", "pareto", "status", "resume", "report")
 
 
 def test_the_table_covers_every_class_and_command(world):

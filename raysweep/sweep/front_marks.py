@@ -102,21 +102,26 @@ def front_records(report: dict) -> list[dict]:
     out = []
     for r in sorted(report["front"], key=lambda r: r["objectives"][next(iter(report["objectives"]))]):
         out.append({"run_id": r["run_id"], "trial_id": r["trial_id"], "step": r["step"], "final": r["final"],
-                    "method": r["method"], "forget": r["forget"], **{k: v for k, v in r["objectives"].items()},
+                    "method": r["method"], "forget": r["forget"], "objectives": dict(r["objectives"]),
                     "hyperparameters": {**r.get("flat_params", {}), **r["params"]},
                     "checkpoint": r["checkpoint_uri"], "export": point_label(r)})
     return out
 
 
+CSV_FIXED = ["run_id", "trial_id", "step", "final", "method", "forget"]
+
+
 def _csv(records: list[dict], objectives: dict) -> str:
+    """One row per front point: fixed columns, one per objective (``objective.<name>`` when the
+    name is taken), one per hyperparameter, the checkpoint and the ``raysweep export`` argument."""
     hp = sorted({k for rec in records for k in rec["hyperparameters"]})
-    head = ["run_id", "trial_id", "step", "final", "method", "forget", *objectives, *hp, "checkpoint", "export"]
+    obj_cols = [f"objective.{k}" if k in CSV_FIXED else k for k in objectives]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(head)
+    w.writerow([*CSV_FIXED, *obj_cols, *hp, "checkpoint", "export"])
     for rec in records:
-        w.writerow([rec[k] for k in head[:6 + len(objectives)]] + [rec["hyperparameters"].get(k, "") for k in hp]
-                   + [rec["checkpoint"] or "", rec["export"]])
+        w.writerow([rec[k] for k in CSV_FIXED] + [rec["objectives"][k] for k in objectives]
+                   + [rec["hyperparameters"].get(k, "") for k in hp] + [rec["checkpoint"] or "", rec["export"]])
     return buf.getvalue()
 
 
@@ -132,7 +137,7 @@ def description(report: dict) -> str:
     for rec in front_records(report):
         name = tracking.child_run_name(rec["method"], rec["forget"], rec["trial_id"])
         lines.append(f"| [{name}]({run_link(exp, rec['run_id'])}) | "
-                     + " | ".join(f"{rec[n]:.4g}" for n in names) + f" | `{rec['export']}` |")
+                     + " | ".join(f"{rec['objectives'][n]:.4g}" for n in names) + f" | `{rec['export']}` |")
     per = ", ".join(f"{m} {v['hypervolume']:.4g}" for m, v in report.get("per_method", {}).items())
     if per:
         lines += ["", f"Hypervolume per method: {per}."]

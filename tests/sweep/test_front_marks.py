@@ -116,3 +116,17 @@ def test_parent_gets_front_files_hypervolume_history_description_and_logged_mode
     # published again (raysweep pareto after the sweep): no second model for the same point
     publish(c, pareto_report(c, uri, "made"))
     assert len(c.search_logged_models([parent.info.experiment_id])) == 3
+
+
+def test_the_refresh_callback_marks_the_runs_while_the_sweep_runs(tmp_path, tofu_dir):
+    from raysweep.sweep.front_marks import FrontRefresh
+
+    c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
+    refresh = FrontRefresh(uri, "made", every_seconds=3600)
+    refresh.on_trial_complete(0, [], None)
+    found = c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER)
+    assert {r.data.tags["raysweep.trial_id"] for r in found} == {"t1", "t2", "t4"}
+    # throttled: a second trial ending within the interval does not recompute
+    c.set_tag(found[0].info.run_id, "raysweep.pareto", "stale")
+    refresh.on_trial_complete(0, [], None)
+    assert c.get_run(found[0].info.run_id).data.tags["raysweep.pareto"] == "stale"

@@ -236,3 +236,20 @@ def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept
     finally:
         mlflow.set_tracking_uri(previous)
     assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_raysweep_report_of_the_finished_sweep_renders_in_chromium(swept):
+    """Issue 11 item 6 on a real sweep: the report CLI from MLflow alone, opened in Chromium."""
+    from raysweep.sweep.report import point_label
+
+    from ..browser import dump_dom, not_blank, screenshot
+
+    tmp, path, job, res, report = swept
+    out = raysweep("report", "traj", "--tracking-uri", job.sweep.tracking_uri, "--out", str(tmp / "report"), cwd=tmp)
+    assert out.returncode == 0, out.stderr[-2000:]
+    url = (tmp / "report" / "report.html").as_uri()
+    not_blank(screenshot(url, tmp / "report.png", size=(1280, 2400)))
+    dom = dump_dom(url, tmp / "chromium-profile")
+    table = dom[dom.index('id="front-table"'):]
+    for r in report["front"]:
+        assert f">{point_label(r)}</text>" in dom and f"<td>{point_label(r)}</td>" in table
