@@ -1,7 +1,7 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.05] [--only method|objective|sampler|geffect]
+                                     [--fq-level 0.3 0.5] [--only method|objective|sampler|geffect]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -13,8 +13,9 @@ Printed per table:
 * hypervolume of each sweep's front (reference point of the job), mean and spread (max - min) over
   the author subsets;
 * utility kept at matched forgetting (the SAGO paper's recovery measure): walking the front from
-  high utility to high forget quality, the first point whose forget quality is at least
-  ``--fq-level``; its model utility / the target's model utility. "-" when no point reaches it;
+  high utility to high forget quality, the first point whose forget quality is at least each
+  ``--fq-level``; its model utility / the target's model utility. "-" (and a smaller n) when no
+  point of a front reaches it;
 * hypervolume vs trials per sampler and seed, and the trials each needs to reach the final
   hypervolume of the random sampler (mean over seeds);
 * G-effect per layer group (retain and forget) at each measured step.
@@ -113,7 +114,7 @@ def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, ta
     print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
 
 
-def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-method-") -> None:
+def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "study-method-") -> None:
     by_method: dict[str, dict[str, tuple]] = defaultdict(dict)
     for name, parent in all_sweeps.items():
         m = re.fullmatch(re.escape(prefix) + r"(.+)-o(\d+)", name)
@@ -131,22 +132,25 @@ def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-me
         f"o{o}: ({_fmt(d[1])}, {_fmt(d[2], '.2g')})" for o in offsets for d in [next(
             (v[o] for v in by_method.values() if o in v), (None, None, None))]))
     head = "".join(f"{'HV o' + o:>10}" for o in offsets)
-    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}{f'kept@FQ>={level:g} mean [min, max]':<30}"
-          f"{'subsets reaching':>8}")
+    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}"
+          + "".join(f"{f'kept@FQ>={lv:g} mean [min, max] (n)':<36}" for lv in levels))
     groups = {}
     for method, d in sorted(by_method.items()):
         hvs = [hv(d[o][0]) for o in offsets if o in d]
-        kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], level)] if k is not None]
         n = sum(len(d[o][0]) for o in offsets if o in d)
         cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
-        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{_spread(kept):<30}{len(kept)}/{len(hvs)}")
+        kept_cells = ""
+        for lv in levels:
+            kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
+            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(hvs)})':<36}"
+        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{kept_cells}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
     _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
                  f"method study: front per method and author subset (marker = subset)", targets.values())
 
 
-def objective_table(c, all_sweeps, out: Path, level: float) -> None:
+def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     rows, target = {}, None
     for name, parent in all_sweeps.items():
         m = re.fullmatch(r"study-objective-(.+)-(.+)", name)
@@ -157,12 +161,13 @@ def objective_table(c, all_sweeps, out: Path, level: float) -> None:
         print("(no study-objective-* sweeps)")
         return
     print(f"\n== Objective study (author subset o0) ==")
-    print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}{f'kept@FQ>={level:g}':>14}{'best FQ':>10}"
-          f"{'MU at best FQ':>15}{'max MU':>9}")
+    print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}" + "".join(f"{f'kept@FQ>={lv:g}':>14}" for lv in levels)
+          + f"{'best FQ':>10}{'MU at best FQ':>15}{'max MU':>9}")
     groups = defaultdict(list)
     for (method, forget), (pts, tmu) in sorted(rows.items()):
         best = pts[np.argmax(pts[:, 0])] if len(pts) else None
-        print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}{_fmt(kept_at(pts, tmu, level)):>14}"
+        print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}"
+              + "".join(f"{_fmt(kept_at(pts, tmu, lv)):>14}" for lv in levels) +
               f"{_fmt(None if best is None else best[0], '.3g'):>10}{_fmt(None if best is None else best[1]):>15}"
               f"{_fmt(pts[:, 1].max() if len(pts) else None):>9}")
         groups[f"{forget}+{method}"].append(front(pts))
@@ -280,8 +285,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
-    ap.add_argument("--fq-level", type=float, default=0.05,
-                    help="forget quality a front point must reach for 'utility kept at matched forgetting'")
+    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.3, 0.5],
+                    help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "objective", "sampler", "geffect"])
     args = ap.parse_args(argv)
     out = Path(args.out)
