@@ -229,18 +229,20 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
 
 
 def geffect_table(c, all_sweeps, out: Path) -> None:
+    """One G-effect run per sweep ``study-geffect-<forget>`` (objective + GradDiff's retain term)
+    or ``study-geffect-<forget>-alone`` (the objective alone)."""
     found = {}
     for name, parent in all_sweeps.items():
-        m = re.fullmatch(r"study-geffect-(.+)", name)
+        m = re.fullmatch(r"study-geffect-([a-z]+)(-alone)?", name)
         if not m:
             continue
         runs = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
         if not runs:
             continue
         run = runs[0]
-        keys = sorted(k for k in run.data.metrics if k.startswith("geffect_") or "/geffect_" in k)
+        keys = sorted(k for k in run.data.metrics if "geffect_" in k)
         hist = {k: sorted((x.step, x.value) for x in c.get_metric_history(run.info.run_id, k)) for k in keys}
-        found[m.group(1)] = hist
+        found[(m.group(1), "alone" if m.group(2) else "+GD")] = hist
     if not found:
         print("(no study-geffect-* sweeps)")
         return
@@ -249,30 +251,36 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print("\n== G-effect per layer group (mean over the measured steps; first -> last measurement) ==")
-    names = sorted(found)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.0), dpi=100, squeeze=False)
-    for j, forget in enumerate(names):
-        hist = found[forget]
-        for i, side in enumerate(("retain", "forget")):
-            keys = [k for k in hist if f"geffect_{side}/" in k and not k.endswith("/total")]
-            order = sorted(keys, key=lambda k: (not k.endswith("/embed"), k.endswith("/head"), k))
-            for k in order:
-                vals = [v for _, v in hist[k]]
-                print(f"  {forget:<6} {side:<7} {k.split('/')[-1]:<12} mean {statistics.mean(vals):+.3e}  "
-                      f"first {vals[0]:+.3e}  last {vals[-1]:+.3e}  (n={len(vals)})")
-                ax = axes[i][j]
-                ax.plot([s for s, _ in hist[k]], vals, label=k.split("/")[-1])
-            tot = [k for k in hist if k.endswith(f"geffect_{side}/total")]
-            for k in tot:
-                vals = [v for _, v in hist[k]]
-                print(f"  {forget:<6} {side:<7} {'total':<12} mean {statistics.mean(vals):+.3e}")
-            axes[i][j].axhline(0, color="k", lw=0.5)
-            axes[i][j].set_title(f"{forget}: {side} G-effect", fontsize=9)
-            axes[i][j].set_yscale("symlog", linthresh=1e-4)
-            axes[i][j].tick_params(labelsize=7)
-            if i == 1:
-                axes[i][j].set_xlabel("step", fontsize=8)
+    print("\n== G-effect per layer group: mean over the measured steps, first and last measurement ==")
+    print("   (e(D) = <grad NLL(D), update>; removal wants e(forget) < 0, retention e(retain) >= 0)")
+    forgets = [f for f in ("ga", "npo", "wga") if any(k[0] == f for k in found)]
+    variants = [v for v in ("+GD", "alone") if any(k[1] == v for k in found)]
+    fig, axes = plt.subplots(2 * len(variants), len(forgets), figsize=(3.0 * len(forgets), 2.1 * 2 * len(variants)),
+                             dpi=90, squeeze=False, sharex=True)
+    for vi, variant in enumerate(variants):
+        for j, forget in enumerate(forgets):
+            hist = found.get((forget, variant))
+            for si, side in enumerate(("retain", "forget")):
+                ax = axes[2 * vi + si][j]
+                ax.set_title(f"{forget} ({variant}): {side} G-effect", fontsize=8)
+                ax.axhline(0, color="k", lw=0.5)
+                ax.set_yscale("symlog", linthresh=1e-3)
+                ax.tick_params(labelsize=6)
+                if hist is None:
+                    continue
+                keys = [k for k in hist if f"geffect_{side}/" in k]
+                order = sorted(keys, key=lambda k: (k.endswith("/total"), k.endswith("/head"),
+                                                    not k.endswith("/embed"), k))
+                for k in order:
+                    vals = [v for _, v in hist[k]]
+                    group = k.split("/")[-1]
+                    print(f"  {forget:<4}{variant:<6} {side:<7} {group:<11} mean {statistics.mean(vals):+.2e}  "
+                          f"first {vals[0]:+.2e}  last {vals[-1]:+.2e}  (n={len(vals)})")
+                    style = {"color": "k", "lw": 1.5, "ls": "--"} if group == "total" else {"lw": 1}
+                    ax.plot([st for st, _ in hist[k]], vals, label=group.replace("blocks_", "layer ").split("-")[0],
+                            **style)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=7)
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     path = out / "geffect_layers.png"

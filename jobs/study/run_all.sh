@@ -43,10 +43,13 @@ stage() {
     method0) method_study 0 ;;
     method180) method_study 180 ;;
     method10) method_study 10 ;;
-    geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers)
-      for f in ga npo wga; do
-        launch "study-geffect-$f" --set "sweep.search_space=$SPACES/geffect_$f.yaml" --set sweep.num_trials=1 \
-          --set eval.geffect_every=2 --set eval.geffect_block_groups=4 --set unlearn.steps=24
+    geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers);
+      # the objective with GradDiff's retain term (weight 1), then alone (weight 0)
+      for v in "" _alone; do
+        for f in ga npo wga; do
+          launch "study-geffect-$f${v//_/-}" --set "sweep.search_space=$SPACES/geffect_$f$v.yaml" \
+            --set sweep.num_trials=1 --set eval.geffect_every=2 --set eval.geffect_block_groups=4 --set unlearn.steps=24
+        done
       done ;;
     objective)
       for f in ga npo wga tnpo wtnpo; do
