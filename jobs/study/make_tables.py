@@ -232,15 +232,19 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
     """One G-effect run per sweep ``study-geffect-<forget>`` (objective + GradDiff's retain term)
     or ``study-geffect-<forget>-alone`` (the objective alone)."""
     found = {}
+    print("\n== G-effect per layer group: mean over the measured steps, first and last measurement ==")
     for name, parent in all_sweeps.items():
         m = re.fullmatch(r"study-geffect-([a-z]+)(-alone)?", name)
         if not m:
             continue
-        runs = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+        # A run stopped for divergence (retain loss above the job's ceiling) keeps its curves up to there.
+        runs = [r for r in tracking.child_runs(c, parent) if any(k.startswith("train/geffect_") for k in r.data.metrics)]
         if not runs:
             continue
         run = runs[0]
-        keys = sorted(k for k in run.data.metrics if "geffect_" in k)
+        if run.info.status != "FINISHED":
+            print(f"  ({name}: trial {run.info.status.lower()}, curves up to its last measurement)")
+        keys = sorted(k for k in run.data.metrics if k.startswith("train/geffect_"))
         hist = {k: sorted((x.step, x.value) for x in c.get_metric_history(run.info.run_id, k)) for k in keys}
         found[(m.group(1), "alone" if m.group(2) else "+GD")] = hist
     if not found:
@@ -251,12 +255,11 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print("\n== G-effect per layer group: mean over the measured steps, first and last measurement ==")
     print("   (e(D) = <grad NLL(D), update>; removal wants e(forget) < 0, retention e(retain) >= 0)")
     forgets = [f for f in ("ga", "npo", "wga") if any(k[0] == f for k in found)]
     variants = [v for v in ("+GD", "alone") if any(k[1] == v for k in found)]
     fig, axes = plt.subplots(2 * len(variants), len(forgets), figsize=(3.0 * len(forgets), 2.1 * 2 * len(variants)),
-                             dpi=90, squeeze=False, sharex=True)
+                             dpi=75, squeeze=False, sharex=True)
     for vi, variant in enumerate(variants):
         for j, forget in enumerate(forgets):
             hist = found.get((forget, variant))
