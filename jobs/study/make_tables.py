@@ -181,13 +181,13 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
         m = re.fullmatch(r"study-sampler-(.+)-s(\d+)", name)
         if not m:
             continue
-        rows, _ = collect(c, parent)
-        finals = sorted((r for r in rows if r["final"]), key=lambda r: int(r["trial_id"].split("_")[-1])
-                        if r["trial_id"] and r["trial_id"].split("_")[-1].isdigit() else 0)
+        # Trials in the order they started; one that diverged or failed still spent its budget.
         pts, ys = [], []
-        for r in finals:
-            pts.append([r["objectives"][FQ], r["objectives"][MU]])
-            ys.append(hv(np.array(pts)))
+        for r in sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time):
+            m_ = r.data.metrics
+            if r.info.status == "FINISHED" and f"objective/{FQ}" in m_ and f"objective/{MU}" in m_:
+                pts.append([m_[f"objective/{FQ}"], m_[f"objective/{MU}"]])
+            ys.append(hv(np.array(pts)) if pts else 0.0)
         curves[m.group(1)][int(m.group(2))] = ys
     if not curves:
         print("(no study-sampler-* sweeps)")
