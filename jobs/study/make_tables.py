@@ -1,7 +1,7 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.05] [--only method|objective|sampler|geffect]
+                                     [--fq-level 0.3 0.5] [--only method|objective|sampler|geffect]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -13,8 +13,9 @@ Printed per table:
 * hypervolume of each sweep's front (reference point of the job), mean and spread (max - min) over
   the author subsets;
 * utility kept at matched forgetting (the SAGO paper's recovery measure): walking the front from
-  high utility to high forget quality, the first point whose forget quality is at least
-  ``--fq-level``; its model utility / the target's model utility. "-" when no point reaches it;
+  high utility to high forget quality, the first point whose forget quality is at least each
+  ``--fq-level``; its model utility / the target's model utility. "-" (and a smaller n) when no
+  point of a front reaches it;
 * hypervolume vs trials per sampler and seed, and the trials each needs to reach the final
   hypervolume of the random sampler (mean over seeds);
 * G-effect per layer group (retain and forget) at each measured step.
@@ -113,7 +114,7 @@ def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, ta
     print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
 
 
-def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-method-") -> None:
+def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "study-method-") -> None:
     by_method: dict[str, dict[str, tuple]] = defaultdict(dict)
     for name, parent in all_sweeps.items():
         m = re.fullmatch(re.escape(prefix) + r"(.+)-o(\d+)", name)
@@ -131,22 +132,25 @@ def method_table(c, all_sweeps, out: Path, level: float, prefix: str = "study-me
         f"o{o}: ({_fmt(d[1])}, {_fmt(d[2], '.2g')})" for o in offsets for d in [next(
             (v[o] for v in by_method.values() if o in v), (None, None, None))]))
     head = "".join(f"{'HV o' + o:>10}" for o in offsets)
-    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}{f'kept@FQ>={level:g} mean [min, max]':<30}"
-          f"{'subsets reaching':>8}")
+    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}"
+          + "".join(f"{f'kept@FQ>={lv:g} mean [min, max] (n)':<36}" for lv in levels))
     groups = {}
     for method, d in sorted(by_method.items()):
         hvs = [hv(d[o][0]) for o in offsets if o in d]
-        kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], level)] if k is not None]
         n = sum(len(d[o][0]) for o in offsets if o in d)
         cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
-        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{_spread(kept):<30}{len(kept)}/{len(hvs)}")
+        kept_cells = ""
+        for lv in levels:
+            kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
+            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(hvs)})':<36}"
+        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{kept_cells}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
     _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
                  f"method study: front per method and author subset (marker = subset)", targets.values())
 
 
-def objective_table(c, all_sweeps, out: Path, level: float) -> None:
+def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     rows, target = {}, None
     for name, parent in all_sweeps.items():
         m = re.fullmatch(r"study-objective-(.+)-(.+)", name)
@@ -157,12 +161,13 @@ def objective_table(c, all_sweeps, out: Path, level: float) -> None:
         print("(no study-objective-* sweeps)")
         return
     print(f"\n== Objective study (author subset o0) ==")
-    print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}{f'kept@FQ>={level:g}':>14}{'best FQ':>10}"
-          f"{'MU at best FQ':>15}{'max MU':>9}")
+    print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}" + "".join(f"{f'kept@FQ>={lv:g}':>14}" for lv in levels)
+          + f"{'best FQ':>10}{'MU at best FQ':>15}{'max MU':>9}")
     groups = defaultdict(list)
     for (method, forget), (pts, tmu) in sorted(rows.items()):
         best = pts[np.argmax(pts[:, 0])] if len(pts) else None
-        print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}{_fmt(kept_at(pts, tmu, level)):>14}"
+        print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}"
+              + "".join(f"{_fmt(kept_at(pts, tmu, lv)):>14}" for lv in levels) +
               f"{_fmt(None if best is None else best[0], '.3g'):>10}{_fmt(None if best is None else best[1]):>15}"
               f"{_fmt(pts[:, 1].max() if len(pts) else None):>9}")
         groups[f"{forget}+{method}"].append(front(pts))
@@ -176,13 +181,13 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
         m = re.fullmatch(r"study-sampler-(.+)-s(\d+)", name)
         if not m:
             continue
-        rows, _ = collect(c, parent)
-        finals = sorted((r for r in rows if r["final"]), key=lambda r: int(r["trial_id"].split("_")[-1])
-                        if r["trial_id"] and r["trial_id"].split("_")[-1].isdigit() else 0)
+        # Trials in the order they started; one that diverged or failed still spent its budget.
         pts, ys = [], []
-        for r in finals:
-            pts.append([r["objectives"][FQ], r["objectives"][MU]])
-            ys.append(hv(np.array(pts)))
+        for r in sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time):
+            m_ = r.data.metrics
+            if r.info.status == "FINISHED" and f"objective/{FQ}" in m_ and f"objective/{MU}" in m_:
+                pts.append([m_[f"objective/{FQ}"], m_[f"objective/{MU}"]])
+            ys.append(hv(np.array(pts)) if pts else 0.0)
         curves[m.group(1)][int(m.group(2))] = ys
     if not curves:
         print("(no study-sampler-* sweeps)")
@@ -224,18 +229,24 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
 
 
 def geffect_table(c, all_sweeps, out: Path) -> None:
+    """One G-effect run per sweep ``study-geffect-<forget>`` (objective + GradDiff's retain term)
+    or ``study-geffect-<forget>-alone`` (the objective alone)."""
     found = {}
+    print("\n== G-effect per layer group: mean over the measured steps, first and last measurement ==")
     for name, parent in all_sweeps.items():
-        m = re.fullmatch(r"study-geffect-(.+)", name)
+        m = re.fullmatch(r"study-geffect-([a-z]+)(-alone)?", name)
         if not m:
             continue
-        runs = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+        # A run stopped for divergence (retain loss above the job's ceiling) keeps its curves up to there.
+        runs = [r for r in tracking.child_runs(c, parent) if any(k.startswith("train/geffect_") for k in r.data.metrics)]
         if not runs:
             continue
         run = runs[0]
-        keys = sorted(k for k in run.data.metrics if k.startswith("geffect_") or "/geffect_" in k)
+        if run.info.status != "FINISHED":
+            print(f"  ({name}: trial {run.info.status.lower()}, curves up to its last measurement)")
+        keys = sorted(k for k in run.data.metrics if k.startswith("train/geffect_"))
         hist = {k: sorted((x.step, x.value) for x in c.get_metric_history(run.info.run_id, k)) for k in keys}
-        found[m.group(1)] = hist
+        found[(m.group(1), "alone" if m.group(2) else "+GD")] = hist
     if not found:
         print("(no study-geffect-* sweeps)")
         return
@@ -244,30 +255,35 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    print("\n== G-effect per layer group (mean over the measured steps; first -> last measurement) ==")
-    names = sorted(found)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 5.0), dpi=100, squeeze=False)
-    for j, forget in enumerate(names):
-        hist = found[forget]
-        for i, side in enumerate(("retain", "forget")):
-            keys = [k for k in hist if f"geffect_{side}/" in k and not k.endswith("/total")]
-            order = sorted(keys, key=lambda k: (not k.endswith("/embed"), k.endswith("/head"), k))
-            for k in order:
-                vals = [v for _, v in hist[k]]
-                print(f"  {forget:<6} {side:<7} {k.split('/')[-1]:<12} mean {statistics.mean(vals):+.3e}  "
-                      f"first {vals[0]:+.3e}  last {vals[-1]:+.3e}  (n={len(vals)})")
-                ax = axes[i][j]
-                ax.plot([s for s, _ in hist[k]], vals, label=k.split("/")[-1])
-            tot = [k for k in hist if k.endswith(f"geffect_{side}/total")]
-            for k in tot:
-                vals = [v for _, v in hist[k]]
-                print(f"  {forget:<6} {side:<7} {'total':<12} mean {statistics.mean(vals):+.3e}")
-            axes[i][j].axhline(0, color="k", lw=0.5)
-            axes[i][j].set_title(f"{forget}: {side} G-effect", fontsize=9)
-            axes[i][j].set_yscale("symlog", linthresh=1e-4)
-            axes[i][j].tick_params(labelsize=7)
-            if i == 1:
-                axes[i][j].set_xlabel("step", fontsize=8)
+    print("   (e(D) = <grad NLL(D), update>; removal wants e(forget) < 0, retention e(retain) >= 0)")
+    forgets = [f for f in ("ga", "npo", "wga") if any(k[0] == f for k in found)]
+    variants = [v for v in ("+GD", "alone") if any(k[1] == v for k in found)]
+    fig, axes = plt.subplots(2 * len(variants), len(forgets), figsize=(3.0 * len(forgets), 2.1 * 2 * len(variants)),
+                             dpi=75, squeeze=False, sharex=True)
+    for vi, variant in enumerate(variants):
+        for j, forget in enumerate(forgets):
+            hist = found.get((forget, variant))
+            for si, side in enumerate(("retain", "forget")):
+                ax = axes[2 * vi + si][j]
+                ax.set_title(f"{forget} ({variant}): {side} G-effect", fontsize=8)
+                ax.axhline(0, color="k", lw=0.5)
+                ax.set_yscale("symlog", linthresh=1e-3)
+                ax.tick_params(labelsize=6)
+                if hist is None:
+                    continue
+                keys = [k for k in hist if f"geffect_{side}/" in k]
+                order = sorted(keys, key=lambda k: (k.endswith("/total"), k.endswith("/head"),
+                                                    not k.endswith("/embed"), k))
+                for k in order:
+                    vals = [v for _, v in hist[k]]
+                    group = k.split("/")[-1]
+                    print(f"  {forget:<4}{variant:<6} {side:<7} {group:<11} mean {statistics.mean(vals):+.2e}  "
+                          f"first {vals[0]:+.2e}  last {vals[-1]:+.2e}  (n={len(vals)})")
+                    style = {"color": "k", "lw": 1.5, "ls": "--"} if group == "total" else {"lw": 1}
+                    ax.plot([st for st, _ in hist[k]], vals, label=group.replace("blocks_", "layer ").split("-")[0],
+                            **style)
+    for ax in axes[-1]:
+        ax.set_xlabel("step", fontsize=7)
     axes[0][-1].legend(fontsize=6)
     fig.tight_layout()
     path = out / "geffect_layers.png"
@@ -280,8 +296,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
-    ap.add_argument("--fq-level", type=float, default=0.05,
-                    help="forget quality a front point must reach for 'utility kept at matched forgetting'")
+    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.3, 0.5],
+                    help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "objective", "sampler", "geffect"])
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -16,6 +16,12 @@ SPACES=../../search_spaces/study      # relative to the job file
 launch() {  # NAME [--set k=v ...]
   local name=$1; shift
   if grep -qs "^$name\$" study_runs/done.txt; then echo "skip $name (done)"; return; fi
+  # A launch of the same name still running (a restarted study): wait for it, then count it.
+  local pid; pid=$(pgrep -f "launch $JOB --name $name " | head -1)
+  if [ -n "$pid" ]; then
+    while kill -0 "$pid" 2>/dev/null; do sleep 2; done
+    grep -q "sweep $name finished" "study_runs/logs/$name.log" && { echo "$name" >> study_runs/done.txt; return; }
+  fi
   echo "$(date -u +%H:%M:%S) launch $name"
   if $PY -m raysweep.cli launch "$JOB" --name "$name" --tracking-uri "sqlite:///$DB" \
       --storage "$ROOT/study_runs/runs" "$@" > "study_runs/logs/$name.log" 2>&1; then
@@ -37,20 +43,24 @@ stage() {
     method0) method_study 0 ;;
     method180) method_study 180 ;;
     method10) method_study 10 ;;
-    geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers)
-      for f in ga npo wga; do
-        launch "study-geffect-$f" --set "sweep.search_space=$SPACES/geffect_$f.yaml" --set sweep.num_trials=1 \
-          --set eval.geffect_every=2 --set eval.geffect_block_groups=4 --set unlearn.steps=24
+    geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers);
+      # the objective with GradDiff's retain term (weight 1), then alone (weight 0)
+      for v in "" _alone; do
+        for f in ga npo wga; do
+          launch "study-geffect-$f${v//_/-}" --set "sweep.search_space=$SPACES/geffect_$f$v.yaml" \
+            --set sweep.num_trials=1 --set eval.geffect_every=2 --set eval.geffect_block_groups=4 --set unlearn.steps=24
+        done
       done ;;
     objective)
       for f in ga npo wga tnpo wtnpo; do
         launch "study-objective-$f-graddiff" --set "sweep.search_space=$SPACES/objective_$f.yaml"
       done ;;
-    sampler)  # same space and budget for every sampler; seeds outer so partial runs stay balanced
+    sampler)  # same space and budget for every sampler; seeds outer so partial runs stay balanced.
+      # 14 trials: Optuna's TPE and GP sample at random for their first 10 (n_startup_trials).
       for s in 0 1 2; do
         for smp in random tpe gp nsga2; do
           launch "study-sampler-$smp-s$s" --set "sweep.search_space=$SPACES/sampler.yaml" \
-            --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=5
+            --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
         done
       done ;;
     *) echo "unknown stage $1"; exit 2 ;;
