@@ -51,31 +51,18 @@ def log_front_models(c, report: dict) -> list[str]:
                     ids.append(model_id)
                     front.pop((run_id, step))
     if front:
-        job_json = _job_json(c, report["parent_run_id"])
+        parent = c.get_run(report["parent_run_id"])
         for r in front.values():
-            ids.append(_log_one(c, report, r, job_json))
+            ids.append(_log_one(c, report, r, parent))
     return ids
 
 
-def _job_json(c, parent_run_id: str) -> str:
-    return Path(c.download_artifacts(parent_run_id, "job.json")).read_text()
-
-
-def _log_one(c, report: dict, r: dict, sweep_job_json: str) -> str:
+def _log_one(c, report: dict, r: dict, parent) -> str:
     import mlflow.pyfunc
 
-    from raysweep.sweep.space import SearchSpace
-    from raysweep.sweep.trial import trial_job
-    from raysweep.spec import JobSpec
+    from raysweep.sweep.export import trial_job_of
 
-    import yaml
-
-    parent = c.get_run(report["parent_run_id"])
-    space = yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text())
-    job = JobSpec.model_validate_json(sweep_job_json)
-    config = {k: yaml.safe_load(v) for k, v in r["params"].items()}
-    trial_spec = trial_job(config, {"space": space, "space_source": str(job.sweep.search_space),
-                                    "job_json": sweep_job_json})
+    trial_spec = trial_job_of(c, parent, r["params"])
     path = plain_path(c, r["checkpoint_uri"])
     name = tracking.child_run_name(r["method"], r["forget"], r["trial_id"]) + ("" if r["final"] else f"-step-{r['step']}")
     model = c.create_logged_model(
