@@ -106,7 +106,7 @@ def scatter_svg(rows: list[dict], objectives: dict[str, str], palette: dict[str,
                 title: str = "", labels: bool = True) -> str:
     names = list(objectives)
     x, y = names[0], names[1] if len(names) > 1 else names[0]
-    left, right, top, bottom = 70, width - 20, 30, height - 50
+    left, right, top, bottom = 70, width - 130, 30, height - 50  # the legend sits right of the plot
     ax = Axis([r["objectives"][x] for r in rows], left, right)
     ay = Axis([r["objectives"][y] for r in rows], bottom, top)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -134,9 +134,11 @@ def scatter_svg(rows: list[dict], objectives: dict[str, str], palette: dict[str,
         cls = "front" if r["pareto"] else "point"
         out.append(f'<circle class="{cls}" cx="{cx:.1f}" cy="{cy:.1f}" r="{size}" fill="{fill}" '
                    f'fill-opacity="{0.9 if r["pareto"] else 0.55}" {stroke}><title>{_e(hover(r, names))}</title></circle>')
-        if r["pareto"] and labels:
-            out.append(f'<text class="label" x="{cx + 9:.1f}" y="{cy - 7:.1f}" font-size="10">{_e(point_label(r))}</text>')
-    out.append(_legend(palette, right - 150, top + 8))
+        if r["pareto"] and labels:  # left of points near the right edge, so the label stays inside
+            flip = cx > right - 70
+            out.append(f'<text class="label" x="{cx - 9 if flip else cx + 9:.1f}" y="{cy - 7:.1f}" font-size="10" '
+                       f'text-anchor="{"end" if flip else "start"}">{_e(point_label(r))}</text>')
+    out.append(_legend(palette, right + 18, top + 8))
     out.append("</svg>")
     return "\n".join(out)
 
@@ -245,7 +247,7 @@ color:#222;padding:0 16px}h1{font-size:22px}h2{font-size:17px;margin-top:28px;bo
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{border:1px solid #ddd;padding:4px 6px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}code{font-size:11px}.small{display:inline-block;
 margin:0 8px 8px 0}.muted{color:#666;font-size:12px}.chart{max-width:100%;height:auto}
-circle:hover,polyline:hover{stroke:#000;stroke-opacity:1}"""
+circle:hover,polyline:hover{stroke:#000;stroke-opacity:1}td code{word-break:break-all}"""
 
 
 def render_html(report: dict, link_base: Optional[str] = None) -> str:
@@ -270,7 +272,7 @@ def render_html(report: dict, link_base: Optional[str] = None) -> str:
                                                   f"{v['hypervolume']:.5g}"] for m, v in report["per_method"].items()])]
     for m, v in report["per_method"].items():
         mine = [{**r, "pareto": any(r is f for f in v["front"])} for r in rows if (r["method"] or "?") == m]
-        chart = scatter_svg(mine, report["objectives"], {m: palette[m]}, width=380, height=300,
+        chart = scatter_svg(mine, report["objectives"], {m: palette[m]}, width=440, height=300,
                             title=f"{m}: HV {v['hypervolume']:.4g}")
         parts.append(f"<div class='small'>{chart}</div>")
     parts += ["<h2>Hypervolume by finished trials</h2>", history_svg(report["hypervolume_history"]),

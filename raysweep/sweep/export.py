@@ -45,9 +45,6 @@ def _objectives_at(c, run, objectives: dict, step: Optional[int]) -> dict[str, f
 
 
 def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
-    from raysweep.spec import JobSpec
-    from raysweep.sweep.trial import trial_job
-
     trial, step = parse_point(point)
     parent = tracking.find_parent(c, sweep, tracking_uri)
     run = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, trial)
@@ -65,11 +62,7 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
     if uri is None:
         raise tracking.TrackingError(f"export: trial {trial} recorded no checkpoint (status {run.info.status})")
 
-    job_raw = Path(c.download_artifacts(parent.info.run_id, "job.json")).read_text()
-    job = JobSpec.model_validate_json(job_raw)
-    ctx = {"space": _space(c, parent), "space_source": str(job.sweep.search_space), "job_json": job_raw}
-    config = {k: _typed(v) for k, v in run.data.params.items()}
-    trial_spec = trial_job(config, ctx)
+    trial_spec = trial_job_of(c, parent, run.data.params)
 
     out = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="raysweep-export-") as scratch:
@@ -83,6 +76,17 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
     (out / META).write_text(json.dumps(meta, indent=2))
     (out / CARD).write_text(_card(meta))
     return out
+
+
+def trial_job_of(c, parent, params: dict):
+    """The job a trial ran: the sweep's job (``job.json``) with the trial's recorded parameters."""
+    from raysweep.spec import JobSpec
+    from raysweep.sweep.trial import trial_job
+
+    job_raw = Path(c.download_artifacts(parent.info.run_id, "job.json")).read_text()
+    job = JobSpec.model_validate_json(job_raw)
+    ctx = {"space": _space(c, parent), "space_source": str(job.sweep.search_space), "job_json": job_raw}
+    return trial_job({k: _typed(v) for k, v in params.items()}, ctx)
 
 
 def _space(c, parent) -> dict:

@@ -14,7 +14,9 @@ refreshed), ``raysweep.point`` (``TRIAL@STEP``). Each (run, step) gets one model
 
 from __future__ import annotations
 
+import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from raysweep.sweep import tracking
@@ -37,6 +39,8 @@ def plain_path(c, uri: str) -> str:
 def log_front_models(c, report: dict) -> list[str]:
     """A logged model for each front point that has none yet; ``raysweep.pareto`` refreshed on
     those logged before. Returns the front's model ids."""
+    # The sweep's console stays one line per event: no download progress bars from MLflow.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     front = {(r["run_id"], int(r["step"] or 0)): r for r in report["front"] if r.get("checkpoint_uri")}
     runs = {r["run_id"] for r in report["trials"]}
     ids = []
@@ -51,31 +55,18 @@ def log_front_models(c, report: dict) -> list[str]:
                     ids.append(model_id)
                     front.pop((run_id, step))
     if front:
-        job_json = _job_json(c, report["parent_run_id"])
+        parent = c.get_run(report["parent_run_id"])
         for r in front.values():
-            ids.append(_log_one(c, report, r, job_json))
+            ids.append(_log_one(c, report, r, parent))
     return ids
 
 
-def _job_json(c, parent_run_id: str) -> str:
-    return Path(c.download_artifacts(parent_run_id, "job.json")).read_text()
-
-
-def _log_one(c, report: dict, r: dict, sweep_job_json: str) -> str:
+def _log_one(c, report: dict, r: dict, parent) -> str:
     import mlflow.pyfunc
 
-    from raysweep.sweep.space import SearchSpace
-    from raysweep.sweep.trial import trial_job
-    from raysweep.spec import JobSpec
+    from raysweep.sweep.export import trial_job_of
 
-    import yaml
-
-    parent = c.get_run(report["parent_run_id"])
-    space = yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text())
-    job = JobSpec.model_validate_json(sweep_job_json)
-    config = {k: yaml.safe_load(v) for k, v in r["params"].items()}
-    trial_spec = trial_job(config, {"space": space, "space_source": str(job.sweep.search_space),
-                                    "job_json": sweep_job_json})
+    trial_spec = trial_job_of(c, parent, r["params"])
     path = plain_path(c, r["checkpoint_uri"])
     name = tracking.child_run_name(r["method"], r["forget"], r["trial_id"]) + ("" if r["final"] else f"-step-{r['step']}")
     model = c.create_logged_model(
@@ -86,10 +77,12 @@ def _log_one(c, report: dict, r: dict, sweep_job_json: str) -> str:
               "raysweep.method": r["method"] or "", "raysweep.forget": r["forget"] or ""})
     with tempfile.TemporaryDirectory(prefix="raysweep-model-") as tmp:
         (Path(tmp) / "job.json").write_text(trial_spec.model_dump_json())
-        mlflow.pyfunc.save_model(
-            str(Path(tmp) / "model"), python_model=str(CODE), artifacts={"job": str(Path(tmp) / "job.json")},
-            model_config={"checkpoint": r["checkpoint_uri"], "point": point_label(r), "sweep": report["sweep"]},
-            pip_requirements=["raysweep"])
+        with warnings.catch_warnings():  # its advice on type hints (prompts are plain strings)
+            warnings.simplefilter("ignore", UserWarning)
+            mlflow.pyfunc.save_model(
+                str(Path(tmp) / "model"), python_model=str(CODE), artifacts={"job": str(Path(tmp) / "job.json")},
+                model_config={"checkpoint": r["checkpoint_uri"], "point": point_label(r), "sweep": report["sweep"]},
+                pip_requirements=["raysweep"])
         c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
     for k, v in r["objectives"].items():  # the point's objectives, shown with the model (a key of their own)
         c.log_metric(r["run_id"], f"front/{k}", v, step=int(r["step"] or 0), model_id=model.model_id)
