@@ -1,7 +1,7 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.3 0.5] [--only method|objective|sampler|geffect]
+                                     [--fq-level 0.15 0.3 0.5] [--only method|objective|sampler|geffect]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
-    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.3, 0.5],
+    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.15, 0.3, 0.5],
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "objective", "sampler", "geffect"])
     args = ap.parse_args(argv)
