@@ -1,10 +1,11 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.3 0.5] [--only method|objective|sampler|geffect]
+                                     [--fq-level 0.15 0.3 0.5] [--only method|method2|objective|sampler|geffect]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
+  study-method2-<method>-o<offset>    its second round (lr range 5e-4..5e-3)
   study-objective-<forget>-<method>   objective study (one forget objective under one synthesis method)
   study-sampler-<sampler>-s<seed>     search efficiency (one sampler, one seed)
   study-geffect-<forget>              G-effect along one GradDiff run per forget objective
@@ -127,13 +128,15 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
         print(f"(no {prefix}* sweeps)")
         return
     offsets = sorted({o for d in by_method.values() for o in d}, key=int)
-    print(f"\n== Method study (NPO forget; objectives forget quality, model utility; reference point (0, 0)) ==")
+    print(f"\n== {prefix}*: method study (NPO forget; objectives forget quality, model utility; "
+          f"reference point (0, 0)) ==")
     print(f"target per subset (model utility, forget quality): " + ", ".join(
         f"o{o}: ({_fmt(d[1])}, {_fmt(d[2], '.2g')})" for o in offsets for d in [next(
             (v[o] for v in by_method.values() if o in v), (None, None, None))]))
     head = "".join(f"{'HV o' + o:>10}" for o in offsets)
-    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<24}"
-          + "".join(f"{f'kept@FQ>={lv:g} mean [min, max] (n)':<36}" for lv in levels))
+    print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<30}"
+          + "".join(f"{f'kept@FQ>={lv:g} [min, max] (n)':<30}" for lv in levels))
+    print("(trials: over all subsets; n: subsets whose front reaches the level)")
     groups = {}
     for method, d in sorted(by_method.items()):
         hvs = [hv(d[o][0]) for o in offsets if o in d]
@@ -142,8 +145,8 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
         kept_cells = ""
         for lv in levels:
             kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
-            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(hvs)})':<36}"
-        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<24}{kept_cells}")
+            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(hvs)})':<30}"
+        print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<30}{kept_cells}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
     _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
@@ -296,15 +299,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
-    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.3, 0.5],
+    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.15, 0.3, 0.5],
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
-    ap.add_argument("--only", choices=["method", "objective", "sampler", "geffect"])
+    ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect"])
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     c = tracking.client(args.tracking_uri)
     all_sweeps = sweeps(c)
     tables = {"method": lambda: method_table(c, all_sweeps, out, args.fq_level),
+              "method2": lambda: method_table(c, all_sweeps, out, args.fq_level, prefix="study-method2-"),
               "objective": lambda: objective_table(c, all_sweeps, out, args.fq_level),
               "sampler": lambda: sampler_table(c, all_sweeps, out),
               "geffect": lambda: geffect_table(c, all_sweeps, out)}

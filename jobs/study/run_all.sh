@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
-#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 sampler method10
+#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -43,6 +43,10 @@ stage() {
     method0) method_study 0 ;;
     method180) method_study 180 ;;
     method10) method_study 10 ;;
+    method2)  # second round on o0: the same budget in the lr range where 12 steps forget something
+      for m in $METHODS; do
+        launch "study-method2-$m-o0" --set "sweep.search_space=$SPACES/lr_high/$m.yaml"
+      done ;;
     geffect)  # one run each, G-effect every 2 steps per decoder layer (4 groups = 4 layers);
       # the objective with GradDiff's retain term (weight 1), then alone (weight 0)
       for v in "" _alone; do
@@ -67,6 +71,6 @@ stage() {
   esac
 }
 
-for s in "${@:-method0 geffect objective method180 sampler method10}"; do
+for s in "${@:-method0 geffect objective method180 method10 method2 sampler}"; do
   for one in $s; do stage "$one"; done
 done
