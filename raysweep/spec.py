@@ -114,6 +114,13 @@ class ModelSpec(_Strict):
     template: Literal["auto", "plain", "chat", "llama2", "llama3"] = "auto"
     system_prompt: Optional[str] = None
 
+    @model_validator(mode="after")
+    def _tiny_has_no_chat_template(self):
+        if self.base == "tiny-llama" and self.template in ("chat", "llama3"):
+            raise ValueError(f"@model.template: {self.template!r} is not allowed with model.base 'tiny-llama' "
+                             "(its trained tokenizer has no chat template; allowed: auto, plain, llama2)")
+        return self
+
 
 class PrepareSpec(_Strict):
     epochs: int = Field(30, gt=0)

@@ -111,6 +111,10 @@ def test_smollm2_prompts_come_from_its_chat_template_and_the_tiny_models_do_not(
     assert text == f"Question: {QUESTION}\nAnswer:"
     with pytest.raises(ValueError, match="model.template: 'chat' is not allowed"):
         resolve_prompt_format(tiny_tok, "chat")
+    from raysweep.spec import ModelSpec
+
+    with pytest.raises(ValueError, match="model.template: 'chat' is not allowed with model.base 'tiny-llama'"):
+        ModelSpec(template="chat")
 
 
 def test_named_templates_llama2_and_llama3(smol_tok):
