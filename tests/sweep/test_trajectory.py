@@ -227,7 +227,8 @@ def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept
     front_runs = {r.info.run_id for r in c.search_runs([parent.info.experiment_id], filter_string=front_filter("traj"))}
     assert front_runs == {r["run_id"] for r in report["front"]}
     assert "Pareto front" in parent.data.tags["mlflow.note.content"]
-    models = {m.tags["raysweep.point"]: m for m in c.search_logged_models([parent.info.experiment_id])}
+    models = {m.tags["raysweep.point"]: m for m in c.search_logged_models([parent.info.experiment_id])
+              if m.tags.get("raysweep.sweep") == "traj"}
     assert set(models) == {point_label(r) for r in report["front"]}
     first = next(iter(models.values()))
     previous = mlflow.get_tracking_uri()
