@@ -272,7 +272,7 @@ def cmd_pareto(args) -> int:
 
 def _front_link_line(report: dict, uri: str) -> str:
     """Where the front is in MLflow's UI (the model-training view, the front's saved view)."""
-    from raysweep.sweep.front_marks import FRONT_FILTER, front_runs_link
+    from raysweep.sweep.front_marks import front_filter, front_runs_link
     from raysweep.sweep.tracking import redact
 
     if uri.startswith(("http://", "https://")):
@@ -280,7 +280,7 @@ def _front_link_line(report: dict, uri: str) -> str:
         return f"front in MLflow: {front_runs_link(report['experiment_id'], report['sweep'], base)}"
     return (f"front in MLflow: `mlflow ui --backend-store-uri {uri}`, then open "
             f"{front_runs_link(report['experiment_id'], report['sweep'], 'http://127.0.0.1:5000/')} "
-            f"(or filter the runs with {FRONT_FILTER})")
+            f"(or filter the runs with {front_filter(report['sweep'])})")
 
 
 def cmd_report(args) -> int:

@@ -36,6 +36,11 @@ from raysweep.sweep.report import plot_hypervolume_history, point_label
 FRONT, DOMINATED = "front", "dominated"
 PARETO_TAG = "raysweep.pareto"
 FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
+
+
+def front_filter(sweep: str) -> str:
+    """The runs-table filter of one sweep's front (sweeps of a job share its experiment)."""
+    return f"{FRONT_FILTER} and tags.{tracking.SWEEP_TAG} = '{sweep}'"
 # MLflow 3.x's UI ignores the experiment's `mlflow.experimentKind` tag: it opens the GenAI view
 # unless the URL says otherwise (or the browser remembered the sidebar switch, localStorage
 # `mlflow.workflowType_v1`). Every link raysweep writes carries the parameter.
@@ -65,7 +70,7 @@ def save_front_view(c, report: dict) -> None:
     hyperparameters and checkpoint path as columns."""
     flat = sorted({k for r in report["trials"] for k in r.get("flat_params", {})})
     state = {
-        "searchFilter": FRONT_FILTER, "orderByKey": "metrics.`pareto/rank`", "orderByAsc": True,
+        "searchFilter": front_filter(report["sweep"]), "orderByKey": "metrics.`pareto/rank`", "orderByAsc": True,
         "selectedColumns": [f"tags.`{PARETO_TAG}`", "metrics.`pareto/rank`", f"tags.`{PARETO_TAG}.steps`",
                             *[f"metrics.`objective/{k}`" for k in report["objectives"]],
                             *[f"params.`{k}`" for k in flat], "tags.`raysweep.checkpoint_path`"],
@@ -131,7 +136,7 @@ def description(report: dict) -> str:
     lines = [f"**Pareto front: {len(report['front'])} of {report['n_points']} evaluated points** from "
              f"{report['n_finished']} finished trials; hypervolume {report['hypervolume']:.4g} "
              f"({report['reference_point_source']}). "
-             f"[Show the front runs]({front_runs_link(exp, report['sweep'])}) (filter `{FRONT_FILTER}`).", "",
+             f"[Show the front runs]({front_runs_link(exp, report['sweep'])}) (filter `{front_filter(report['sweep'])}`).", "",
              "| run | " + " | ".join(f"{n} ({report['objectives'][n]})" for n in names) + " | export |",
              "|---|" + "---|" * len(names) + "---|"]
     for rec in front_records(report):

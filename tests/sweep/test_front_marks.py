@@ -9,7 +9,7 @@ import json
 import pytest
 
 from raysweep.sweep import tracking
-from raysweep.sweep.front_marks import FRONT_FILTER, mark_children, publish
+from raysweep.sweep.front_marks import FRONT_FILTER, front_filter, mark_children, publish
 from raysweep.sweep.report import pareto_report
 
 from .made_sweep import FRONT, OBJECTIVES, make_sweep
@@ -52,7 +52,7 @@ def test_the_front_filter_finds_exactly_the_front_runs_with_their_ranks(made):
     c, uri, parent, report = made
     assert {(r["trial_id"], r["step"]) for r in report["front"]} == FRONT
     mark_children(c, report)
-    found = c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER)
+    found = c.search_runs([parent.info.experiment_id], filter_string=front_filter("made"))
     assert {r.data.tags["raysweep.trial_id"] for r in found} == {"t1", "t2", "t4"}
     kids = _children(c, parent)
     assert kids["t2"].data.tags["raysweep.pareto.steps"] == "2"  # its mid-run point, not its final one

@@ -214,7 +214,7 @@ def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept
     import mlflow
 
     from raysweep.sweep import tracking
-    from raysweep.sweep.front_marks import FRONT_FILTER
+    from raysweep.sweep.front_marks import front_filter
     from raysweep.sweep.report import point_label
 
     tmp, path, job, res, report = swept
@@ -223,10 +223,12 @@ def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept
     parent = tracking.find_parent(c, "traj", uri)
     kids = tracking.child_runs(c, parent)
     assert all(r.data.tags["mlflow.runName"] == f"graddiff-ga-trial-{r.data.tags['raysweep.trial_id']}" for r in kids)
-    front_runs = {r.info.run_id for r in c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER)}
+    # the warm-start test adds a second sweep to the experiment: the filter keeps to this one
+    front_runs = {r.info.run_id for r in c.search_runs([parent.info.experiment_id], filter_string=front_filter("traj"))}
     assert front_runs == {r["run_id"] for r in report["front"]}
     assert "Pareto front" in parent.data.tags["mlflow.note.content"]
-    models = {m.tags["raysweep.point"]: m for m in c.search_logged_models([parent.info.experiment_id])}
+    models = {m.tags["raysweep.point"]: m for m in c.search_logged_models([parent.info.experiment_id])
+              if m.tags.get("raysweep.sweep") == "traj"}
     assert set(models) == {point_label(r) for r in report["front"]}
     first = next(iter(models.values()))
     previous = mlflow.get_tracking_uri()
