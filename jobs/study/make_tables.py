@@ -1,7 +1,7 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.15 0.3 0.5] [--only method|method2|objective|sampler|geffect]
+                                     [--fq-level 0.001 0.03 0.3] [--only method|method2|objective|sampler|geffect]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -15,8 +15,8 @@ Printed per table:
   the author subsets;
 * utility kept at matched forgetting (the SAGO paper's recovery measure): walking the front from
   high utility to high forget quality, the first point whose forget quality is at least each
-  ``--fq-level``; its model utility / the target's model utility. "-" (and a smaller n) when no
-  point of a front reaches it;
+  ``--fq-level``; its model utility / the target's model utility. A level counts only for subsets
+  whose target is below it; "-" (and a smaller n) when no point of a front reaches it;
 * hypervolume vs trials per sampler and seed, and the trials each needs to reach the final
   hypervolume of the random sampler (mean over seeds);
 * G-effect per layer group (retain and forget) at each measured step.
@@ -136,7 +136,7 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
     head = "".join(f"{'HV o' + o:>10}" for o in offsets)
     print(f"{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<30}"
           + "".join(f"{f'kept@FQ>={lv:g} [min, max] (n)':<30}" for lv in levels))
-    print("(trials: over all subsets; n: subsets whose front reaches the level)")
+    print("(trials: over all subsets; n: subsets whose front reaches the level / subsets whose target is below it)")
     groups = {}
     for method, d in sorted(by_method.items()):
         hvs = [hv(d[o][0]) for o in offsets if o in d]
@@ -144,8 +144,10 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
         cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
         kept_cells = ""
         for lv in levels:
-            kept = [k for o in offsets if o in d for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
-            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(hvs)})':<30}"
+            # A level only means "more forgetting than the target" where the target is below it.
+            usable = [o for o in offsets if o in d and d[o][2] is not None and d[o][2] < lv]
+            kept = [k for o in usable for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
+            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(usable)})':<30}"
         print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<30}{kept_cells}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
@@ -170,7 +172,7 @@ def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     for (method, forget), (pts, tmu) in sorted(rows.items()):
         best = pts[np.argmax(pts[:, 0])] if len(pts) else None
         print(f"{method:<10}{forget:<8}{len(pts):>7}{hv(pts):>9.4f}"
-              + "".join(f"{_fmt(kept_at(pts, tmu, lv)):>14}" for lv in levels) +
+              + "".join(f"{_fmt(kept_at(pts, tmu, lv) if target and target[0] < lv else None):>14}" for lv in levels) +
               f"{_fmt(None if best is None else best[0], '.3g'):>10}{_fmt(None if best is None else best[1]):>15}"
               f"{_fmt(pts[:, 1].max() if len(pts) else None):>9}")
         groups[f"{forget}+{method}"].append(front(pts))
@@ -299,7 +301,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
-    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.15, 0.3, 0.5],
+    ap.add_argument("--fq-level", type=float, nargs="+", default=[0.001, 0.03, 0.3],
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect"])
     args = ap.parse_args(argv)
