@@ -57,7 +57,13 @@ def max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.parametrize("method", sorted(METHOD_PARAMS))
+# The default suite runs the methods whose per-task reduction matters most (a projection, a
+# per-tensor projection, a stateful EMA); `make test-slow` runs every method (~50 s each here).
+DEFAULT_DP_METHODS = {"sago", "pcgrad_r", "gru"}
+
+
+@pytest.mark.parametrize("method", [m if m in DEFAULT_DP_METHODS else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(METHOD_PARAMS)])
 def test_two_workers_equal_one_worker_with_the_double_batch(job_path, tmp_path, method):
     assert set(METHOD_PARAMS) == set(SYNTHESIS.names())
     one = one_worker(job_path, tmp_path, method)

@@ -36,6 +36,7 @@ def test_untrained_model_is_at_chance(setup, tmp_path):
     assert 0.25 - 0.1 <= acc <= 0.25 + 0.1  # 200 questions: 2 sigma ~ 0.06
 
 
+@pytest.mark.slow  # 60 teaching steps row by row (~80 s); the letter scoring itself is pinned in test_parity.py
 def test_taught_model_beats_chance(setup, tmp_path):
     _, rows, tok = setup
     taught = rows[:12]

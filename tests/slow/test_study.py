@@ -1,6 +1,7 @@
 """The study's smallest sweep, end to end: `raysweep launch` of the method-study job (one method,
 one trial, prior knowledge on), then `jobs/study/make_tables.py` reads MLflow and prints the
-method table with that sweep's hypervolume and writes a small front plot."""
+method table with that sweep's hypervolume and writes a small front plot, and `raysweep report`
+summarises the sweep in a page that renders in headless Chromium with its front trial in it."""
 
 import os
 import re
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from ..browser import dump_dom, not_blank, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -36,3 +39,13 @@ def test_smallest_study_sweep_and_its_tables(tmp_path):
     plot = out / "method_fronts.png"
     assert plot.exists() and 1_000 < plot.stat().st_size < 200_000
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = subprocess.run([sys.executable, "-m", "raysweep.cli", "report", "study-method-mgda-o0", "--tracking-uri", db,
+                             "--out", str(tmp_path / "report")], cwd=REPO, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = tmp_path / "report" / "report.html"
+    not_blank(screenshot(page.as_uri(), tmp_path / "report.png", size=(1280, 2000)))
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
+    table = dom[dom.index('id="front-table"'):]
+    assert "mgda" in table[:table.index("</table>")]
