@@ -26,9 +26,15 @@ launch() {  # NAME [--set k=v ...]
   if $PY -m raysweep.cli launch "$JOB" --name "$name" --tracking-uri "sqlite:///$DB" \
       --storage "$ROOT/study_runs/runs" "$@" > "study_runs/logs/$name.log" 2>&1; then
     echo "$name" >> study_runs/done.txt
+    report "$name"
   else
     echo "FAILED $name (study_runs/logs/$name.log)"; tail -3 "study_runs/logs/$name.log"
   fi
+}
+
+report() {  # NAME: the sweep's HTML + Markdown summary, from MLflow alone
+  $PY -m raysweep.cli report "$1" --tracking-uri "sqlite:///$DB" --out "study_runs/reports/$1" \
+    > "study_runs/logs/$1.report.log" 2>&1 || echo "report of $1 failed (study_runs/logs/$1.report.log)"
 }
 
 METHODS="graddiff sago pcgrad_r ngdiff gru mgda"
