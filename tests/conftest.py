@@ -52,35 +52,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` on loopback (sqlite backend, local artifact folder); stopped by PID."""
-    import signal
-    import subprocess
-    import sys
+def wait_healthy(uri: str, proc, log, what: str = "mlflow server", timeout: float = 90):
+    """Poll ``uri``/health until it answers; fail with the server's log if it exits or never does."""
     import time
     import urllib.request
 
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            return
+        except Exception:  # noqa: BLE001
+            if proc.poll() is not None:
+                pytest.fail(f"{what} exited: {Path(log).read_text()[-2000:]}")
+            time.sleep(0.5)
+    pytest.fail(f"{what} did not become ready in {timeout:.0f} s")
+
+
+def start_mlflow_server(root: Path, port: int, log_mode: str = "w"):
+    """A real `mlflow server` on loopback (sqlite backend, local artifact folder), its own process
+    group (stopped with os.killpg); returns once /health answers."""
+    import subprocess
+    import sys
+
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
-        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except Exception:  # noqa: BLE001
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        pytest.fail("mlflow server did not become ready in 90 s")
-    yield uri
+        stdout=open(root / "server.log", log_mode), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    wait_healthy(f"http://127.0.0.1:{port}", proc, root / "server.log")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback; stopped by PID."""
+    import signal
+
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = start_mlflow_server(root, port)
+    yield f"http://127.0.0.1:{port}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)

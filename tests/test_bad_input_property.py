@@ -113,17 +113,24 @@ def _write(path, content) -> None:
         path.write_text(yaml.safe_dump(content))
 
 
-def test_mutated_job_files_never_traceback(base, capsys):
-    root, job, space = base
+def _validate_mutations(capsys, source: dict, write_to, job_file) -> list[int]:
+    """Hypothesis mutates ``source`` (structure and text) into ``write_to``; returns the exit codes
+    of validating ``job_file`` after each (``_validate`` fails the test on any traceback)."""
+    codes: list[int] = []
 
     @SETTINGS
-    @given(st.one_of(mutated(job), corrupted_text(yaml.safe_dump(job))))
+    @given(st.one_of(mutated(source), corrupted_text(yaml.safe_dump(source))))
     def check(content):
-        _write(root / "job.yaml", content)
-        codes.append(_validate(capsys, root / "job.yaml"))
+        _write(write_to, content)
+        codes.append(_validate(capsys, job_file))
 
-    codes: list[int] = []
     check()
+    return codes
+
+
+def test_mutated_job_files_never_traceback(base, capsys):
+    root, job, space = base
+    codes = _validate_mutations(capsys, job, root / "job.yaml", root / "job.yaml")
     print(f"\njob mutations: {len(codes)} examples, {codes.count(2)} rejected, {len(ERRORS)} distinct messages")
     assert codes.count(2) > len(codes) // 2  # the mutations do reach validation errors
 
@@ -131,14 +138,6 @@ def test_mutated_job_files_never_traceback(base, capsys):
 def test_mutated_search_spaces_never_traceback(base, capsys):
     root, job, space = base
     _write(root / "job.yaml", job)
-
-    @SETTINGS
-    @given(st.one_of(mutated(space), corrupted_text(yaml.safe_dump(space))))
-    def check(content):
-        _write(root / "space.yaml", content)
-        codes.append(_validate(capsys, root / "job.yaml"))
-
-    codes: list[int] = []
-    check()
+    codes = _validate_mutations(capsys, space, root / "space.yaml", root / "job.yaml")
     print(f"\nspace mutations: {len(codes)} examples, {codes.count(2)} rejected, {len(ERRORS)} distinct messages")
     assert codes.count(2) > len(codes) // 3 and 0 in codes  # both outcomes are exercised

@@ -1,7 +1,7 @@
 """The pyfunc of a front checkpoint logged by ``front_models.py`` (MLflow models-from-code: this
 file is the model's code, nothing is pickled). On load it rebuilds the Hugging Face model from the
 trial's job and the checkpoint the sweep recorded, as ``raysweep export`` does; ``predict`` takes
-prompts (a list of strings, or a DataFrame with a ``prompt`` column) and returns greedy answers."""
+prompts (a list of strings) and returns greedy answers."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ class CheckpointModel(PythonModel):
         self.tokenizer = AutoTokenizer.from_pretrained(out)
         self.model = AutoModelForCausalLM.from_pretrained(out).eval()
 
-    def predict(self, context, model_input, params=None):
+    # Typed, so MLflow validates the input and does not advise type hints on every sweep's console.
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
         import torch
 
         prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") else list(model_input)

@@ -45,21 +45,28 @@ def job_path(tmp_path_factory, tofu_dir, shared_cache):
     return path
 
 
-def test_a_killed_inline_trial_resumes_from_its_checkpoint(job_path, tmp_path):
+def fit_with_one_crash(trainable, job_path, tmp_path, fail_at_step, **checkpoint):
+    """One Tune trial of ``trainable`` on a real local Ray, allowed one failure: the trial kills its
+    own process at ``fail_at_step`` once (``fail_marker`` records it). Returns (result, marker)."""
     import ray
     from ray import tune
 
     marker = tmp_path / "failed_once"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        extra = {"checkpoint_config": tune.CheckpointConfig(**checkpoint)} if checkpoint else {}
         tuner = tune.Tuner(
-            tune.with_resources(inline_trial, {"cpu": 1}),
-            param_space={"job_path": str(job_path), "fail_at_step": 4, "fail_marker": str(marker)},
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"job_path": str(job_path), "fail_at_step": fail_at_step, "fail_marker": str(marker)},
             run_config=tune.RunConfig(storage_path=str(tmp_path / "storage"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1)))
-        result = tuner.fit()[0]
+                                      failure_config=tune.FailureConfig(max_failures=1), **extra))
+        return tuner.fit()[0], marker
     finally:
         ray.shutdown()
+
+
+def test_a_killed_inline_trial_resumes_from_its_checkpoint(job_path, tmp_path):
+    result, marker = fit_with_one_crash(inline_trial, job_path, tmp_path, fail_at_step=4)
     assert result.error is None, result.error
     assert marker.exists(), "the trial's process must really have died"
     assert result.metrics["step"] == 6.0
@@ -73,21 +80,8 @@ def test_a_killed_inline_trial_resumes_from_its_checkpoint(job_path, tmp_path):
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_good_one(job_path, tmp_path):
-    import ray
-    from ray import tune
-
-    marker = tmp_path / "failed_once"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        tuner = tune.Tuner(
-            tune.with_resources(inline_trial_damaging_its_latest_checkpoint, {"cpu": 1}),
-            param_space={"job_path": str(job_path), "fail_at_step": 5, "fail_marker": str(marker)},
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "storage"), verbose=0,
-                                      failure_config=tune.FailureConfig(max_failures=1),
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-        result = tuner.fit()[0]
-    finally:
-        ray.shutdown()
+    result, _ = fit_with_one_crash(inline_trial_damaging_its_latest_checkpoint, job_path, tmp_path,
+                                   fail_at_step=5, num_to_keep=2)
     assert result.error is None, result.error
     damaged = (tmp_path / "failed_once.damaged").read_text()
     assert result.metrics["step"] == 6.0

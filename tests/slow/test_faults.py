@@ -11,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import yaml
 
-from ..conftest import _free_port
+from ..conftest import _free_port, start_mlflow_server
 from .test_sweep_resilience import child_runs, sweep_job
 
 pytestmark = pytest.mark.slow
@@ -52,21 +51,7 @@ def test_a_non_finite_trial_ends_as_diverged_off_the_front_and_the_sweep_goes_on
 
 
 def _serve(root, port):
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(root / "server.log", "a"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return proc
-        except Exception:  # noqa: BLE001
-            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
-    pytest.fail("mlflow server did not start")
+    return start_mlflow_server(root, port, log_mode="a")  # appended: the restarted server's log follows
 
 
 def test_mlflow_server_stopped_and_restarted_mid_sweep(tmp_path, tofu_dir, shared_cache):

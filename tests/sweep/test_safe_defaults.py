@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
 
-from ..conftest import REPO, _free_port
+from ..conftest import REPO, _free_port, wait_healthy
 
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 HEAD = CLUSTER["head_start_ray_commands"]
@@ -62,17 +60,7 @@ def auth_server(tmp_path_factory):
         server = server[:-1]
     proc = subprocess.Popen(["bash", "-c", server.replace("> ", "> ", 1)], start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except Exception:  # noqa: BLE001
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        pytest.fail("basic-auth server did not start")
+    wait_healthy(uri, proc, root / "server.log", what="basic-auth server", timeout=120)
     yield uri, password
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
