@@ -15,7 +15,8 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from raysweep.data.tofu import Subset, UnlearnData, load_jsonl, load_muse, load_tofu, prior_knowledge_rows
+from raysweep.data.tofu import (PRIOR_KNOWLEDGE_FILES, QA_FIELDS, Subset, UnlearnData, load_jsonl, load_muse,
+                                load_tofu, prior_knowledge_rows)
 from raysweep.spec import JobSpec
 
 if TYPE_CHECKING:  # torch and transformers load only when something is trained
@@ -87,12 +88,13 @@ def prior_rows(job: JobSpec) -> list[dict]:
 
 
 def tokenizer_texts(job: JobSpec, data: UnlearnData) -> list[str]:
-    # Every prior row, capped or not: the tokenizer should not depend on how much is learnt.
-    prior = prior_knowledge_rows(job.data.path) if job.prepare.prior_knowledge else []
-    extra = [t for r in prior for t in (r["question"], r["answer"])]
-    if prior:  # the wrong options too: the utility truth ratio scores them
-        extra += [p for name in ("real_authors_perturbed", "world_facts_perturbed")
-                  for r in load_jsonl(job.data.path / f"{name}.jsonl") for p in r["perturbed_answer"]]
+    if not job.prepare.prior_knowledge:
+        return data.texts()
+    # Every prior row, capped or not: the tokenizer should not depend on how much is learnt; and
+    # the wrong options too, which the utility truth ratio scores. Each file is read once.
+    files = [load_jsonl(job.data.path / name, QA_FIELDS) for name in PRIOR_KNOWLEDGE_FILES]
+    extra = [t for rows in files for r in rows for t in (r["question"], r["answer"])]
+    extra += [p for rows in files for r in rows for p in r["perturbed_answer"]]
     return data.texts() + extra
 
 
