@@ -1,8 +1,9 @@
 """What a sweep costs over a researcher's own loop, measured side by side in one run (issue 8).
 
-    python benchmarks/sweep_overhead.py [--job jobs/quickstart.yaml] [--trials 6] [--steps 16] [--threads 1]
+    python benchmarks/sweep_overhead.py [--job jobs/quickstart.yaml] [--trials N] [--steps 16] [--threads 1]
 
-Three fresh processes, same job, same trial count, same sampler and seed:
+Three fresh processes, same job, same trial count (default: the job's own ``sweep.num_trials``, 8
+for the quickstart), same sampler and seed:
 
 * ``bare``: a plain Optuna loop in one process (``study.ask`` with the job's search space, the
   trial run by ``raysweep.engine.local.run_trial`` - the same ``run_worker`` loop a sweep trial
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -97,7 +99,7 @@ def median(xs: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job", default=str(REPO / "jobs" / "quickstart.yaml"))
-    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--trials", type=int, default=None, help="default: the job's sweep.num_trials")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--_bare", action="store_true", help=argparse.SUPPRESS)
@@ -109,7 +111,9 @@ def main() -> None:
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
 
-    prepare(load_job(args.job))  # the cached target, outside every timing
+    job = load_job(args.job)
+    args.trials = args.trials or job.sweep.num_trials
+    prepare(job)  # the cached target, outside every timing
     tmp = Path(tempfile.mkdtemp(prefix="rs-sweep-overhead-"))
     walls, steps, seconds = {}, {}, {}
     out = tmp / "bare.json"
@@ -134,6 +138,11 @@ def main() -> None:
     print(f"  of which: trials {sum(seconds[1]):.1f} vs {sum(seconds['bare']):.1f} s (median trial "
           f"{median(seconds[1]):.2f} vs {median(seconds['bare']):.2f} s: checkpoints, MLflow child run, Tune), "
           f"fixed cost outside trials {fixed:+.1f} s (Ray start, Tune, MLflow parent run, Pareto report)")
+    # wall(n) = fixed part + n trials, for both; the ratio is <= 1.15 from this many trials on
+    per_trial, bare_per_trial = sum(seconds[1]) / n, sum(seconds["bare"]) / n
+    if 1.15 * bare_per_trial > per_trial:
+        need = ((walls[1] - sum(seconds[1])) - 1.15 * (walls["bare"] - sum(seconds["bare"]))) / (1.15 * bare_per_trial - per_trial)
+        print(f"  the fixed cost is paid once: the ratio is <= 1.15 from {max(1, math.ceil(need))} trials of this length on")
     print(f"throughput: c=2 / c=1 = {(n / walls[2]) / (n / walls[1]):.3f} "
           f"({n / walls[1] * 60:.1f} vs {n / walls[2] * 60:.1f} trials/min)")
     print(f"median step time per trial: bare {median(steps['bare']) * 1000:.1f} ms, c=1 "

@@ -219,7 +219,7 @@ def cmd_launch(args) -> int:
     from raysweep.sweep.report import format_report
 
     report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name,
-                    verbose=args.verbose, warm_start=args.warm_start)
+                    verbose=args.verbose, warm_start=args.warm_start, release_ray=_owns_process(args))
     print(format_report(report))
     return 0
 
@@ -234,7 +234,8 @@ def cmd_resume(args) -> int:
     from raysweep.sweep.driver import resume
     from raysweep.sweep.report import format_report
 
-    report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address, verbose=args.verbose)
+    report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address, verbose=args.verbose,
+                    release_ray=_owns_process(args))
     print(format_report(report))
     return 0
 
@@ -412,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     from raysweep.sweep.tracking import TrackingError, redact_text
     from raysweep.validation import InputError
 
+    args._owns_process = argv is None  # the console script, not a caller of main() in-process
     try:
         rc = args.func(args)
     except (JobSpecError, DataError, UnknownNameError, FileNotFoundError, SearchSpaceError, TrackingError,
@@ -421,6 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and args.command in ("launch", "resume"):
         _exit_now(rc)
     return rc
+
+
+def _owns_process(args) -> bool:
+    """The command line's driver ends with its sweep: Ray may stop as soon as the trials are done."""
+    return bool(getattr(args, "_owns_process", False))
 
 
 def _exit_now(rc: int) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 
+from raysweep.lazy_torch import F, torch
 from raysweep.objectives.base import Objective, register
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 
+from raysweep.lazy_torch import F
 from raysweep.objectives.base import Objective, model_token_logprobs, register, sequence_sums
 
 

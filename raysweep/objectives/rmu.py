@@ -12,8 +12,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
 
+from raysweep.lazy_torch import torch
 from raysweep.objectives.base import IGNORE_INDEX, Objective, register
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
+from raysweep.lazy_torch import torch
 from raysweep.objectives.base import Objective, register, shifted_labels
 
 

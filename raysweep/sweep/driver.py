@@ -181,7 +181,9 @@ def target_metrics(job: JobSpec) -> dict:
 def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optional[str] = None,
            storage: Optional[str] = None, name: Optional[str] = None, verbose: bool = False,
            callbacks: Optional[list] = None, progress_every_seconds: float = 10.0,
-           summary_every_seconds: float = 30.0, warm_start: Optional[str] = None) -> dict:
+           summary_every_seconds: float = 30.0, warm_start: Optional[str] = None, release_ray: bool = False) -> dict:
+    """``release_ray``: stop Ray once the trials are done (the CLI's one-sweep driver), while the
+    front is computed and published rather than after."""
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
@@ -223,11 +225,12 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
     _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
+    prepare_finish_in_background()
     try:
         tuner.fit()
     finally:
         _stop_board(board)
-    return finish(c, tracking_uri, name)
+    return _finish(c, tracking_uri, name, release_ray)
 
 
 def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str,
@@ -272,7 +275,7 @@ def _console(name: str, space: SearchSpace, job: JobSpec, board, summary_every_s
 
 
 def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[str] = None,
-           verbose: bool = False, callbacks: Optional[list] = None) -> dict:
+           verbose: bool = False, callbacks: Optional[list] = None, release_ray: bool = False) -> dict:
     import yaml
     from ray import tune
 
@@ -304,11 +307,12 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
                             *(callbacks or [])]
     if scheduler is not None:  # likewise the scheduler: a fresh one, its rungs rebuilt from MLflow
         tuner._local_tuner._tune_config.scheduler = scheduler
+    prepare_finish_in_background()
     try:
         tuner.fit()
     finally:
         _stop_board(board)
-    return finish(c, tracking_uri, sweep)
+    return _finish(c, tracking_uri, sweep, release_ray)
 
 
 def _stop_board(board) -> None:
@@ -319,6 +323,42 @@ def _stop_board(board) -> None:
         ray.kill(board)
     except Exception:  # noqa: BLE001 - already gone with its node
         pass
+
+
+def prepare_finish_in_background() -> None:
+    """The end of a sweep imports matplotlib (the plots) and has MLflow map every installed
+    package to its modules (``save_model`` of each front model checks its requirements): about a
+    second each, several on a busy machine. The driver mostly waits on its trials: do both then."""
+    import threading
+
+    def work() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot  # noqa: F401
+            from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+            _init_modules_to_packages_map()
+        except Exception:  # noqa: BLE001 - only a head start: finish() does the same if needed
+            pass
+
+    threading.Thread(target=work, name="raysweep-prepare-finish", daemon=True).start()
+
+
+def _finish(c, tracking_uri: str, sweep: str, release_ray: bool) -> dict:
+    if not release_ray:
+        return finish(c, tracking_uri, sweep)
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ray
+
+    # Stopping Ray's processes takes ~1.5 s and finish() needs only MLflow: overlap them. Ray is
+    # stopped from the main thread, as it was started.
+    with ThreadPoolExecutor(1) as pool:
+        front = pool.submit(finish, c, tracking_uri, sweep)
+        ray.shutdown()
+        return front.result()
 
 
 def finish(c, tracking_uri: str, sweep: str) -> dict:

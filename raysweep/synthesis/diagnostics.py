@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 
+from raysweep.lazy_torch import torch
 from raysweep.synthesis.primitives import GradList, ReduceSum, count_local, dot_local
 
 

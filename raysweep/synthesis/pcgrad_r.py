@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
+from raysweep.lazy_torch import torch
 from raysweep.synthesis.base import SynthContext, Synthesis, register
 from raysweep.synthesis.primitives import (
     GradList,

@@ -12,11 +12,12 @@ Methods stack all the scalars they need into one vector, so that is a single col
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
+from raysweep.lazy_torch import torch
 
-import torch
 
-GradList = list[Optional[torch.Tensor]]
-ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+# Type aliases for annotations only (strings: naming torch.Tensor here would import torch).
+GradList = "list[Optional[torch.Tensor]]"
+ReduceSum = "Callable[[torch.Tensor], torch.Tensor]"
 
 
 def identity_reduce(x: torch.Tensor) -> torch.Tensor:
