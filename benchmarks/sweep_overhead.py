@@ -10,7 +10,9 @@ for the quickstart), same sampler and seed:
   runs - then ``study.tell``), no Ray, no MLflow;
 * ``launch c=1``: ``raysweep launch`` at concurrency 1 (local Ray, sqlite MLflow, checkpoints,
   the console, the Pareto report at the end);
-* ``launch c=2``: the same at concurrency 2.
+* ``launch c=2``: the same at concurrency 2;
+* ``launch c=1, running Ray``: concurrency 1 with ``--address`` to a Ray already running (what a
+  cluster user pays: Ray's own start, ~5 s here, is not part of the sweep).
 
 It prints the wall-clock ratio launch(c=1) / bare (target <= 1.15) and the throughput ratio
 c=2 / c=1, with the per-trial step times that show what limits the latter on this machine.
@@ -19,6 +21,7 @@ c=2 / c=1, with the per-trial step times that show what limits the latter on thi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
+NO_AUTH = {**ENV, "RAY_AUTH_MODE": "disabled"}
 
 
 def overrides(args, concurrency: int) -> dict:
@@ -71,9 +75,9 @@ def bare_loop(args) -> None:
     Path(args._out).write_text(json.dumps({"step_seconds_median": steps, "trial_seconds": seconds}))
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], env: dict = ENV) -> float:
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO)
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
@@ -89,6 +93,23 @@ def launch_trials(db: Path) -> tuple[list[float], list[float]]:
             if "raysweep.trial_id" in r.data.tags]
     return ([r.data.metrics["step_seconds_median"] for r in runs if "step_seconds_median" in r.data.metrics],
             [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time])
+
+
+@contextlib.contextmanager
+def running_ray():
+    """A local Ray head held by its own process (stopped with it), for ``--address``; never
+    ``ray stop``, which would stop every Ray on the machine. Ray 2.60's token auth is off on both
+    sides of this loopback-only pair (environment.md: it must match on head and driver)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=%d, include_dashboard=False, "
+         "logging_level='ERROR'); print(ray.get_runtime_context().gcs_address, flush=True); sys.stdin.read(); "
+         "ray.shutdown()" % (os.cpu_count() or 1)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=NO_AUTH, cwd=REPO)
+    try:
+        yield holder.stdout.readline().strip()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 def median(xs: list[float]) -> float:
@@ -122,13 +143,19 @@ def main() -> None:
     bare = json.loads(out.read_text())
     steps["bare"], seconds["bare"] = bare["step_seconds_median"], bare["trial_seconds"]
     print(f"  bare Optuna loop: {walls['bare']:6.1f} s", flush=True)
-    for c in (1, 2):
-        db = tmp / f"c{c}.db"
+    def launch(key, c: int, *extra: str, env: dict = ENV) -> None:
+        db = tmp / f"{key}.db"
         sets = [x for k, v in overrides(args, c).items() for x in ("--set", f"{k}={v}")]
-        walls[c] = timed([sys.executable, "-m", "raysweep.cli", "launch", args.job, *sets, "--name", f"overhead-c{c}",
-                          "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp / f"runs{c}")])
-        steps[c], seconds[c] = launch_trials(db)
+        walls[key] = timed([sys.executable, "-m", "raysweep.cli", "launch", args.job, *sets, "--name", f"overhead-{key}",
+                            "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp / f"runs-{key}"), *extra], env)
+        steps[key], seconds[key] = launch_trials(db)
+
+    for c in (1, 2):
+        launch(c, c)
         print(f"  raysweep launch c={c}: {walls[c]:6.1f} s", flush=True)
+    with running_ray() as address:
+        launch("running", 1, "--address", address, env=NO_AUTH)
+    print(f"  raysweep launch c=1 --address (Ray already running): {walls['running']:6.1f} s", flush=True)
 
     n = args.trials
     print(f"\n{n} trials of {args.steps} steps, torch threads {args.threads}, {os.cpu_count()} cores")
@@ -143,6 +170,8 @@ def main() -> None:
     if 1.15 * bare_per_trial > per_trial:
         need = ((walls[1] - sum(seconds[1])) - 1.15 * (walls["bare"] - sum(seconds["bare"]))) / (1.15 * bare_per_trial - per_trial)
         print(f"  the fixed cost is paid once: the ratio is <= 1.15 from {max(1, math.ceil(need))} trials of this length on")
+    print(f"with Ray already running (--address): launch c=1 / bare = {walls['running']:.1f} / {walls['bare']:.1f} s "
+          f"= {walls['running'] / walls['bare']:.3f}")
     print(f"throughput: c=2 / c=1 = {(n / walls[2]) / (n / walls[1]):.3f} "
           f"({n / walls[1] * 60:.1f} vs {n / walls[2] * 60:.1f} trials/min)")
     print(f"median step time per trial: bare {median(steps['bare']) * 1000:.1f} ms, c=1 "
