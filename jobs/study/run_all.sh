@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
-#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler
+#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -73,6 +73,11 @@ stage() {
             --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
         done
       done ;;
+    grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
+      # lr 7 log-spaced points x NPO beta 3 x SAGO gamma 2 x SAGO alpha 1 (the middle of its range)
+      launch "study-sampler-grid-s0" --set "sweep.search_space=$SPACES/sampler.yaml" --set sweep.sampler=grid \
+        --set "sweep.grid_points={unlearn.lr: 7, forget.npo.beta: 3, method.sago.gamma: 2, method.sago.alpha: 1}" \
+        --set sweep.num_trials=42 ;;
     *) echo "unknown stage $1"; exit 2 ;;
   esac
 }
