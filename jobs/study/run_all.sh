@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
+#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -38,6 +39,7 @@ report() {  # NAME: the sweep's HTML + Markdown summary, from MLflow alone
 }
 
 METHODS="graddiff sago pcgrad_r ngdiff gru mgda"
+FORGETS="npo ga simnpo"
 method_study() {  # OFFSET
   for m in $METHODS; do
     launch "study-method-$m-o$1" --set "sweep.search_space=$SPACES/$m.yaml" --set "data.subset.offset=$1"
@@ -71,6 +73,30 @@ stage() {
         for smp in random tpe gp nsga2; do
           launch "study-sampler-$smp-s$s" --set "sweep.search_space=$SPACES/sampler.yaml" \
             --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
+        done
+      done ;;
+    method20|method20-o0|method20-o180)  # round 3 (jobs/study/method20.yaml): 20 authors, forget 2, 40 questions;
+      # every method x forget objective, the same budget (the job's num_trials), lr in [5e-4, 5e-3].
+      # Offsets 0 and 180 only: TOFU has perturbed answers for authors 0-19 and 180-199 alone.
+      local JOB=jobs/study/method20.yaml o f m offsets=${1#method20-o}
+      [ "$offsets" = method20 ] && offsets="0 180"
+      for f in $FORGETS; do       # objective outer: a partial run still has both subsets of each
+        for o in $offsets; do
+          for m in $METHODS; do
+            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
+          done
+        done
+      done ;;
+    objective20)  # round 3's objective study: the token-weighted objectives under GradDiff and under
+      # $BEST (round 3's best synthesis method), same job and budget as method20 (GA, NPO come from it)
+      local JOB=jobs/study/method20.yaml o f m
+      for o in 0 180; do
+        for f in wga tnpo wtnpo; do
+          for m in graddiff ${BEST:-}; do
+            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
+          done
         done
       done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,

@@ -98,12 +98,6 @@ def grid_size(values: dict[str, list]) -> int:
 def make_grid_sampler(values: dict[str, Any], seed: int):
     """Optuna's GridSampler, seeded (the seed shuffles the order of the points). Trial number k < grid
     size gets point k, so ``num_trials`` = grid size covers every point once."""
-    import optuna
+    from raysweep.sweep.grid_sampler import TuneGridSampler
 
-    class TunedGridSampler(optuna.samplers.GridSampler):
-        # GridSampler calls study.stop() after the last point, which raises outside study.optimize
-        # (Ray Tune asks and tells); num_trials = grid size already ends the sweep there.
-        def after_trial(self, study, trial, state, values):
-            return None
-
-    return TunedGridSampler(values, seed=seed)
+    return TuneGridSampler(values, seed=seed)

@@ -38,7 +38,7 @@ def test_grid_values_from_the_space():
     assert grid_size(grid_values(space(), 4)) == 4 * 2 * 4 * 4  # one int for every range
 
 
-def test_every_grid_point_exactly_once_through_the_searcher():
+def test_every_grid_point_exactly_once_through_the_searcher(tmp_path):
     """The searcher raysweep's driver builds, asked and told as Ray Tune does; its last tell must not
     raise (Optuna's GridSampler calls study.stop(), which raises outside study.optimize)."""
     s = space()
@@ -54,6 +54,12 @@ def test_every_grid_point_exactly_once_through_the_searcher():
     assert sorted(drawn) == sorted(itertools.product(*(values[k] for k in sorted(values))))
     study = searcher._ot_study
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * len(drawn)
+    # Ray Tune checkpoints the searcher with plain pickle (a local class would not pickle)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = make_searcher(s, {"forget_quality": "max", "model_utility": "max"}, "grid", 0, False,
+                             grid_points=points)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert len(restored._ot_study.trials) == len(drawn)
 
 
 def test_the_seed_orders_the_grid():
