@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
-#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>)
+#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>) sampler3
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -39,7 +39,7 @@ report() {  # NAME: the sweep's HTML + Markdown summary, from MLflow alone
 }
 
 METHODS="graddiff sago pcgrad_r ngdiff gru mgda"
-FORGETS="npo ga simnpo"
+FORGETS=${FORGETS:-npo ga simnpo}   # method20: the forget objectives (FORGETS=... to split a run)
 method_study() {  # OFFSET
   for m in $METHODS; do
     launch "study-method-$m-o$1" --set "sweep.search_space=$SPACES/$m.yaml" --set "data.subset.offset=$1"
@@ -88,15 +88,25 @@ stage() {
           done
         done
       done ;;
-    objective20)  # round 3's objective study: the token-weighted objectives under GradDiff and under
-      # $BEST (round 3's best synthesis method), same job and budget as method20 (GA, NPO come from it)
+    objective20)  # round 3's objective study: the token-weighted objectives under $BEST (round 3's best
+      # synthesis method: make_tables.py --only method20 names it), same job and budget as method20,
+      # whose GA and NPO sweeps are the comparison
+      [ -n "${BEST:-}" ] || { echo "objective20: set BEST=<method> (make_tables.py --only method20 names it)"; exit 2; }
       local JOB=jobs/study/method20.yaml o f m
       for o in 0 180; do
         for f in wga tnpo wtnpo; do
-          for m in graddiff ${BEST:-}; do
+          for m in $BEST; do
             launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
               --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
           done
+        done
+      done ;;
+    sampler3)  # the sampler study again under the evaluation the grid ran with (rounds 1-2 ran before
+      # evaluation parity, issue 9, changed TOFU's prompt/answer encoding): same space, budget, seeds
+      for s in 0 1 2; do
+        for smp in random tpe gp nsga2; do
+          launch "study-sampler3-$smp-s$s" --set "sweep.search_space=$SPACES/sampler.yaml" \
+            --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
         done
       done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
