@@ -2,7 +2,7 @@
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
                                      [--fq-level 0.001 0.03 0.3]
-                                     [--only method|method2|objective|sampler|geffect|method20|objective20|sampler3]
+                                     [--only method|method2|objective|sampler|geffect|method20|objective20]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -10,7 +10,7 @@ Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-objective-<forget>-<method>   objective study (one forget objective under one synthesis method)
   study-method20-<method>-<forget>-o<offset>   round 3 (20 authors, forget 2): method and objective study
   study-sampler-<sampler>-s<seed>     search efficiency (one sampler, one seed)
-  study-sampler3-<sampler>-s<seed>    the same under the current evaluation; study-sampler-grid-s<seed> its grid
+  study-sampler-grid-s<seed>          its baseline: every point of a grid three times the budget
   study-geffect-<forget>              G-effect along one GradDiff run per forget objective
 
 Printed per table:
@@ -283,20 +283,10 @@ def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
                  [target] if target else ())
 
 
-GRID = "study-sampler-grid-s"
-
-
-def sampler_table(c, all_sweeps, out: Path, prefix: str = "study-sampler-", with_grid: bool = False) -> None:
-    """``with_grid``: the grid sweeps (``study-sampler-grid-s<seed>``) as the baseline; only for sweeps
-    evaluated as the grid was (round 3, ``study-sampler3-*``): rounds 1-2 ran before evaluation
-    parity (issue 9) changed TOFU's encoding, so their hypervolumes are on another scale."""
+def sampler_table(c, all_sweeps, out: Path) -> None:
     curves: dict[str, dict[int, list[float]]] = defaultdict(dict)
     for name, parent in all_sweeps.items():
-        m = re.fullmatch(re.escape(prefix) + r"(.+)-s(\d+)", name)
-        if name.startswith(GRID) and with_grid:
-            m = re.fullmatch(r"study-sampler-(grid)-s(\d+)", name)
-        elif name.startswith(GRID):
-            continue
+        m = re.fullmatch(r"study-sampler-(.+)-s(\d+)", name)
         if not m:
             continue
         # Trials in the order they started; one that diverged or failed still spent its budget.
@@ -312,7 +302,7 @@ def sampler_table(c, all_sweeps, out: Path, prefix: str = "study-sampler-", with
     if not curves:
         print("(no study-sampler-* sweeps)")
         return
-    print(f"\n== Search efficiency, {prefix}* (hypervolume after n trials; mean over seeds) ==")
+    print("\n== Search efficiency (hypervolume after n trials; mean over seeds) ==")
     n = max(len(y) for d in curves.values() for y in d.values())
     goal_vals = [y[-1] for y in curves.get("random", {}).values() if y]
     goal = statistics.mean(goal_vals) if goal_vals else None
@@ -357,7 +347,7 @@ def sampler_table(c, all_sweeps, out: Path, prefix: str = "study-sampler-", with
     ax.set_title("search efficiency: hypervolume vs trials", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = out / f"{prefix.strip('-').replace('study-', '')}_hv.png"
+    path = out / "sampler_hv.png"
     fig.savefig(path)
     plt.close(fig)
     print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
@@ -434,7 +424,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fq-level", type=float, nargs="+", default=[0.001, 0.03, 0.3],
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect", "method20",
-                                       "objective20", "sampler3"])
+                                       "objective20"])
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -446,7 +436,6 @@ def main(argv=None) -> int:
               "method20": lambda: round3_table(c, all_sweeps, out, args.fq_level),
               "objective20": lambda: round3_table(c, all_sweeps, out, args.fq_level, objective_study=True),
               "sampler": lambda: sampler_table(c, all_sweeps, out),
-              "sampler3": lambda: sampler_table(c, all_sweeps, out, prefix="study-sampler3-", with_grid=True),
               "geffect": lambda: geffect_table(c, all_sweeps, out)}
     for name, fn in tables.items():
         if args.only in (None, name):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
-#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>) sampler3
+#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -99,14 +99,6 @@ stage() {
             launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
               --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
           done
-        done
-      done ;;
-    sampler3)  # the sampler study again under the evaluation the grid ran with (rounds 1-2 ran before
-      # evaluation parity, issue 9, changed TOFU's prompt/answer encoding): same space, budget, seeds
-      for s in 0 1 2; do
-        for smp in random tpe gp nsga2; do
-          launch "study-sampler3-$smp-s$s" --set "sweep.search_space=$SPACES/sampler.yaml" \
-            --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
         done
       done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
