@@ -123,3 +123,33 @@ def test_log_grid_stays_inside_its_range():
     assert all(math.isclose(r, 100 ** (1 / 6), rel_tol=1e-3) for r in ratios)
     with pytest.raises(GridError):
         grid_values(s, {"unlearn.lr": True})
+
+
+@pytest.mark.slow
+def test_a_real_grid_sweep_runs_every_point_once(tmp_path, tofu_dir, shared_cache):
+    """`raysweep launch` with sampler grid and no num_trials: 2 x 2 points, each one trial in MLflow."""
+    import os
+    import subprocess
+    import sys
+
+    from raysweep.sweep import tracking
+
+    from ..conftest import tiny_job
+
+    path = tiny_job(tmp_path, tofu_dir, shared_cache, steps=2, batch_size=4)
+    job = yaml.safe_load(path.read_text())
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(
+        {"method": {"graddiff": {"alpha": {"choice": [0.5, 2.0]}}}, "unlearn": {"lr": {"loguniform": [1e-4, 1e-2]}}}))
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 4, "max_new_tokens": 4}
+    job["sweep"] = {"search_space": str(tmp_path / "space.yaml"), "objectives": {"forget_answer_loss": "max"},
+                    "sampler": "grid", "grid_points": 2, "max_concurrent": 1,
+                    "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "storage_path": str(tmp_path / "runs")}
+    path.write_text(yaml.safe_dump(job))
+    res = subprocess.run([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "grid"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    c = tracking.client(job["sweep"]["tracking_uri"])
+    parent = c.search_runs([e.experiment_id for e in c.search_experiments()],
+                           filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'")[0]
+    drawn = sorted((float(r.data.params["alpha"]), float(r.data.params["lr"])) for r in tracking.child_runs(c, parent))
+    assert drawn == [(0.5, 1e-4), (0.5, 1e-2), (2.0, 1e-4), (2.0, 1e-2)]
