@@ -293,8 +293,11 @@ class SchedulerSpec(_Strict):
 class SweepSpec(_Strict):
     search_space: Path
     objectives: dict[str, Literal["min", "max"]]
-    sampler: Literal["tpe", "gp", "nsga2", "random"] = "tpe"
+    sampler: Literal["tpe", "gp", "nsga2", "random", "grid"] = "tpe"
+    # grid: num_trials = the grid's size (omit it, or give that number)
     num_trials: int = Field(8, gt=0)
+    # grid only: points per numeric range, one int for all or {parameter: points} (sweep/grid.py)
+    grid_points: Optional[Union[int, dict[str, int]]] = None
     max_concurrent: int = Field(2, gt=0)
     seed: int = 0
     constraint: Optional[ConstraintSpec] = None
@@ -321,6 +324,44 @@ class SweepSpec(_Strict):
         if not v:
             raise ValueError("at least one objective")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grid_trials(cls, data):
+        """sampler grid without num_trials (or null, to clear a job file's): one trial per grid point.
+        A space or grid that does not load is left to ``_grid`` below, which names the fault."""
+        if isinstance(data, dict) and data.get("sampler") == "grid" and data.get("num_trials") is None:
+            from raysweep.sweep.grid import GridError, grid_size, grid_values
+            from raysweep.sweep.space import SearchSpace, SearchSpaceError
+
+            try:
+                size = grid_size(grid_values(SearchSpace.load(data.get("search_space")), data.get("grid_points")))
+            except (GridError, SearchSpaceError, TypeError, OSError):
+                return data
+            data = {**data, "num_trials": size}
+        return data
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.sampler != "grid":
+            if self.grid_points is not None:
+                raise ValueError(f"@sweep.grid_points: {self.grid_points!r} is not allowed with sampler "
+                                 f"{self.sampler!r} (sampler grid only)")
+            return self
+        from raysweep.sweep.grid import GridError, grid_size, grid_values
+        from raysweep.sweep.space import SearchSpace, SearchSpaceError
+
+        try:
+            values = grid_values(SearchSpace.load(self.search_space), self.grid_points)
+        except SearchSpaceError as err:
+            raise ValueError(f"@sweep.search_space: {err}") from None
+        except GridError as err:
+            raise ValueError(f"@sweep.{err.field}: {err}") from None
+        size = grid_size(values)
+        if self.num_trials != size:
+            raise ValueError(f"@sweep.num_trials: {self.num_trials} is not allowed with sampler grid (the grid of "
+                             f"{self.search_space.name} has {size} points: omit num_trials, set it to null or give {size})")
+        return self
 
 
 class JobSpec(_Strict):

@@ -1,13 +1,16 @@
 """The study's tables and plots (issue 13), from MLflow alone.
 
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
-                                     [--fq-level 0.001 0.03 0.3] [--only method|method2|objective|sampler|geffect]
+                                     [--fq-level 0.001 0.03 0.3]
+                                     [--only method|method2|objective|sampler|geffect|method20|objective20]
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
   study-method2-<method>-o<offset>    its second round (lr range 5e-4..5e-3)
   study-objective-<forget>-<method>   objective study (one forget objective under one synthesis method)
+  study-method20-<method>-<forget>-o<offset>   round 3 (20 authors, forget 2): method and objective study
   study-sampler-<sampler>-s<seed>     search efficiency (one sampler, one seed)
+  study-sampler-grid-s<seed>          its baseline: every point of a grid three times the budget
   study-geffect-<forget>              G-effect along one GradDiff run per forget objective
 
 Printed per table:
@@ -18,7 +21,8 @@ Printed per table:
   ``--fq-level``; its model utility / the target's model utility. A level counts only for subsets
   whose target is below it; "-" (and a smaller n) when no point of a front reaches it;
 * hypervolume vs trials per sampler and seed, and the trials each needs to reach the final
-  hypervolume of the random sampler (mean over seeds);
+  hypervolume of the random sampler (mean over seeds) and that of a grid three times the budget
+  (``study-sampler-grid-s<seed>``, every point of the grid once);
 * G-effect per layer group (retain and forget) at each measured step.
 PNG plots go to ``--out`` (small: 100 dpi, few points).
 """
@@ -87,13 +91,31 @@ def _spread(vals: list[float]) -> str:
 
 
 def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, targets=()) -> None:
+    _plot_panels([(groups, title, targets)], path)
+
+
+def _plot_panels(panels: list[tuple[dict, str, object]], path: Path) -> None:
+    """One front plot per (groups, title, targets) side by side; a group's colour is the same in
+    every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
-    for i, (label, fronts) in enumerate(sorted(groups.items())):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 if len(panels) == 1 else 4.2 * len(panels), 4.0),
+                             dpi=100 if len(panels) == 1 else 80, squeeze=False)
+    labels = sorted({label for groups, _, _ in panels for label in groups})
+    for ax, (groups, title, targets) in zip(axes[0], panels):
+        _draw_fronts(ax, groups, title, targets, labels)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
+
+
+def _draw_fronts(ax, groups, title, targets, labels) -> None:
+    for label, fronts in sorted(groups.items()):
+        i = labels.index(label)
         color = f"C{i % 10}"
         marks = "os^Dv"
         for j, f in enumerate(fronts):
@@ -109,10 +131,6 @@ def _plot_fronts(groups: dict[str, list[np.ndarray]], path: Path, title: str, ta
     ax.set_ylabel("model utility (max)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
 
 
 def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "study-method-") -> None:
@@ -155,6 +173,91 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
                  f"method study: front per method and author subset (marker = subset)", targets.values())
 
 
+ROUND3 = "study-method20-"
+ROUND3_FORGETS = ("npo", "ga", "simnpo")
+TOKEN_WEIGHTED = ("wga", "tnpo", "wtnpo")
+
+
+def round3_cells(c, all_sweeps) -> dict[tuple[str, str], dict[str, tuple]]:
+    """(method, forget) -> offset -> (points, target utility, target forget quality), from sweeps
+    ``study-method20-<method>-<forget>-o<offset>``."""
+    cells: dict[tuple[str, str], dict[str, tuple]] = defaultdict(dict)
+    for name, parent in all_sweeps.items():
+        m = re.fullmatch(re.escape(ROUND3) + r"([a-z_]+)-([a-z]+)-o(\d+)", name)
+        if m:
+            cells[(m.group(1), m.group(2))][m.group(3)] = (
+                points(c, parent), parent.data.metrics.get(f"target/{MU}"), parent.data.metrics.get(f"target/{FQ}"))
+    return cells
+
+
+def best_method(cells) -> tuple[str | None, dict[str, float]]:
+    """The synthesis method with the best mean hypervolume rank over every (forget objective,
+    subset) cell of round 3 (1 = best; ties share the mean rank). Ranks, not raw hypervolumes:
+    the subsets' hypervolumes differ by orders of magnitude (their targets' forget quality does)."""
+    ranks: dict[str, list[float]] = defaultdict(list)
+    keys = {(f, o) for (m, f), d in cells.items() if f in ROUND3_FORGETS for o in d}
+    for f, o in sorted(keys):
+        hvs = {m: hv(d[o][0]) for (m, f_), d in cells.items() if f_ == f and o in d}
+        for m, v in hvs.items():
+            better = sum(1 for w in hvs.values() if w > v + 1e-12)
+            same = sum(1 for w in hvs.values() if abs(w - v) <= 1e-12)
+            ranks[m].append(better + (same + 1) / 2)
+    mean = {m: statistics.mean(r) for m, r in ranks.items()}
+    return (min(mean, key=mean.get) if mean else None), mean
+
+
+def round3_table(c, all_sweeps, out: Path, levels: list[float], objective_study: bool = False) -> None:
+    cells = round3_cells(c, all_sweeps)
+    if not cells:
+        print(f"(no {ROUND3}* sweeps)")
+        return
+    best, mean_rank = best_method(cells)
+    if objective_study:
+        methods = ["graddiff"] + ([best] if best and best != "graddiff" else [])
+        forgets = ["ga", "npo", *TOKEN_WEIGHTED]
+        title = f"round 3 objective study (GradDiff and the best method, {best})"
+    else:
+        methods = sorted({m for m, _ in cells})
+        forgets = list(ROUND3_FORGETS)
+        title = "round 3 method study"
+    rows = [(f, m) for f in forgets for m in methods if (m, f) in cells]
+    offsets = sorted({o for d in cells.values() for o in d}, key=int)
+    print(f"\n== {ROUND3}*: {title} (20 authors, forget 2, 40 questions per split; objectives forget "
+          f"quality, model utility; reference point (0, 0)) ==")
+    targets = {o: (d[o][2], d[o][1]) for d in cells.values() for o in d}
+    print("target per subset (model utility, forget quality): " + ", ".join(
+        f"o{o}: ({_fmt(targets[o][1])}, {_fmt(targets[o][0], '.2g')})" for o in offsets))
+    head = "".join(f"{'HV o' + o:>10}" for o in offsets)
+    print(f"{'forget':<8}{'method':<10}{'trials':>7}{head}  {'HV mean [min, max]':<30}"
+          + "".join(f"{f'kept@FQ>={lv:g} [min, max] (n)':<30}" for lv in levels) + f"{'max FQ':>10}")
+    print("(trials: over all subsets; kept: utility / the target's at the first front point with forget quality >= "
+          "the level, over the subsets whose target is below it (n: reached / usable); max FQ: highest forget "
+          "quality reached on any subset)")
+    for f, m in rows:
+        d = cells[(m, f)]
+        hvs = [hv(d[o][0]) for o in offsets if o in d]
+        n = sum(len(d[o][0]) for o in offsets if o in d)
+        cell_s = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
+        kept_cells = ""
+        for lv in levels:
+            usable = [o for o in offsets if o in d and d[o][2] is not None and d[o][2] < lv]
+            kept = [k for o in usable for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
+            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(usable)})':<30}"
+        max_fq = max((float(d[o][0][:, 0].max()) for o in offsets if o in d and len(d[o][0])), default=None)
+        print(f"{f:<8}{m:<10}{n:>7}{cell_s}  {_spread(hvs):<30}{kept_cells}{_fmt(max_fq, '.3g'):>10}")
+    if not objective_study:
+        print("mean hypervolume rank over the (forget, subset) cells (1 = best): " + ", ".join(
+            f"{m} {r:.2f}" for m, r in sorted(mean_rank.items(), key=lambda kv: kv[1])) + f"  -> best: {best}")
+        panels = [({m: [front(cells[(m, f)][o][0]) for o in offsets if o in cells[(m, f)]]
+                    for m in methods if (m, f) in cells}, f"{f} forget (marker = subset)", targets.values())
+                  for f in forgets if any((m, f) in cells for m in methods)]
+        _plot_panels(panels, out / "method20_fronts.png")
+    else:
+        panels = [({f: [front(cells[(m, f)][o][0])] for f in forgets if (m, f) in cells and o in cells[(m, f)]},
+                   f"{m}, subset o{o}", [targets[o]]) for m in methods for o in offsets]
+        _plot_panels(panels, out / "objective20_fronts.png")
+
+
 def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     rows, target = {}, None
     for name, parent in all_sweeps.items():
@@ -194,6 +297,8 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
                 pts.append([m_[f"objective/{FQ}"], m_[f"objective/{MU}"]])
             ys.append(hv(np.array(pts)) if pts else 0.0)
         curves[m.group(1)][int(m.group(2))] = ys
+    # The grid (every point of a grid three times the samplers' budget) is the baseline, not a curve.
+    grid = curves.pop("grid", {})
     if not curves:
         print("(no study-sampler-* sweeps)")
         return
@@ -201,8 +306,10 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
     n = max(len(y) for d in curves.values() for y in d.values())
     goal_vals = [y[-1] for y in curves.get("random", {}).values() if y]
     goal = statistics.mean(goal_vals) if goal_vals else None
+    grid_hv = max(y[-1] for y in grid.values()) if grid else None
     print(f"{'sampler':<8}{'seeds':>6}" + "".join(f"{'n=' + str(i + 1):>8}" for i in range(n))
-          + f"{'final mean [min, max]':>26}{'trials to random final HV':>28}")
+          + f"{'final mean [min, max]':>26}{'trials to random final HV':>28}"
+          + (f"{'trials to grid HV':>22}" if grid else ""))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,11 +324,24 @@ def sampler_table(c, all_sweeps, out: Path) -> None:
             hit = next((k + 1 for k, v in enumerate(y) if goal is not None and v >= goal - 1e-12), None)
             reach.append(hit)
         reach_s = ", ".join("-" if r is None else str(r) for r in reach)
+        to_grid = ""
+        if grid:  # per seed: the first n whose hypervolume reaches the whole grid's
+            to_grid = ", ".join(next((str(k + 1) for k, v in enumerate(y) if v >= grid_hv - 1e-12), f">{len(y)}")
+                                for _, y in sorted(d.items()))
         print(f"{sampler:<8}{len(d):>6}" + "".join(f"{v:>8.4f}" for v in mean)
-              + f"{_spread(finals):>26}{reach_s:>28}")
+              + f"{_spread(finals):>26}{reach_s:>28}{to_grid:>22}")
         for j, y in enumerate(d.values()):
             ax.plot(range(1, len(y) + 1), y, color=f"C{i}", alpha=0.35)
         ax.plot(range(1, n + 1), mean, color=f"C{i}", lw=2, label=f"{sampler} (mean of {len(d)})")
+    for seed, y in sorted(grid.items()):
+        size = len(y)
+        print(f"grid (seed {seed}, {size} points, every point once): final HV {y[-1]:.4f}; "
+              f"after its first {n} points (the grid's seeded order) {y[min(n, size) - 1]:.4f}; "
+              f"first reached after {next(k + 1 for k, v in enumerate(y) if v >= y[-1] - 1e-12)} of {size}")
+        ax.axhline(y[-1], color="k", ls="--", lw=1, label=f"grid of {size} (all points)")
+    if grid:
+        print("(trials to grid HV: per seed, the first n at which a sampler's front reaches the whole grid's "
+              f"hypervolume; >{n}: not within its {n} trials)")
     ax.set_xlabel("trials")
     ax.set_ylabel("hypervolume (forget quality x utility)")
     ax.set_title("search efficiency: hypervolume vs trials", fontsize=10)
@@ -303,7 +423,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "docs" / "study"))
     ap.add_argument("--fq-level", type=float, nargs="+", default=[0.001, 0.03, 0.3],
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
-    ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect"])
+    ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect", "method20",
+                                       "objective20"])
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +433,8 @@ def main(argv=None) -> int:
     tables = {"method": lambda: method_table(c, all_sweeps, out, args.fq_level),
               "method2": lambda: method_table(c, all_sweeps, out, args.fq_level, prefix="study-method2-"),
               "objective": lambda: objective_table(c, all_sweeps, out, args.fq_level),
+              "method20": lambda: round3_table(c, all_sweeps, out, args.fq_level),
+              "objective20": lambda: round3_table(c, all_sweeps, out, args.fq_level, objective_study=True),
               "sampler": lambda: sampler_table(c, all_sweeps, out),
               "geffect": lambda: geffect_table(c, all_sweeps, out)}
     for name, fn in tables.items():

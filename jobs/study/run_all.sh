@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
-#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler
+#   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
+#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -38,6 +39,7 @@ report() {  # NAME: the sweep's HTML + Markdown summary, from MLflow alone
 }
 
 METHODS="graddiff sago pcgrad_r ngdiff gru mgda"
+FORGETS=${FORGETS:-npo ga simnpo}   # method20: the forget objectives (FORGETS=... to split a run)
 method_study() {  # OFFSET
   for m in $METHODS; do
     launch "study-method-$m-o$1" --set "sweep.search_space=$SPACES/$m.yaml" --set "data.subset.offset=$1"
@@ -73,6 +75,37 @@ stage() {
             --set "sweep.sampler=$smp" --set "sweep.seed=$s" --set sweep.num_trials=14
         done
       done ;;
+    method20|method20-o0|method20-o180)  # round 3 (jobs/study/method20.yaml): 20 authors, forget 2, 40 questions;
+      # every method x forget objective, the same budget (the job's num_trials), lr in [5e-4, 5e-3].
+      # Offsets 0 and 180 only: TOFU has perturbed answers for authors 0-19 and 180-199 alone.
+      local JOB=jobs/study/method20.yaml o f m offsets=${1#method20-o}
+      [ "$offsets" = method20 ] && offsets="0 180"
+      for f in $FORGETS; do       # objective outer: a partial run still has both subsets of each
+        for o in $offsets; do
+          for m in $METHODS; do
+            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
+          done
+        done
+      done ;;
+    objective20)  # round 3's objective study: the token-weighted objectives under $BEST (round 3's best
+      # synthesis method: make_tables.py --only method20 names it), same job and budget as method20,
+      # whose GA and NPO sweeps are the comparison
+      [ -n "${BEST:-}" ] || { echo "objective20: set BEST=<method> (make_tables.py --only method20 names it)"; exit 2; }
+      local JOB=jobs/study/method20.yaml o f m
+      for o in 0 180; do
+        for f in wga tnpo wtnpo; do
+          for m in $BEST; do
+            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
+          done
+        done
+      done ;;
+    grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
+      # lr 7 log-spaced points x NPO beta 3 x SAGO gamma 2 x SAGO alpha 1 (the middle of its range)
+      launch "study-sampler-grid-s0" --set "sweep.search_space=$SPACES/sampler.yaml" --set sweep.sampler=grid \
+        --set "sweep.grid_points={unlearn.lr: 7, forget.npo.beta: 3, method.sago.gamma: 2, method.sago.alpha: 1}" \
+        --set sweep.num_trials=42 ;;
     *) echo "unknown stage $1"; exit 2 ;;
   esac
 }

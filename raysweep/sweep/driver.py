@@ -210,7 +210,7 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     board = progress_board(name)
     ctx["progress_board"] = board_name(name)
     searcher = ConcurrencyLimiter(make_searcher(space, sw.objectives, sw.sampler, sw.seed, sw.constraint is not None,
-                                                warm_trials=tuple(warm)), max_concurrent=sw.max_concurrent)
+                                                warm_trials=tuple(warm), grid_points=sw.grid_points), max_concurrent=sw.max_concurrent)
     console = _console(name, space, job, board, summary_every_seconds)
     scheduler, recorders = _scheduling(job, ctx)
     tuner = tune.Tuner(

@@ -13,9 +13,13 @@ def finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def make_sampler(name: str, seed: int):
+def make_sampler(name: str, seed: int, space: SearchSpace | None = None, grid_points=None):
     import optuna
 
+    if name == "grid":
+        from raysweep.sweep.grid import grid_values, make_grid_sampler
+
+        return make_grid_sampler(grid_values(space, grid_points), seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "gp":
@@ -26,7 +30,7 @@ def make_sampler(name: str, seed: int):
 
 
 def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, seed: int, constrained: bool,
-                  warm_trials: tuple = ()):
+                  warm_trials: tuple = (), grid_points=None):
     """``warm_trials``: finished trials of an earlier sweep (``sweep/warm_start.py``) added to the
     study before its first suggestion; the sampler's seed moves on by their count so a seeded
     random start-up does not redraw the earlier sweep's first points."""
@@ -67,5 +71,5 @@ def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, 
         space=space.define_by_run,
         metric=list(objectives),
         mode=[objectives[m] for m in objectives],
-        sampler=make_sampler(sampler, seed + len(warm_trials)),
+        sampler=make_sampler(sampler, seed + len(warm_trials), space, grid_points),
     )
