@@ -210,7 +210,7 @@ def check_model_dir(path: str | Path, field: str) -> Path:
 
 
 def check_model_base(job) -> None:
-    from raysweep.models.build import SMOLLM2
+    from raysweep.models import SMOLLM2
 
     base, builtins = job.model.base, ["tiny-llama", SMOLLM2]
     if base == "tiny-llama":

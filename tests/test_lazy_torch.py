@@ -1,4 +1,4 @@
-"""Reading and validating a job does not import torch (raysweep/lazy_torch.py): every command
+"""Reading and validating a job (launch's checks before Ray starts) does not import torch (raysweep/lazy_torch.py): every command
 that only checks a job (launch's validation, --dry-run, bad-input errors) answers without it."""
 
 import subprocess
@@ -19,10 +19,13 @@ def test_job_validation_and_the_registries_do_not_import_torch():
         "from raysweep.objectives import OBJECTIVES\n"
         "from raysweep.synthesis import build_synthesis\n"
         "from raysweep.sweep.space import SearchSpace\n"
+        "from raysweep import validation\n"
         "job = load_job('jobs/quickstart.yaml', {'unlearn.method.name': 'mgda', 'unlearn.forget.name': 'npo'})\n"
-        "SearchSpace.load(job.sweep.search_space)\n"
+        "validation.check_job(job)\n"
+        "validation.check_job(load_job('jobs/quickstart.yaml', {'model.base': 'smollm2-135m'}), data=False)\n"
+        "validation.check_space(SearchSpace.load(job.sweep.search_space), job)\n"
         "assert job.unlearn.method.name == 'mgda'\n"
-        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

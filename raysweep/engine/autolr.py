@@ -15,21 +15,9 @@ from typing import Callable
 
 import torch
 
+from raysweep.engine.horizons import HORIZONS, horizon_scale  # noqa: F401  (re-exported)
+
 SMOOTHING = 0.9
-# Horizon scales s_t of spec 5.4, as a function of the fraction t/T of the run already done.
-HORIZONS = {
-    "constant": lambda frac: 1.0,
-    "linear": lambda frac: 1.0 - frac,
-    "cosine": lambda frac: 0.5 * (1.0 + math.cos(math.pi * frac)),
-}
-
-
-def horizon_scale(kind: str, step: int, total: int) -> float:
-    """``s_t`` of spec 5.4 at optimizer step ``t = step`` of ``T = total``: 1 ("constant"),
-    ``1 - t/T`` ("linear") or ``(1 + cos(πt/T))/2`` ("cosine")."""
-    return HORIZONS[kind](min(step / max(1, total), 1.0))
-
-
 def gen_learning_rate(lr: float, losses: dict[int, float], horizon_scale: float = 1.0) -> tuple[float, dict]:
     """New η from probe losses ``{-1: L(θ0+Δ·-1), 0: L(θ0), 1: L(θ0+Δ)}`` (GeN update rule)."""
     lm, l0, lp = losses[-1], losses[0], losses[1]

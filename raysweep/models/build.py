@@ -17,11 +17,12 @@ from typing import Iterable, Optional
 
 import torch
 
+from raysweep.models import SMOLLM2  # noqa: F401  (also read as build.SMOLLM2)
+
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-SMOLLM2 = "smollm2-135m"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):

@@ -31,7 +31,7 @@ class NGDiff(Synthesis):
         self.autolr_lr: float | None = None  # set by the engine's AutoLR; None = optimizer's lr
         if self.autolr_interval < 1:
             raise ValueError(f"ngdiff.autolr_interval: {self.autolr_interval} is not allowed (>= 1)")
-        from raysweep.engine.autolr import HORIZONS  # here: the engine package imports synthesis
+        from raysweep.engine.horizons import HORIZONS  # here: the engine package imports synthesis
 
         if self.autolr_horizon not in HORIZONS:
             close = difflib.get_close_matches(str(self.autolr_horizon), list(HORIZONS), n=1, cutoff=0.6)
