@@ -195,6 +195,7 @@ def best_method(cells) -> tuple[str | None, dict[str, float]]:
     subset) cell of round 3 (1 = best; ties share the mean rank). Ranks, not raw hypervolumes:
     the subsets' hypervolumes differ by orders of magnitude (their targets' forget quality does)."""
     ranks: dict[str, list[float]] = defaultdict(list)
+    total: dict[str, float] = defaultdict(float)  # a tie in mean rank goes to the larger summed hypervolume
     keys = {(f, o) for (m, f), d in cells.items() if f in ROUND3_FORGETS for o in d}
     for f, o in sorted(keys):
         hvs = {m: hv(d[o][0]) for (m, f_), d in cells.items() if f_ == f and o in d}
@@ -202,8 +203,9 @@ def best_method(cells) -> tuple[str | None, dict[str, float]]:
             better = sum(1 for w in hvs.values() if w > v + 1e-12)
             same = sum(1 for w in hvs.values() if abs(w - v) <= 1e-12)
             ranks[m].append(better + (same + 1) / 2)
+            total[m] += v
     mean = {m: statistics.mean(r) for m, r in ranks.items()}
-    return (min(mean, key=mean.get) if mean else None), mean
+    return (min(mean, key=lambda m: (mean[m], -total[m])) if mean else None), mean
 
 
 def round3_table(c, all_sweeps, out: Path, levels: list[float], objective_study: bool = False) -> None:

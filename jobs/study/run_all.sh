@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
-#                                             method20 (or method20-o0, method20-o180) objective20 (BEST=<method>)
+#                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -88,12 +88,13 @@ stage() {
           done
         done
       done ;;
-    objective20)  # round 3's objective study: the token-weighted objectives under $BEST (round 3's best
+    objective20|objective20-o0|objective20-o180)  # round 3's objective study: the token-weighted objectives under $BEST (round 3's best
       # synthesis method: make_tables.py --only method20 names it), same job and budget as method20,
       # whose GA and NPO sweeps are the comparison
       [ -n "${BEST:-}" ] || { echo "objective20: set BEST=<method> (make_tables.py --only method20 names it)"; exit 2; }
-      local JOB=jobs/study/method20.yaml o f m
-      for o in 0 180; do
+      local JOB=jobs/study/method20.yaml o f m offsets=${1#objective20-o}
+      [ "$offsets" = objective20 ] && offsets="0 180"
+      for o in $offsets; do
         for f in wga tnpo wtnpo; do
           for m in $BEST; do
             launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
