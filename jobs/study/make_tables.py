@@ -84,6 +84,21 @@ def _fmt(v, spec=".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _row_cells(d: dict, offsets, levels) -> tuple[list, int, str, str]:
+    """One table row's parts from ``d[offset] = (points, target, target FQ)``: the hypervolumes, the
+    trial count, the per-subset HV cells and the "kept at FQ >= level" cells."""
+    hvs = [hv(d[o][0]) for o in offsets if o in d]
+    n = sum(len(d[o][0]) for o in offsets if o in d)
+    cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
+    kept_cells = ""
+    for lv in levels:
+        # A level only means "more forgetting than the target" where the target is below it.
+        usable = [o for o in offsets if o in d and d[o][2] is not None and d[o][2] < lv]
+        kept = [k for o in usable for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
+        kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(usable)})':<30}"
+    return hvs, n, cells, kept_cells
+
+
 def _spread(vals: list[float]) -> str:
     if not vals:
         return "-"
@@ -157,15 +172,7 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
     print("(trials: over all subsets; n: subsets whose front reaches the level / subsets whose target is below it)")
     groups = {}
     for method, d in sorted(by_method.items()):
-        hvs = [hv(d[o][0]) for o in offsets if o in d]
-        n = sum(len(d[o][0]) for o in offsets if o in d)
-        cells = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
-        kept_cells = ""
-        for lv in levels:
-            # A level only means "more forgetting than the target" where the target is below it.
-            usable = [o for o in offsets if o in d and d[o][2] is not None and d[o][2] < lv]
-            kept = [k for o in usable for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
-            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(usable)})':<30}"
+        hvs, n, cells, kept_cells = _row_cells(d, offsets, levels)
         print(f"{method:<10}{n:>7}{cells}  {_spread(hvs):<30}{kept_cells}")
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
@@ -237,14 +244,7 @@ def round3_table(c, all_sweeps, out: Path, levels: list[float], objective_study:
           "quality reached on any subset)")
     for f, m in rows:
         d = cells[(m, f)]
-        hvs = [hv(d[o][0]) for o in offsets if o in d]
-        n = sum(len(d[o][0]) for o in offsets if o in d)
-        cell_s = "".join(f"{_fmt(hv(d[o][0]), '.4f') if o in d else '-':>10}" for o in offsets)
-        kept_cells = ""
-        for lv in levels:
-            usable = [o for o in offsets if o in d and d[o][2] is not None and d[o][2] < lv]
-            kept = [k for o in usable for k in [kept_at(d[o][0], d[o][1], lv)] if k is not None]
-            kept_cells += f"{_spread(kept) + f' ({len(kept)}/{len(usable)})':<30}"
+        hvs, n, cell_s, kept_cells = _row_cells(d, offsets, levels)
         max_fq = max((float(d[o][0][:, 0].max()) for o in offsets if o in d and len(d[o][0])), default=None)
         print(f"{f:<8}{m:<10}{n:>7}{cell_s}  {_spread(hvs):<30}{kept_cells}{_fmt(max_fq, '.3g'):>10}")
     if not objective_study:

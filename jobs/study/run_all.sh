@@ -46,6 +46,19 @@ method_study() {  # OFFSET
   done
 }
 
+round3() {  # OFFSETS FORGETS METHODS: round 3's sweeps (jobs/study/method20.yaml), objective outer
+  # so that a partial run still has both subsets of each objective
+  local o f m
+  for f in $2; do
+    for o in $1; do
+      for m in $3; do
+        launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+          --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
+      done
+    done
+  done
+}
+
 stage() {
   case $1 in
     method0) method_study 0 ;;
@@ -78,30 +91,16 @@ stage() {
     method20|method20-o0|method20-o180)  # round 3 (jobs/study/method20.yaml): 20 authors, forget 2, 40 questions;
       # every method x forget objective, the same budget (the job's num_trials), lr in [5e-4, 5e-3].
       # Offsets 0 and 180 only: TOFU has perturbed answers for authors 0-19 and 180-199 alone.
-      local JOB=jobs/study/method20.yaml o f m offsets=${1#method20-o}
+      local JOB=jobs/study/method20.yaml offsets=${1#method20-o}
       [ "$offsets" = method20 ] && offsets="0 180"
-      for f in $FORGETS; do       # objective outer: a partial run still has both subsets of each
-        for o in $offsets; do
-          for m in $METHODS; do
-            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
-              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
-          done
-        done
-      done ;;
+      round3 "$offsets" "$FORGETS" "$METHODS" ;;
     objective20|objective20-o0|objective20-o180)  # round 3's objective study: the token-weighted objectives under $BEST (round 3's best
       # synthesis method: make_tables.py --only method20 names it), same job and budget as method20,
       # whose GA and NPO sweeps are the comparison
       [ -n "${BEST:-}" ] || { echo "objective20: set BEST=<method> (make_tables.py --only method20 names it)"; exit 2; }
-      local JOB=jobs/study/method20.yaml o f m offsets=${1#objective20-o}
+      local JOB=jobs/study/method20.yaml offsets=${1#objective20-o}
       [ "$offsets" = objective20 ] && offsets="0 180"
-      for o in $offsets; do
-        for f in wga tnpo wtnpo; do
-          for m in $BEST; do
-            launch "study-method20-$m-$f-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
-              --set "unlearn.forget={name: $f}" --set "data.subset.offset=$o"
-          done
-        done
-      done ;;
+      round3 "$offsets" "wga tnpo wtnpo" "$BEST" ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
       # lr 7 log-spaced points x NPO beta 3 x SAGO gamma 2 x SAGO alpha 1 (the middle of its range)
       launch "study-sampler-grid-s0" --set "sweep.search_space=$SPACES/sampler.yaml" --set sweep.sampler=grid \

@@ -235,12 +235,7 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     how = "inline (one worker each)" if runs_inline(job) else f"on Ray Train ({job.train.workers} workers each)"
     _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
-    prepare_finish_in_background()
-    try:
-        tuner.fit()
-    finally:
-        _stop_board(board)
-    return _finish(c, tracking_uri, name, release_ray)
+    return _fit_and_finish(tuner, board, c, tracking_uri, name, release_ray)
 
 
 def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str,
@@ -318,6 +313,10 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
                             *(callbacks or [])]
     if scheduler is not None:  # likewise the scheduler: a fresh one, its rungs rebuilt from MLflow
         tuner._local_tuner._tune_config.scheduler = scheduler
+    return _fit_and_finish(tuner, board, c, tracking_uri, sweep, release_ray)
+
+
+def _fit_and_finish(tuner, board, c, tracking_uri: str, sweep: str, release_ray: bool) -> dict:
     prepare_finish_in_background()
     try:
         tuner.fit()
