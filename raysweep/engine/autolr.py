@@ -15,9 +15,9 @@ from typing import Callable
 
 import torch
 
-from raysweep.engine.horizons import HORIZONS, horizon_scale  # noqa: F401  (re-exported)
-
 SMOOTHING = 0.9
+
+
 def gen_learning_rate(lr: float, losses: dict[int, float], horizon_scale: float = 1.0) -> tuple[float, dict]:
     """New η from probe losses ``{-1: L(θ0+Δ·-1), 0: L(θ0), 1: L(θ0+Δ)}`` (GeN update rule)."""
     lm, l0, lp = losses[-1], losses[0], losses[1]

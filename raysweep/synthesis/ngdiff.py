@@ -24,7 +24,7 @@ class NGDiff(Synthesis):
     autolr: bool = False
     autolr_interval: int = 5
     # Horizon scale s_t of spec 5.4: "constant" (1), "linear" (1 - t/T) or "cosine"
-    # ((1 + cos(pi t/T))/2); see raysweep.engine.autolr.horizon_scale.
+    # ((1 + cos(pi t/T))/2); see raysweep.engine.horizons.horizon_scale.
     autolr_horizon: str = "constant"
 
     def __post_init__(self):
