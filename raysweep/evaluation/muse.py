@@ -24,14 +24,13 @@ import torch
 
 from raysweep.data.tofu import load_jsonl
 from raysweep.evaluation.batching import LOCAL, Shard, map_batches, model_context
-from raysweep.evaluation.qa import greedy_generate
+from raysweep.evaluation.qa import MIN_K_FRACTION, greedy_generate
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc
 from raysweep.objectives.base import token_logprobs
 
 AUC_RETRAIN_NEWS = 0.4772
 STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
-MIN_K_FRACTION = 0.4
 PRIVLEAK_MAX_TOKENS = 2048
 
 

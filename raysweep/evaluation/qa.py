@@ -38,6 +38,10 @@ def normalised_answer_losses(model, collator: QACollator, questions: Sequence[st
     return torch.tensor(losses, dtype=torch.float32)
 
 
+# Min-K% Prob's k (spec 9.2): open-unlearning's mia_min_k and MUSE's PrivLeak both use 0.4.
+MIN_K_FRACTION = 0.4
+
+
 def min_k_of(token_logprobs: torch.Tensor, k: float) -> float:
     """Mean of the lowest ``max(1, int(k n))`` of ``n`` token log-probs (Min-K% Prob, spec 9.2)."""
     lp = token_logprobs.double().sort().values
@@ -56,7 +60,7 @@ def extraction_strength_of(predictions: torch.Tensor, labels: torch.Tensor) -> f
 
 @torch.no_grad()
 def answer_token_scores(model, collator: QACollator, questions: Sequence[str], answers: Sequence[str],
-                        k: float = 0.4, batch_size: int = 64, shard: Shard = LOCAL) -> list[tuple[float, float]]:
+                        k: float = MIN_K_FRACTION, batch_size: int = 64, shard: Shard = LOCAL) -> list[tuple[float, float]]:
     """Per pair (Min-K% score, extraction strength), as open-unlearning's ``mia_min_k`` and
     ``extraction_strength`` compute them (spec 9.1/9.2): over the answer's label tokens *except the
     last* (its EOS, ``tokenwise_logprobs``' "ignore eos prediction").

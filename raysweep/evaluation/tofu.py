@@ -31,12 +31,11 @@ import torch
 from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData, load_jsonl
 from raysweep.evaluation.batching import LOCAL, Shard
-from raysweep.evaluation.qa import answer_token_scores, greedy_answers, normalised_answer_losses
+from raysweep.evaluation.qa import MIN_K_FRACTION, answer_token_scores, greedy_answers, normalised_answer_losses
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc, harmonic_mean, ks_pvalue
 
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
-MIN_K_FRACTION = 0.4  # open-unlearning mia_min_k k: 0.4
 
 
 def truth_ratio(paraphrased_loss: np.ndarray, perturbed_losses: np.ndarray) -> np.ndarray:
