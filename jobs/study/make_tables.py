@@ -61,6 +61,12 @@ def points(c, parent) -> np.ndarray:
     return np.array([[r["objectives"][FQ], r["objectives"][MU]] for r in rows], dtype=float).reshape(-1, 2)
 
 
+def subset_cell(c, parent) -> tuple:
+    """One sweep's (points, target utility, target forget quality): a subset's cell of a table."""
+    m = parent.data.metrics
+    return points(c, parent), m.get(f"target/{MU}"), m.get(f"target/{FQ}")
+
+
 def front(pts: np.ndarray) -> np.ndarray:
     if not len(pts):
         return pts
@@ -154,9 +160,7 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
         m = re.fullmatch(re.escape(prefix) + r"(.+)-o(\d+)", name)
         if not m:
             continue
-        pts = points(c, parent)
-        target_mu = parent.data.metrics.get(f"target/{MU}")
-        by_method[m.group(1)][m.group(2)] = (pts, target_mu, parent.data.metrics.get(f"target/{FQ}"))
+        by_method[m.group(1)][m.group(2)] = subset_cell(c, parent)
     if not by_method:
         print(f"(no {prefix}* sweeps)")
         return
@@ -192,8 +196,7 @@ def round3_cells(c, all_sweeps) -> dict[tuple[str, str], dict[str, tuple]]:
     for name, parent in all_sweeps.items():
         m = re.fullmatch(re.escape(ROUND3) + r"([a-z_]+)-([a-z]+)-o(\d+)", name)
         if m:
-            cells[(m.group(1), m.group(2))][m.group(3)] = (
-                points(c, parent), parent.data.metrics.get(f"target/{MU}"), parent.data.metrics.get(f"target/{FQ}"))
+            cells[(m.group(1), m.group(2))][m.group(3)] = subset_cell(c, parent)
     return cells
 
 
@@ -265,8 +268,9 @@ def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     for name, parent in all_sweeps.items():
         m = re.fullmatch(r"study-objective-(.+)-(.+)", name)
         if m:
-            rows[(m.group(2), m.group(1))] = (points(c, parent), parent.data.metrics.get(f"target/{MU}"))
-            target = (parent.data.metrics.get(f"target/{FQ}"), parent.data.metrics.get(f"target/{MU}"))
+            pts, target_mu, target_fq = subset_cell(c, parent)
+            rows[(m.group(2), m.group(1))] = (pts, target_mu)
+            target = (target_fq, target_mu)
     if not rows:
         print("(no study-objective-* sweeps)")
         return
