@@ -1,9 +1,12 @@
 """What a sweep costs over a researcher's own loop, measured side by side in one run (issue 8).
 
-    python benchmarks/sweep_overhead.py [--job jobs/quickstart.yaml] [--trials N] [--steps 16] [--threads 1]
+    python benchmarks/sweep_overhead.py [--job jobs/quickstart.yaml] [--trials N] [--steps 16] [--threads 1] [--repeat 2]
 
-Four runs in fresh processes, same job, same trial count (default: the job's own ``sweep.num_trials``, 8
-for the quickstart), same sampler and seed:
+Runs in fresh processes, same job, same trial count (default: the job's own ``sweep.num_trials``, 8
+for the quickstart), same sampler and seed. The two that the target compares, ``bare`` and
+``launch c=1``, run ``--repeat`` times alternately (bare, launch, bare, launch, ...) so that a noisy
+minute on a shared machine does not decide the ratio: it is taken over their sums, and each pair's
+own ratio is printed too.
 
 * ``bare``: a plain Optuna loop in one process (``study.ask`` with the job's search space, the
   trial run by ``raysweep.engine.local.run_trial`` - the same ``run_worker`` loop a sweep trial
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=None, help="default: the job's sweep.num_trials")
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=2, help="alternated bare / launch c=1 runs (default 2)")
     ap.add_argument("--_bare", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_out", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,12 +144,14 @@ def main() -> None:
 
     seed_new_store(f"sqlite:///{tmp / 'warm.db'}")  # the once-per-machine MLflow store template, untimed
     walls, steps, seconds = {}, {}, {}
-    out = tmp / "bare.json"
-    walls["bare"] = timed([sys.executable, __file__, "--_bare", "--_out", str(out), "--job", args.job,
-                           "--trials", str(args.trials), "--steps", str(args.steps), "--threads", str(args.threads)])
-    bare = json.loads(out.read_text())
-    steps["bare"], seconds["bare"] = bare["step_seconds_median"], bare["trial_seconds"]
-    print(f"  bare Optuna loop: {walls['bare']:6.1f} s", flush=True)
+
+    def bare(key) -> None:
+        out = tmp / f"{key}.json"
+        walls[key] = timed([sys.executable, __file__, "--_bare", "--_out", str(out), "--job", args.job,
+                            "--trials", str(args.trials), "--steps", str(args.steps), "--threads", str(args.threads)])
+        result = json.loads(out.read_text())
+        steps[key], seconds[key] = result["step_seconds_median"], result["trial_seconds"]
+
     def launch(key, c: int, *extra: str, env: dict = ENV) -> None:
         db = tmp / f"{key}.db"
         sets = [x for k, v in overrides(args, c).items() for x in ("--set", f"{k}={v}")]
@@ -153,25 +159,38 @@ def main() -> None:
                             "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp / f"runs-{key}"), *extra], env)
         steps[key], seconds[key] = launch_trials(db)
 
-    for c in (1, 2):
-        launch(c, c)
-        print(f"  raysweep launch c={c}: {walls[c]:6.1f} s", flush=True)
+    for i in range(args.repeat):
+        bare(f"bare{i}")
+        print(f"  bare Optuna loop ({i + 1}/{args.repeat}): {walls[f'bare{i}']:6.1f} s", flush=True)
+        launch(f"c1-{i}", 1)
+        print(f"  raysweep launch c=1 ({i + 1}/{args.repeat}): {walls[f'c1-{i}']:6.1f} s", flush=True)
+    launch("c2", 2)
+    print(f"  raysweep launch c=2: {walls['c2']:6.1f} s", flush=True)
     with running_ray() as address:
         launch("running", 1, "--address", address, env=NO_AUTH)
     print(f"  raysweep launch c=1 --address (Ray already running): {walls['running']:6.1f} s", flush=True)
+    # The repeats pooled: walls averaged, per-trial figures over every run.
+    pooled = {"bare": [f"bare{i}" for i in range(args.repeat)], 1: [f"c1-{i}" for i in range(args.repeat)],
+              2: ["c2"], "running": ["running"]}
+    for name, keys in pooled.items():
+        walls[name] = sum(walls[k] for k in keys) / len(keys)
+        steps[name] = [x for k in keys for x in steps[k]]
+        seconds[name] = [x for k in keys for x in seconds[k]]
 
     n = args.trials
     print(f"\n{n} trials of {args.steps} steps, torch threads {args.threads}, {os.cpu_count()} cores")
+    pairs = ", ".join(f"{walls[f'c1-{i}'] / walls[f'bare{i}']:.3f}" for i in range(args.repeat))
     print(f"wall clock: launch c=1 / bare Optuna loop = {walls[1]:.1f} / {walls['bare']:.1f} s "
-          f"= {walls[1] / walls['bare']:.3f}  (target <= 1.15)")
-    # Each wall clock is a part outside the trials plus the trials themselves.
-    outside = {k: walls[k] - sum(seconds[k]) for k in (1, "bare")}
+          f"= {walls[1] / walls['bare']:.3f}  (target <= 1.15; mean of {args.repeat} alternated runs each, "
+          f"pairs {pairs})")
+    # Each wall clock is a part outside the trials plus the trials themselves (per run, averaged).
+    outside = {k: walls[k] - sum(seconds[k]) / len(pooled[k]) for k in (1, "bare")}
     fixed = outside[1] - outside["bare"]
-    print(f"  of which: trials {sum(seconds[1]):.1f} vs {sum(seconds['bare']):.1f} s (median trial "
+    print(f"  of which: trials {sum(seconds[1]) / args.repeat:.1f} vs {sum(seconds['bare']) / args.repeat:.1f} s (median trial "
           f"{median(seconds[1]):.2f} vs {median(seconds['bare']):.2f} s: checkpoints, MLflow child run, Tune), "
           f"fixed cost outside trials {fixed:+.1f} s (Ray start, Tune, MLflow parent run, Pareto report)")
     # The ratio (outside + n per_trial) / (outside_bare + n bare_per_trial) is <= 1.15 from this n on
-    per_trial, bare_per_trial = sum(seconds[1]) / n, sum(seconds["bare"]) / n
+    per_trial, bare_per_trial = sum(seconds[1]) / len(seconds[1]), sum(seconds["bare"]) / len(seconds["bare"])
     if 1.15 * bare_per_trial > per_trial:
         need = (outside[1] - 1.15 * outside["bare"]) / (1.15 * bare_per_trial - per_trial)
         print(f"  the fixed cost is paid once: the ratio is <= 1.15 from {max(1, math.ceil(need))} trials of this length on")

@@ -155,11 +155,12 @@ def _run_inline_on_tune(job, options, args, storage: str, name: str):
     from raysweep.distributed.inline import trial_resources
     from raysweep.reporting import ReportingOptions
     from raysweep.reporting.progress import board_name
-    from raysweep.sweep.driver import progress_board, ray_init_for_run
+    from raysweep.sweep.driver import progress_board, ray_init_for_run, trial_actors_on_prestarted_workers
     from raysweep.sweep.console import make_console
     from raysweep.sweep.space import SearchSpace
 
     ray_init_for_run(args.address, job, args.verbose)
+    trial_actors_on_prestarted_workers()
     board = progress_board(name)
     options.reporting = ReportingOptions(progress_board=board_name(name), progress_every_seconds=5.0)
     console = make_console(name, SearchSpace({}), 1, {}, board=board, summary_every=1e9)

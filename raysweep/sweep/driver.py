@@ -68,6 +68,7 @@ def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> Non
     # and JSON loggers Tune's own analysis reads are added explicitly (tune_loggers()).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     quiet_logging(verbose)
+    inherit_trial_actor_env()
     if ray.is_initialized():
         return
     # Worker output (Ray Train's per-report dumps, controller warnings) reaches the console only
@@ -85,6 +86,32 @@ def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> Non
                  include_dashboard=False, **common)
 
 
+# Tune's runtime env for every trial actor (for PyTorch Lightning, which raysweep does not use).
+TUNE_TRIAL_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
+
+
+def inherit_trial_actor_env() -> None:
+    """Before Ray starts: Tune's trial-actor variables set here, so Ray's workers inherit them
+    (see :func:`trial_actors_on_prestarted_workers`)."""
+    for key, value in TUNE_TRIAL_ACTOR_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def trial_actors_on_prestarted_workers() -> None:
+    """An actor whose runtime env differs from the job's cannot take one of the idle workers Ray
+    starts with itself: with Tune's ``PL_DISABLE_FORK`` runtime env the first trial waited for a
+    new Python process (~2.5 s more before it ran, ``benchmarks/sweep_overhead.py``). Tune's
+    defaults the workers already inherit are dropped from it; variables Tune propagates only when
+    the driver has them (cloud credentials, Ray Train settings) still go the runtime-env way."""
+    try:
+        from ray.tune.execution import class_cache
+    except ImportError:  # another Ray layout: trials start in new processes, as before
+        return
+    defaults = getattr(class_cache, "DEFAULT_ENV_VARS", None)
+    if isinstance(defaults, dict):
+        class_cache.DEFAULT_ENV_VARS = {k: v for k, v in defaults.items() if os.environ.get(k) != v}
+
+
 def tune_loggers() -> list:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -94,6 +121,7 @@ def tune_loggers() -> list:
 def _trainable(ctx: dict, job: JobSpec):
     from ray import tune
 
+    trial_actors_on_prestarted_workers()
     resources = trial_resources(job) if runs_inline(job) else {"cpu": job.sweep.trial_cpus}
     return tune.with_resources(tune.with_parameters(sweep_trial, ctx=ctx), resources)
 
@@ -104,6 +132,7 @@ def ray_init_for_run(address: Optional[str], job: JobSpec, verbose: bool = False
 
     import ray
 
+    inherit_trial_actor_env()
     if ray.is_initialized():
         return
     common = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
@@ -194,9 +223,6 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
            summary_every_seconds: float = 30.0, warm_start: Optional[str] = None, release_ray: bool = False) -> dict:
     """``release_ray``: stop Ray once the trials are done (the CLI's one-sweep driver), while the
     front is computed and published rather than after."""
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
     if job.sweep is None:
         raise JobSpecError("sweep: missing (a job needs a sweep section to be launched)")
     sw = job.sweep
@@ -205,14 +231,20 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     storage = str(Path(storage).resolve()) if storage else str(sw.storage_path or default_storage())
     name = name or f"{job.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     quiet_logging(verbose)
-    # Starting Ray (~5 s) waits on its own processes: open the sweep's MLflow run meanwhile.
-    # (Ray has to start on the main thread: its processes die with the thread that spawned them.)
+    # Starting Ray (~5 s) waits on its own processes: open the sweep's MLflow run and import
+    # Tune (~1.4 s) meanwhile. (Ray has to start on the main thread: its processes die with the
+    # thread that spawned them.)
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(1) as pool:
+    with ThreadPoolExecutor(2) as pool:
         opened = pool.submit(_open_sweep_run, job, space, tracking_uri, storage, name, warm_start)
+        imported = pool.submit(_import_tune)
         ray_init(address, job, verbose)
         c, exp_id, pid, target, warm = opened.result()
+        imported.result()
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
     job_json = job.model_dump_json()
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job_json, "tracking_uri": tracking_uri,
            "parent_run_id": pid, "experiment_id": exp_id, "sweep": name, "storage": os.path.join(storage, name),
@@ -236,6 +268,11 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     _log(f"sweep {name}: {sw.num_trials} trials, {sw.max_concurrent} at a time, {how}; "
          f"MLflow {tracking.redact(tracking_uri)}; storage {os.path.join(storage, name)}")
     return _fit_and_finish(tuner, board, c, tracking_uri, name, release_ray)
+
+
+def _import_tune() -> None:
+    from ray import tune  # noqa: F401
+    from ray.tune.search import ConcurrencyLimiter  # noqa: F401
 
 
 def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str,
