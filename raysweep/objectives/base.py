@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Optional
 
-
 from raysweep.lazy_torch import F, torch
 from raysweep.registry import Registry, UnknownNameError
 from raysweep.validation import check_hyperparameters

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-
 from raysweep.lazy_torch import F
 from raysweep.objectives.base import Objective, model_token_logprobs, register, sequence_sums
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import F, torch
 from raysweep.objectives.base import Objective, register
 

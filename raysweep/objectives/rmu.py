@@ -12,7 +12,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import torch
 from raysweep.objectives.base import IGNORE_INDEX, Objective, register
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import torch
 from raysweep.objectives.base import Objective, model_token_logprobs, register
 

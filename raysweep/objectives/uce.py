@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import torch
 from raysweep.objectives.base import Objective, register, shifted_labels
 

@@ -56,10 +56,6 @@ def quiet_logging(verbose: bool) -> None:
 
 
 def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> None:
-    import logging
-
-    import ray
-
     # Checkpoint reports of a trial carry no objectives; only its final report does. Set before
     # Ray starts so the trial processes inherit it too.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -68,6 +64,19 @@ def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> Non
     # and JSON loggers Tune's own analysis reads are added explicitly (tune_loggers()).
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     quiet_logging(verbose)
+    sw, t = job.sweep, job.train
+    # Logical CPUs for every concurrent trial: inline, its worker; on Ray Train, its function,
+    # the train controller and its workers.
+    per_trial = t.cpus_per_worker if runs_inline(job) else sw.trial_cpus + t.workers * t.cpus_per_worker + 1
+    _start_ray(address, sw.max_concurrent * per_trial, verbose)
+
+
+def _start_ray(address: Optional[str], cpus_needed: float, verbose: bool) -> None:
+    """Connect to ``address``, or start a local Ray with at least ``cpus_needed`` logical CPUs."""
+    import logging
+
+    import ray
+
     inherit_trial_actor_env()
     if ray.is_initialized():
         return
@@ -78,15 +87,13 @@ def ray_init(address: Optional[str], job: JobSpec, verbose: bool = False) -> Non
     if address:
         ray.init(address=address, **common)
     else:
-        sw, t = job.sweep, job.train
-        # Logical CPUs for every concurrent trial: inline, its worker; on Ray Train, its function,
-        # the train controller and its workers.
-        per_trial = t.cpus_per_worker if runs_inline(job) else sw.trial_cpus + t.workers * t.cpus_per_worker + 1
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(sw.max_concurrent * per_trial)),
-                 include_dashboard=False, **common)
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)), include_dashboard=False, **common)
 
 
-# Tune's runtime env for every trial actor (for PyTorch Lightning, which raysweep does not use).
+# Tune's runtime env for every trial actor (for PyTorch Lightning, which raysweep does not use):
+# a copy of ray.tune.execution.class_cache.DEFAULT_ENV_VARS, because reading that imports Tune
+# (~1.4 s) before Ray starts. Should Tune's defaults change, the variables this copy lacks simply
+# stay in Tune's runtime env (trial_actors_on_prestarted_workers drops only inherited ones).
 TUNE_TRIAL_ACTOR_ENV = {"PL_DISABLE_FORK": "1"}
 
 
@@ -128,20 +135,7 @@ def _trainable(ctx: dict, job: JobSpec):
 
 def ray_init_for_run(address: Optional[str], job: JobSpec, verbose: bool = False) -> None:
     """Ray for a single ``raysweep run --ray``: room for the trial (and a Train controller)."""
-    import logging
-
-    import ray
-
-    inherit_trial_actor_env()
-    if ray.is_initialized():
-        return
-    common = dict(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR,
-                  configure_logging=True)
-    if address:
-        ray.init(address=address, **common)
-    else:
-        need = job.train.workers * job.train.cpus_per_worker + (0 if runs_inline(job) else 2)
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False, **common)
+    _start_ray(address, job.train.workers * job.train.cpus_per_worker + (0 if runs_inline(job) else 2), verbose)
 
 
 def progress_board(sweep: str):
@@ -241,10 +235,7 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
         imported = pool.submit(_import_tune)
         ray_init(address, job, verbose)
         c, exp_id, pid, target, warm = opened.result()
-        imported.result()
-    from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
-
+        tune, ConcurrencyLimiter = imported.result()
     job_json = job.model_dump_json()
     ctx = {"space": space.raw, "space_source": space.source, "job_json": job_json, "tracking_uri": tracking_uri,
            "parent_run_id": pid, "experiment_id": exp_id, "sweep": name, "storage": os.path.join(storage, name),
@@ -270,9 +261,11 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     return _fit_and_finish(tuner, board, c, tracking_uri, name, release_ray)
 
 
-def _import_tune() -> None:
-    from ray import tune  # noqa: F401
-    from ray.tune.search import ConcurrencyLimiter  # noqa: F401
+def _import_tune():
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    return tune, ConcurrencyLimiter
 
 
 def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage: str, name: str,

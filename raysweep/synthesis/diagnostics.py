@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from raysweep.lazy_torch import torch
 from raysweep.synthesis.primitives import GradList, ReduceSum, count_local, dot_local
 

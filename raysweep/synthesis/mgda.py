@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import torch
 from raysweep.synthesis.base import SynthContext, Synthesis, register
 from raysweep.synthesis.primitives import GradList, combine, global_dots

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from raysweep.lazy_torch import torch
 from raysweep.synthesis.base import SynthContext, Synthesis, register
 from raysweep.synthesis.primitives import (

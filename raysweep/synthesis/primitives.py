@@ -12,8 +12,8 @@ Methods stack all the scalars they need into one vector, so that is a single col
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
-from raysweep.lazy_torch import torch
 
+from raysweep.lazy_torch import torch
 
 # Type aliases for annotations only (strings: naming torch.Tensor here would import torch).
 GradList = "list[Optional[torch.Tensor]]"
