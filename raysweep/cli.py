@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
-               "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}.items():
+               "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_k, _v)
 
 
@@ -304,8 +305,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from raysweep.sweep.export import export
+    from raysweep.sweep.export import export, parse_point
+    from raysweep.validation import check_export_dir
 
+    check_export_dir(args.out_dir, args.force)
+    parse_point(args.point)
     c, uri = _tracking_client(args)
     out = export(c, uri, args.sweep, args.point, args.out_dir)
     print(f"exported {args.point} of sweep {args.sweep} to {out} (load with from_pretrained)")
@@ -391,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write a trial's checkpoint as a Hugging Face model directory")
     ex.add_argument("sweep")
     ex.add_argument("point", metavar="TRIAL[@STEP]", help="a trial id, optionally at an evaluated step")
-    ex.add_argument("out_dir")
+    ex.add_argument("out_dir", help="a new or empty folder (the model's files are written into it)")
+    ex.add_argument("--force", action="store_true",
+                    help="write into a folder that holds files: only files an earlier export wrote are replaced")
     ex.add_argument("--tracking-uri")
     ex.set_defaults(func=cmd_export)
 

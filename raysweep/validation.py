@@ -361,6 +361,28 @@ def check_output_dir(path: Optional[str], field: str) -> None:
         raise InputError(f"{field}: '{path}' is not allowed ('{existing}' is not writable)")
 
 
+def check_export_dir(path: str, force: bool, field: str = "OUT_DIR") -> Path:
+    """Where ``raysweep export`` may write: a new folder, an empty one, or (``--force``) one that
+    holds files already - of which the export replaces only those an earlier export wrote. Never
+    the working folder, home or a folder above them, never a file."""
+    p = Path(path).expanduser()
+    resolved = p.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise InputError(f"{field}: '{path}' is not allowed (the working folder, your home or a folder above "
+                         "them; name a new folder for the model)")
+    if p.exists() and not p.is_dir():
+        raise InputError(f"{field}: '{path}' is not allowed (a file; a new or empty folder is expected)")
+    if p.is_dir():
+        held = sorted(q.name for q in p.iterdir())
+        if held and not force:
+            raise InputError(f"{field}: '{path}' is not allowed (it holds {len(held)} entries: "
+                             f"{', '.join(held[:3])}{', ...' if len(held) > 3 else ''}; a new or empty folder, "
+                             "or --force to write beside them, replacing only an earlier export's files)")
+    check_output_dir(path, field)
+    return p
+
+
 def check_tracking(uri: str, *, must_exist: bool, field: str = "--tracking-uri",
                    timeout: float = TRACKING_TIMEOUT_S) -> None:
     """The tracking store answers (HTTP: one request with a short timeout, credentials checked) or

@@ -71,6 +71,13 @@ def world(tmp_path_factory, tofu_dir):
     noweights = root / "noweights"
     noweights.mkdir()
     (noweights / "config.json").write_text("{}")
+    user_folder = root / "user_folder"  # a folder of the user's that export must never touch
+    user_folder.mkdir()
+    (user_folder / "notes.txt").write_text("mine")
+    # a finished sweep 'made' (trials t1-t5, checkpoints that are not on this machine) for export
+    from .sweep.made_sweep import make_sweep
+
+    make_sweep(root / "made", name="made", tofu_dir=tofu_dir, uri=f"sqlite:///{root / 'mlflow.db'}")
     model = root / "model"  # passes the folder check; the job that follows is what is wrong
     model.mkdir()
     (model / "config.json").write_text("{}")
@@ -229,8 +236,25 @@ CASES = [
     ("output", "run-out-is-folder", lambda r: [*RUN, str(r / J), "--out", str(r)], "(a folder; a file path is expected)"),
     ("output", "report-out-is-file", lambda r: ["report", "s", "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}", "--out", str(r / "a_file")], "(a file; a folder is expected)"),
     ("output", "eval-out-missing-folder", lambda r: ["eval", str(r / "model"), "--benchmark", "qa", "--out", str(r / "nofolder" / "e.json")], "--out: '"),
+    # export: OUT_DIR is checked before anything else; the point before any prepare (issue 21)
+    ("output", "export-parent-of-cwd", lambda r: [*_EXPORT(r, "t1"), ".."], "OUT_DIR: '..' is not allowed (the working folder, your home or a folder above them"),
+    ("output", "export-cwd", lambda r: [*_EXPORT(r, "t1"), "."], "OUT_DIR: '.' is not allowed (the working folder"),
+    ("output", "export-out-is-file", lambda r: [*_EXPORT(r, "t1"), str(r / "a_file")], "(a file; a new or empty folder is expected)"),
+    ("output", "export-into-user-folder", lambda r: [*_EXPORT(r, "t1"), str(r / "user_folder")], "(it holds 1 entries: notes.txt; a new or empty folder, or --force"),
+    ("output", "export-unknown-trial", lambda r: [*_EXPORT(r, "nosuch"), str(r / "exported")], "trial 'nosuch' is not in sweep made (trials: t1,"),
+    ("output", "export-step-not-a-number", lambda r: [*_EXPORT(r, "t1@notastep"), str(r / "exported")], "the step 'notastep' is not a whole number"),
+    ("output", "export-no-trial-before-at", lambda r: [*_EXPORT(r, "@4"), str(r / "exported")], "no trial id before '@'"),
+    ("output", "export-step-not-evaluated", lambda r: [*_EXPORT(r, "t1@3"), str(r / "exported")], "trial t1 has no checkpoint at step 3 (evaluated steps with checkpoints: 2, 4)"),
+    ("output", "export-checkpoint-not-here", lambda r: [*_EXPORT(r, "t1@2"), str(r / "exported")], "does not exist on this machine"),
+    ("remote", "export-unknown-sweep", lambda r: ["export", "nosuch", "t1", str(r / "exported"), "--tracking-uri", f"sqlite:///{r / 'mlflow.db'}"], "unknown sweep 'nosuch'"),
 ]
-COMMANDS = ("run", "launch", "prepare", "eval", "pareto", "status", "resume", "report")
+
+
+def _EXPORT(root, point):  # noqa: N802 - reads like the constants RUN and LAUNCH above
+    return ["export", "made", point, "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"]
+
+
+COMMANDS = ("run", "launch", "prepare", "eval", "pareto", "status", "resume", "report", "export")
 
 
 def test_the_table_covers_every_class_and_command(world):
@@ -261,6 +285,10 @@ def test_bad_input_is_one_line_exit_2(world, capsys, cls, case_id, argv, expecte
     assert "s3cret" not in out.err
     if not cached_before:  # nothing was prepared (trained) on the way to the error
         assert not cache.exists() or not any(cache.iterdir())
+    made_cache = world / "made" / "cache"  # the cache of the sweep that export reads
+    assert not made_cache.exists() or not any(made_cache.iterdir())
+    assert (world / "user_folder" / "notes.txt").read_text() == "mine"
+    assert not (world / "exported").exists() and not list(world.glob(".exported.export-*"))
 
 
 def _console(*args, timeout=60):

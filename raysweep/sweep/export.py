@@ -1,11 +1,17 @@
 """``raysweep export SWEEP TRIAL[@STEP] OUT_DIR``: a trial's checkpoint (its last, or the one
 evaluated at STEP along the run) as a Hugging Face model directory - safetensors weights, config,
 tokenizer - loadable with ``from_pretrained``, with a model card listing the method, the
-hyperparameters and the objective values recorded for that point."""
+hyperparameters and the objective values recorded for that point. A LoRA trial's adapters are
+merged into the base weights, so the folder loads without peft.
+
+OUT_DIR is a user's path: the model is written beside it first and then moved in file by file,
+and only files an earlier export listed in its manifest (``raysweep_export.json``) are ever
+replaced or removed; a user's own files stay (``validation.check_export_dir`` runs first)."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -16,14 +22,19 @@ from raysweep.sweep import tracking
 from raysweep.sweep.tracking import CHECKPOINT_AT, checkpoint_tag
 
 CARD = "README.md"
-META = "raysweep_export.json"
+EXPORT_MANIFEST = "raysweep_export.json"
 
 
 def parse_point(point: str) -> tuple[str, Optional[int]]:
-    m = re.fullmatch(r"([^@\s]+)(?:@(\d+))?", point.strip())
-    if not m:
-        raise tracking.TrackingError(f"export: {point!r} is not allowed (TRIAL or TRIAL@STEP, e.g. 3f2a_00004@8)")
-    return m.group(1), int(m.group(2)) if m.group(2) else None
+    """``TRIAL`` or ``TRIAL@STEP`` -> (trial, step or None); anything else is a one-line error."""
+    trial, at, step = point.strip().partition("@")
+    if not re.fullmatch(r"[^@\s/]+", trial):
+        raise tracking.TrackingError(f"export: TRIAL[@STEP] {point!r} is not allowed (no trial id before '@'; "
+                                     "TRIAL or TRIAL@STEP, e.g. 3f2a_00004@8)")
+    if at and not step.isdigit():
+        raise tracking.TrackingError(f"export: TRIAL[@STEP] {point!r} is not allowed (the step {step!r} is not a "
+                                     "whole number; TRIAL or TRIAL@STEP, e.g. 3f2a_00004@8)")
+    return trial, int(step) if at else None
 
 
 def _points(run) -> dict[int, str]:
@@ -45,6 +56,7 @@ def _objectives_at(c, run, objectives: dict, step: Optional[int]) -> dict[str, f
 
 
 def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
+    """Write the point's model into ``out_dir`` (checked by ``validation.check_export_dir``)."""
     trial, step = parse_point(point)
     parent = tracking.find_parent(c, sweep, tracking_uri)
     run = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, trial)
@@ -64,18 +76,58 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
 
     trial_spec = trial_job_of(c, parent, run.data.params)
 
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     with tempfile.TemporaryDirectory(prefix="raysweep-export-") as scratch:
         ckpt = _local_checkpoint(c, uri, Path(scratch))
-        _write_model(trial_spec, ckpt, out)
-    objectives = tracking.parent_objectives(parent)
-    meta = {"sweep": sweep, "trial": trial, "step": step, "mlflow_run_id": run.info.run_id, "checkpoint": uri,
-            "method": run.data.tags.get("raysweep.method"), "forget": run.data.tags.get("raysweep.forget"),
-            "hyperparameters": dict(run.data.params), "objectives": _objectives_at(c, run, objectives, step),
-            "directions": objectives, "tracking_uri": tracking.redact(tracking_uri)}
-    (out / META).write_text(json.dumps(meta, indent=2))
-    (out / CARD).write_text(_card(meta))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Staged beside OUT_DIR (same filesystem: the moves into it are renames).
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+        try:
+            _write_model(trial_spec, ckpt, staging)
+            objectives = tracking.parent_objectives(parent)
+            meta = {"sweep": sweep, "trial": trial, "step": step, "mlflow_run_id": run.info.run_id,
+                    "checkpoint": uri, "method": run.data.tags.get("raysweep.method"),
+                    "forget": run.data.tags.get("raysweep.forget"), "lora": trial_spec.model.lora is not None,
+                    "hyperparameters": dict(run.data.params), "objectives": _objectives_at(c, run, objectives, step),
+                    "directions": objectives, "tracking_uri": tracking.redact(tracking_uri)}
+            (staging / CARD).write_text(_card(meta))
+            meta["files"] = sorted([p.name for p in staging.iterdir()] + [EXPORT_MANIFEST])
+            (staging / EXPORT_MANIFEST).write_text(json.dumps(meta, indent=2))
+            _move_into(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # only ever our own staging folder
     return out
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    """Put the staged export into ``out``: a new folder is renamed into place; an existing one
+    receives the files one by one, and of what it held only the files the earlier export listed
+    in its manifest are replaced or removed. A user's file with the name of one of ours stops the
+    export before anything in ``out`` changes."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    ours = set(_earlier_export_files(out))
+    new = {p.name for p in staging.iterdir()}
+    clash = sorted(n for n in new if (out / n).exists() and n not in ours)
+    if clash:
+        raise tracking.TrackingError(f"export: '{out}' holds {', '.join(clash[:3])}, which an earlier export did "
+                                     "not write; nothing there was changed (name a new folder)")
+    for name in sorted(ours - new):
+        stale = out / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+    for name in sorted(new - {EXPORT_MANIFEST}) + [EXPORT_MANIFEST]:  # the manifest last: it vouches for the rest
+        os.replace(staging / name, out / name)
+
+
+def _earlier_export_files(out: Path) -> list[str]:
+    """The plain file names an earlier export wrote into ``out`` (its manifest's list)."""
+    try:
+        files = json.loads((out / EXPORT_MANIFEST).read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [f for f in files if isinstance(f, str) and f == Path(f).name and f not in ("", ".", "..")]
 
 
 def trial_job_of(c, parent, params: dict):
@@ -115,24 +167,32 @@ def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
 
 
 def _write_model(job, checkpoint: Path, out: Path) -> None:
-    """The prepared target's config and tokenizer with the checkpoint's weights."""
+    """The prepared target's config and tokenizer with the checkpoint's weights (a LoRA
+    checkpoint's adapters applied to the target and merged), saved into the folder ``out``."""
     from raysweep.distributed.checkpoint import load_weights
     from raysweep.models.build import load_causal_lm, load_tokenizer
     from raysweep.models.prepare import prepare
 
     prepared = prepare(job, quiet=True)
     model = load_causal_lm(prepared.target, job.model.dtype)
-    missing, unexpected = model.load_state_dict(load_weights(checkpoint), strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
+    weights = load_weights(checkpoint)
+    if job.model.lora is not None:
+        from raysweep.models.lora import adapter_state, apply_lora
+
+        model = apply_lora(model, job.model.lora)
+        expected = set(adapter_state(model))
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if not missing and not unexpected:
+            model.load_state_dict(weights, strict=False)  # the base weights are the target's
+            model = model.merge_and_unload()
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if not (k.startswith("lm_head") and getattr(model.config, "tie_word_embeddings", False))]
+    if missing or unexpected:
         raise tracking.TrackingError(f"export: checkpoint {checkpoint} does not fit the trial's model "
-                                     f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    load_tokenizer(prepared.tokenizer).save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+                                     f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(prepared.tokenizer).save_pretrained(out)
 
 
 def _card(meta: dict) -> str:

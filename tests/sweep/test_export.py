@@ -1,0 +1,109 @@
+"""``raysweep export`` of what a sweep records (issue 21): a LoRA trial at its last step and at a
+point along the run, into folders that hold a user's files. Real local Ray, Optuna, sqlite MLflow,
+peft; each export must load with ``AutoModelForCausalLM.from_pretrained`` (no peft) and reproduce
+the metrics MLflow holds for that point."""
+
+import json
+
+import pytest
+import yaml
+
+from ..conftest import tiny_job
+from .test_sweep import raysweep
+from .test_trajectory import OBJECTIVES
+
+
+@pytest.fixture(scope="module")
+def lora_sweep(tmp_path_factory, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    tmp = tmp_path_factory.mktemp("export")
+    job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=4, batch_size=4).read_text())
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump({"method": {"graddiff": {"alpha": 0.0}}, "unlearn": {"lr": 3e-2}}))
+    job["model"]["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8, "every": 2}
+    job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random", "num_trials": 1,
+                    "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "storage_path": str(tmp / "runs")}
+    path = tmp / "lora.yaml"
+    path.write_text(yaml.safe_dump(job))
+    prepare(load_job(path))
+    res = raysweep("launch", str(path), "--name", "lora", cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    uri = job["sweep"]["tracking_uri"]
+    report = pareto_report(tracking.client(uri), uri, "lora")
+    return tmp, path, uri, report
+
+
+def _cli(capsys, *args):
+    """The command line in this process (export and eval start no Ray): (exit code, stderr)."""
+    from raysweep.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def _reproduces(tmp, job_path, out, point, capsys):
+    """The folder loads as a plain model, and evaluating it gives the point's recorded objectives."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in k for k in model.state_dict())  # merged: no adapter left, no peft needed
+    code, err = _cli(capsys, "eval", str(out), "--job", str(job_path), "--benchmark", "qa", "--out", str(tmp / "e.json"))
+    assert code == 0, err[-2000:]
+    again = json.loads((tmp / "e.json").read_text())
+    again = again.get("metrics", again)
+    for k, v in point["objectives"].items():
+        assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+
+
+def test_a_lora_trial_exports_merged_at_its_last_step(lora_sweep, capsys):
+    tmp, path, uri, report = lora_sweep
+    final = next(r for r in report["trials"] if r["final"])
+    out = tmp / "lora_final"
+    code, err = _cli(capsys, "export", "lora", final["trial_id"], str(out), "--tracking-uri", uri)
+    assert code == 0, err[-2000:]  # was: "checkpoint ... does not fit the trial's model"
+    manifest = json.loads((out / "raysweep_export.json").read_text())
+    assert manifest["lora"] is True and sorted(p.name for p in out.iterdir()) == manifest["files"]
+    _reproduces(tmp, path, out, final, capsys)
+
+
+def test_export_into_a_users_folder_keeps_the_users_files(lora_sweep, capsys):
+    """A mid-run point into a folder holding a user's file (with --force): the file survives, and a
+    second export there replaces only what the first one wrote."""
+    tmp, path, uri, report = lora_sweep
+    mid = next(r for r in report["trials"] if r["step"] == 2)
+    final = next(r for r in report["trials"] if r["final"])
+    out = tmp / "project"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    code, err = _cli(capsys, "export", "lora", f"{mid['trial_id']}@2", str(out), "--tracking-uri", uri)
+    assert code == 2 and "--force" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+    code, err = _cli(capsys, "export", "lora", f"{mid['trial_id']}@2", str(out), "--force", "--tracking-uri", uri)
+    assert code == 0, err[-2000:]
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert json.loads((out / "raysweep_export.json").read_text())["step"] == 2
+    _reproduces(tmp, path, out, mid, capsys)
+
+    code, err = _cli(capsys, "export", "lora", final["trial_id"], str(out), "--force", "--tracking-uri", uri)
+    assert code == 0, err[-2000:]
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert json.loads((out / "raysweep_export.json").read_text())["step"] is None
+    assert not list(tmp.glob(".project.export-*"))  # no staging folder left behind
+
+
+def test_a_users_file_named_like_ours_stops_the_export_before_anything_changes(lora_sweep, capsys):
+    tmp, path, uri, report = lora_sweep
+    final = next(r for r in report["trials"] if r["final"])
+    out = tmp / "clash"
+    out.mkdir()
+    (out / "README.md").write_text("the user's readme")
+    code, err = _cli(capsys, "export", "lora", final["trial_id"], str(out), "--force", "--tracking-uri", uri)
+    assert code == 2 and "README.md" in err and "nothing there was changed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]
+    assert (out / "README.md").read_text() == "the user's readme"
