@@ -96,3 +96,27 @@ def mlflow_server(tmp_path_factory):
     yield f"http://127.0.0.1:{port}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=30)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With RAYSWEEP_MATRIX_DUMP=FILE, write each test's feature-matrix cells (its ``matrix``
+    marks) and whether it is slow: what docs/make_matrix.py builds docs/matrix.md from."""
+    dump = os.environ.get("RAYSWEEP_MATRIX_DUMP")
+    if not dump:
+        return
+    import json
+
+    from .matrix import AXES
+
+    rows = []
+    for item in items:
+        # A parameter named like an axis (``method``) fills that axis for its case.
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        from_params = {k: v for k, v in params.items() if k in AXES and v in AXES[k]}
+        for mark in item.iter_markers("matrix"):
+            unknown = {k: v for k, v in mark.kwargs.items() if v not in AXES.get(k, {})}
+            if unknown:
+                raise pytest.UsageError(f"{item.nodeid}: matrix mark {unknown} is not a cell of tests/matrix.py AXES")
+            rows.append({"test": item.nodeid, "slow": item.get_closest_marker("slow") is not None,
+                         "cell": {**mark.kwargs, **from_params}})
+    Path(dump).write_text(json.dumps(rows, indent=1))

@@ -45,6 +45,7 @@ def test_prepare_caches_and_says_so(tmp_path, tofu_dir):
     ("sago", "npo", "nll"), ("pcgrad_r", "simnpo", "kl"), ("ngdiff", "ga", "nll"),
     ("gru", "wga", "nll"), ("mgda", "uce", "nll"), ("graddiff", "idk", "nll"), ("graddiff", "tnpo", "nll"),
 ])
+@pytest.mark.matrix(strategy="single", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_run_prints_before_after_table(tmp_path, tofu_dir, shared_cache, capsys, method, forget, retain):
     job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": method}, forget={"name": forget},
                    retain={"name": retain})
@@ -59,6 +60,7 @@ def test_run_prints_before_after_table(tmp_path, tofu_dir, shared_cache, capsys,
         assert -1 <= step["cos_forget_retain"] <= 1 and step["norm_forget"] > 0
 
 
+@pytest.mark.matrix(strategy="single", method="mgda", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_mgda_three_tasks(tmp_path, tofu_dir, shared_cache, capsys):
     job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "mgda"}, forget={"name": "uce"},
                    retain=[{"name": "kl"}, {"name": "nll"}])
@@ -154,6 +156,7 @@ def test_run_on_ray_train_from_the_job_file(tmp_path, tofu_dir, shared_cache):
     assert result["after"]["forget_rougeL_recall"] >= 0 and "forget_rougeL_recall" in res.stdout
 
 
+@pytest.mark.matrix(strategy="single", method="ngdiff", precision="fp32", lora="off", gradient_checkpointing="off", event="uninterrupted")
 def test_ngdiff_autolr_through_a_trial(tmp_path, tofu_dir, shared_cache, capsys):
     job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "ngdiff", "autolr": True, "autolr_interval": 2},
                    optimizer="sgd", lr=0.5)

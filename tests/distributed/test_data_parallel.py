@@ -64,6 +64,7 @@ DEFAULT_DP_METHODS = {"sago", "pcgrad_r", "gru"}
 
 @pytest.mark.parametrize("method", [m if m in DEFAULT_DP_METHODS else pytest.param(m, marks=pytest.mark.slow)
                                     for m in sorted(METHOD_PARAMS)])
+@pytest.mark.matrix(strategy="ddp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_two_workers_equal_one_worker_with_the_double_batch(job_path, tmp_path, method):
     assert set(METHOD_PARAMS) == set(SYNTHESIS.names())
     one = one_worker(job_path, tmp_path, method)

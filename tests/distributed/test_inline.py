@@ -65,6 +65,7 @@ def fit_with_one_crash(trainable, job_path, tmp_path, fail_at_step, **checkpoint
         ray.shutdown()
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="worker_killed", export="none")
 def test_a_killed_inline_trial_resumes_from_its_checkpoint(job_path, tmp_path):
     result, marker = fit_with_one_crash(inline_trial, job_path, tmp_path, fail_at_step=4)
     assert result.error is None, result.error

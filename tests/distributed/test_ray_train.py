@@ -45,6 +45,7 @@ def diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.matrix(strategy="ddp", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_two_ray_workers_match_one_local_worker(ray_local, job_path, tmp_path):
     result = fit(job_path, tmp_path, "two", evaluate=True)
     assert result.metrics["step"] == 6.0
@@ -56,6 +57,7 @@ def test_two_ray_workers_match_one_local_worker(ray_local, job_path, tmp_path):
     assert diff(load_weights(result.checkpoint.path), w_local) < 1e-4
 
 
+@pytest.mark.matrix(strategy="ddp", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="worker_killed", export="none")
 def test_resume_and_worker_failure_reach_the_uninterrupted_parameters(ray_local, job_path, tmp_path):
     full = load_weights(fit(job_path, tmp_path, "full").checkpoint.path)
 

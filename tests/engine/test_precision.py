@@ -64,6 +64,7 @@ def test_scalars_of_bf16_gradients_are_exact_fp32_sums(scale):
     assert float(norm2(a)) == pytest.approx(sum(float((x.double() ** 2).sum()) for x in a if x is not None), rel=1e-5)
 
 
+@pytest.mark.matrix(strategy="single", precision="bf16", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_bf16_trial_tracks_the_fp32_trial(tmp_path, tofu_dir, shared_cache):
     from raysweep.distributed.worker import WorkerOptions, run_worker
     from raysweep.spec import load_job

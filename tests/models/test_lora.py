@@ -71,6 +71,7 @@ def test_rmu_layer_restriction_composes_with_lora():
     assert base_hash(model) == before
 
 
+@pytest.mark.matrix(strategy="single", method="sago", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="off", event="uninterrupted")
 def test_lora_trial_checkpoints_adapters_and_exports_a_merged_model(tmp_path, tofu_dir, shared_cache):
     from peft import PeftModel
     from safetensors.torch import load_file

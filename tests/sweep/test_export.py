@@ -60,6 +60,7 @@ def _reproduces(tmp, job_path, out, point, capsys):
         assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
 def test_a_lora_trial_exports_merged_at_its_last_step(lora_sweep, capsys):
     tmp, path, uri, report = lora_sweep
     final = next(r for r in report["trials"] if r["final"])
@@ -71,6 +72,8 @@ def test_a_lora_trial_exports_merged_at_its_last_step(lora_sweep, capsys):
     _reproduces(tmp, path, out, final, capsys)
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="mid_run")
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
 def test_export_into_a_users_folder_keeps_the_users_files(lora_sweep, capsys):
     """A mid-run point into a folder holding a user's file (with --force): the file survives, and a
     second export there replaces only what the first one wrote."""

@@ -114,6 +114,7 @@ def test_optuna_saw_the_constraint(finished_sweep):
     assert len(hist) == 3  # one value per step
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", scheduler="fifo", event="uninterrupted", export="none")
 def test_pareto_from_mlflow_alone_matches_the_sweep(finished_sweep):
     import ray
 

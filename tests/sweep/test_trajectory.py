@@ -100,6 +100,7 @@ def test_a_mid_run_checkpoint_that_dominates_its_final_one_is_on_the_front_at_it
         assert 6 not in [r["step"] for r in own[t]]
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="mo_asha", event="uninterrupted", export="mid_run")
 def test_export_of_a_mid_run_point_reproduces_its_recorded_metrics(swept, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -208,6 +209,7 @@ def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, chang
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="mo_asha", event="uninterrupted", export="final")
 def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept):
     """Issue 11 item 5 on a real sweep: the driver's end marks the front on the runs and logs the
     front's checkpoints as MLflow models that load and answer."""
