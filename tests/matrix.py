@@ -44,6 +44,8 @@ _na(("strategy", "single"), ("scheduler", "mo_asha"), "raysweep run is one trial
 _na(("strategy", "single"), ("event", "driver_killed_resume"), "raysweep run has no sweep driver to resume")
 _na(("strategy", "single"), ("export", "final"), "raysweep export reads a sweep; raysweep run writes no sweep")
 _na(("strategy", "single"), ("export", "mid_run"), "raysweep export reads a sweep; raysweep run writes no sweep")
+_na(("strategy", "single"), ("event", "worker_killed"), "raysweep run is one process with no supervisor: a killed run "
+    "is run again (a sweep, or run --ray, restarts a dead worker from its checkpoint)")
 _na(("eval_every", "off"), ("export", "mid_run"), "a mid-run point exists only where eval.every evaluates one")
 
 # Every leaf field of the job spec: the axis it selects, or why it is not a combination axis.

@@ -109,6 +109,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
                                  tags={"raysweep.worker_node": node})
     options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above, reporting=reporting,
                             timings={"mlflow_child": time.time() - entered})
+    _fault_kill(options)
     try:
         if runs_inline(job):
             from raysweep.reporting.ray_report import TuneReporter
@@ -198,6 +199,17 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     else:
         c.set_terminated(run_id, status="FINISHED")
     return report
+
+
+def _fault_kill(options) -> None:
+    """Fault-injection hook for the feature-matrix tests: the first trial to reach step
+    ``RAYSWEEP_FAULT_KILL_AT_STEP`` loses its worker (rank 1 when there are several) to a hard exit,
+    once per marker file ``RAYSWEEP_FAULT_KILL_MARKER``, so a test can check the recovery from the
+    last checkpoint. Off unless the variables are set."""
+    step = os.environ.get("RAYSWEEP_FAULT_KILL_AT_STEP")
+    if step:
+        options.fail_at_step = int(step)
+        options.fail_marker = os.environ["RAYSWEEP_FAULT_KILL_MARKER"]
 
 
 def _fault_pause() -> None:

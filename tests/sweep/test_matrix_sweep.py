@@ -1,0 +1,117 @@
+"""Features together, the way a researcher combines them (issue 21, docs/matrix.md): one real sweep
+of inline trials with every synthesis method (a grid), bf16 compute, gradient checkpointing,
+evaluation along the run and MO-ASHA, in which one trial's worker is killed mid-run and recovers
+from its checkpoint; then a final and a mid-run point of several methods exported and evaluated
+again. Real local Ray, Optuna, sqlite MLflow."""
+
+import json
+
+import pytest
+import yaml
+
+from ..conftest import tiny_job
+from ..matrix import AXES
+from .test_sweep import raysweep
+
+METHODS = sorted(AXES["method"])
+OBJECTIVES = {"forget_answer_loss": "max", "retain_answer_loss": "min"}
+CELL = dict(strategy="inline", precision="bf16", lora="off", gradient_checkpointing="on", eval_every="on",
+            scheduler="mo_asha")
+KILL_AT = 3  # after the step-2 checkpoint of the first trial to get there
+
+
+@pytest.fixture(scope="module")
+def combined(tmp_path_factory, tofu_dir, shared_cache):
+    import os
+
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    tmp = tmp_path_factory.mktemp("matrix")
+    job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=4, batch_size=4, lr=1e-2).read_text())
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump({"method": {m: {} for m in METHODS}}))
+    job["train"] = {"precision": "bf16", "gradient_checkpointing": True, "max_failures": 1}
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 4, "max_new_tokens": 4, "every": 2}
+    job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random", "num_trials": len(METHODS),
+                    # Optuna's first 7 random draws under seed 140 are the 7 methods, each once
+                    "max_concurrent": 2, "seed": 140, "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+                    "storage_path": str(tmp / "runs"),
+                    "scheduler": {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2}}
+    path = tmp / "matrix.yaml"
+    path.write_text(yaml.safe_dump(job))
+    prepare(load_job(path))
+    marker = tmp / "killed_once"
+    os.environ.update(RAYSWEEP_FAULT_KILL_AT_STEP=str(KILL_AT), RAYSWEEP_FAULT_KILL_MARKER=str(marker))
+    try:
+        res = raysweep("launch", str(path), "--name", "matrix", cwd=tmp)
+    finally:
+        del os.environ["RAYSWEEP_FAULT_KILL_AT_STEP"], os.environ["RAYSWEEP_FAULT_KILL_MARKER"]
+    assert res.returncode == 0, res.stderr[-3000:]
+    uri = job["sweep"]["tracking_uri"]
+    c = tracking.client(uri)
+    return tmp, path, uri, c, marker, pareto_report(c, uri, "matrix")
+
+
+@pytest.mark.matrix(**CELL, event="uninterrupted", export="none")
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_with_bf16_checkpointing_evaluations_and_mo_asha(combined, method):
+    tmp, path, uri, c, marker, report = combined
+    rows = [r for r in report["trials"] if r["method"] == method]
+    assert rows, f"{method}: no evaluated point"
+    assert all(r["step"] in (2, 4) and r["checkpoint_uri"] for r in rows)
+    for r in rows:
+        assert all(v == v for v in r["objectives"].values()), r  # no NaN objective
+
+
+@pytest.mark.matrix(**CELL, event="worker_killed", export="mid_run")
+@pytest.mark.matrix(**CELL, event="worker_killed", export="final")
+def test_a_trial_whose_worker_was_killed_resumes_from_its_checkpoint_and_exports(combined, capsys):
+    from raysweep.sweep import tracking
+
+    tmp, path, uri, c, marker, report = combined
+    assert marker.exists(), "a trial's worker must really have died"
+    parent = tracking.find_parent(c, "matrix", uri)
+    starts = {r.data.tags.get(tracking.TRIAL_TAG): [m.value for m in c.get_metric_history(r.info.run_id, "train/start_step")]
+              for r in tracking.child_runs(c, parent)}
+    resumed = [t for t, s in starts.items() if s and max(s) > 0]
+    assert len(resumed) >= 1, starts  # restarted from its step-2 checkpoint, not from scratch
+    points = {(r["trial_id"], r["step"]): r for r in report["trials"]}
+    killed = resumed[0]
+    assert (killed, 4) in points and points[(killed, 4)]["final"], "the killed trial ran to its end"
+    _export_and_evaluate(tmp, path, uri, points[(killed, 2)], "killed_mid", capsys)
+    _export_and_evaluate(tmp, path, uri, points[(killed, 4)], "killed_final", capsys)
+
+
+def _export_and_evaluate(tmp, path, uri, point, name, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from raysweep.cli import main
+
+    out = tmp / name
+    at = point["trial_id"] if point["final"] else f"{point['trial_id']}@{point['step']}"
+    assert main(["export", "matrix", at, str(out), "--tracking-uri", uri]) == 0, capsys.readouterr().err[-2000:]
+    AutoModelForCausalLM.from_pretrained(out)
+    assert main(["eval", str(out), "--job", str(path), "--benchmark", "qa", "--out", str(tmp / f"{name}.json")]) == 0
+    again = json.loads((tmp / f"{name}.json").read_text())
+    again = again.get("metrics", again)
+    for k, v in point["objectives"].items():
+        # the trial evaluated under bf16 autocast, raysweep eval in the exported fp32 weights
+        assert again[k] == pytest.approx(v, rel=2e-2), (k, point)
+
+
+@pytest.mark.matrix(**CELL, event="uninterrupted", export="mid_run")
+@pytest.mark.parametrize("method", METHODS)
+def test_the_mid_run_point_of_every_method_exports_and_reproduces(combined, capsys, method):
+    tmp, path, uri, c, marker, report = combined
+    point = next(r for r in report["trials"] if r["method"] == method and r["step"] == 2)
+    _export_and_evaluate(tmp, path, uri, point, f"{method}_mid", capsys)
+
+
+@pytest.mark.matrix(**CELL, event="uninterrupted", export="final")
+def test_a_final_point_exports_and_reproduces(combined, capsys):
+    tmp, path, uri, c, marker, report = combined
+    point = next(r for r in report["trials"] if r["final"])
+    _export_and_evaluate(tmp, path, uri, point, "final", capsys)
