@@ -7,10 +7,15 @@ Safety and integrity (issue 12):
   structure (dicts, lists, tuples, numbers, strings) in ``train_state.json``; a checkpoint holding a
   pickle (``train_state.pt`` of older versions, or anything planted in shared storage or an MLflow
   artifact) is refused, never opened;
-* a checkpoint is written under a temporary name and renamed into place, so a reader sees all of
-  it or none of it; ``meta.json`` carries the sha256 of every file and is checked on load, so a
-  truncated or modified checkpoint is a clear :class:`CheckpointError`, and the caller falls back
-  to the previous good one (:func:`load_first_good`).
+* a checkpoint is written under a temporary name, fsynced (files and folder) and renamed into
+  place, so a reader sees all of it or none of it; an overwrite moves the old version aside first,
+  and the fallbacks include it (:func:`previous_checkpoints`) should the writer die in between;
+* ``meta.json`` carries the sha256 of every file and is checked on load, so a truncated or
+  modified checkpoint is a clear :class:`CheckpointError`; so is one that does not fit the model
+  (weights are loaded strictly; a LoRA checkpoint holds the adapters alone) or the optimizer, and
+  the caller falls back to the previous good one (:func:`load_first_good`).
+
+FSDP checkpoints (:mod:`raysweep.distributed.fsdp`) are written and verified with the same pieces.
 """
 
 from __future__ import annotations
@@ -216,7 +221,7 @@ def _untie(state: dict) -> dict:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
 
 
@@ -229,10 +234,11 @@ def checkpoint_errors(directory: Path, what: str):
     except CheckpointError:
         raise
     except Exception as err:  # noqa: BLE001 - parse or load errors: this checkpoint is not usable here
-        raise CheckpointError(f"checkpoint '{directory}': {what} ({_one_line(err)})") from None
+        raise CheckpointError(f"checkpoint '{directory}': {what} ({one_line(err)})") from None
 
 
-def verify_checkpoint(directory: Path, only: Iterable[str] | None = None, required: Iterable[str] | None = None) -> dict:
+def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
+                      required: Iterable[str] | None = None) -> dict:
     """``meta.json`` of a complete, unmodified, pickle-free checkpoint, or a CheckpointError.
     ``only``: the files that must be present and intact (the weights alone: an exported copy).
     ``required``: the files meta.json must list (default: the single-process layout's, or the

@@ -106,11 +106,11 @@ def _rank_state_files(rank: int) -> tuple[str, str]:
 def _agree(failure: Optional[BaseException], directory: Path, what: str) -> None:
     """Collective: every rank raises when any rank failed, so no rank goes on alone into a
     collective the others never join, and all ranks settle on the same checkpoint."""
-    from raysweep.distributed.checkpoint import CheckpointError, _one_line
+    from raysweep.distributed.checkpoint import CheckpointError, one_line
 
     reasons = [None] * dist.get_world_size()
     dist.all_gather_object(reasons, None if failure is None else
-                           str(failure) if isinstance(failure, CheckpointError) else _one_line(failure))
+                           str(failure) if isinstance(failure, CheckpointError) else one_line(failure))
     if failure is not None:
         raise failure
     failed = [(r, reason) for r, reason in enumerate(reasons) if reason is not None]
