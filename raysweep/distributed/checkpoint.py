@@ -7,10 +7,15 @@ Safety and integrity (issue 12):
   structure (dicts, lists, tuples, numbers, strings) in ``train_state.json``; a checkpoint holding a
   pickle (``train_state.pt`` of older versions, or anything planted in shared storage or an MLflow
   artifact) is refused, never opened;
-* a checkpoint is written under a temporary name and renamed into place, so a reader sees all of
-  it or none of it; ``meta.json`` carries the sha256 of every file and is checked on load, so a
-  truncated or modified checkpoint is a clear :class:`CheckpointError`, and the caller falls back
-  to the previous good one (:func:`load_first_good`).
+* a checkpoint is written under a temporary name, fsynced (files and folder) and renamed into
+  place, so a reader sees all of it or none of it; an overwrite moves the old version aside first,
+  and the fallbacks include it (:func:`previous_checkpoints`) should the writer die in between;
+* ``meta.json`` carries the sha256 of every file and is checked on load, so a truncated or
+  modified checkpoint is a clear :class:`CheckpointError`; so is one that does not fit the model
+  (weights are loaded strictly; a LoRA checkpoint holds the adapters alone) or the optimizer, and
+  the caller falls back to the previous good one (:func:`load_first_good`).
+
+FSDP checkpoints (:mod:`raysweep.distributed.fsdp`) are written and verified with the same pieces.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -101,53 +107,107 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"].cpu())
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def write_state(directory: Path, state: dict, tensor_file: str = STATE_TENSORS, json_file: str = STATE_JSON) -> None:
+    """``state`` as safetensors + JSON (never a pickle)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    structure = encode_state(state, tensors)
+    save_file(tensors, str(Path(directory) / tensor_file))
+    (Path(directory) / json_file).write_text(json.dumps(structure))
+
+
+def temp_folder(directory: Path, token) -> Path:
+    """Where a checkpoint is written before it is renamed to ``directory``."""
+    return directory.parent / f".{directory.name}.tmp-{token}"
+
+
+def _moved_aside(directory: Path) -> list[Path]:
+    """The previous version of ``directory``, moved aside while a new one was renamed in (only
+    one is left when the writer died between the two renames)."""
+    return sorted(directory.parent.glob(f".{directory.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def hash_files(folder: Path) -> dict[str, str]:
+    """sha256 of every file below ``folder`` but meta.json (relative names), each fsynced first."""
+    sums = {}
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name != META:
+            _fsync(path)
+            sums[name] = _sha256(path)
+    return sums
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    (Path(folder) / META).write_text(json.dumps(meta))
+    _fsync(Path(folder) / META)
+
+
+def install(tmp: Path, directory: Path) -> None:
+    """Rename the finished ``tmp`` to ``directory``, durably. A rename cannot replace a non-empty
+    folder, so an existing one is moved aside first; :func:`previous_checkpoints` finds it if the
+    process dies between the two renames."""
+    _fsync(tmp)  # the folder's entries, before the rename makes them visible
+    if directory.exists():
+        os.replace(directory, directory.parent / f".{directory.name}.old-{os.getpid()}")
+    os.replace(tmp, directory)
+    _fsync(directory.parent)
+    for old in _moved_aside(directory):  # superseded by the checkpoint just installed
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_error(directory: Path, err: OSError) -> CheckpointError:
+    return CheckpointError(f"cannot write checkpoint '{directory}': {err.strerror or err} "
+                           "(nothing was written; the previous checkpoint stays the last good one)")
+
+
 def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict | None = None) -> Path:
     """Write the checkpoint under a temporary name, fsync, then rename it to ``directory``."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    tmp = temp_folder(directory, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         inner = getattr(model, "module", model)
-        from raysweep.models.lora import ADAPTER_DIR, adapter_state, is_peft
+        from raysweep.models.lora import ADAPTER_DIR, is_peft
 
-        if is_peft(inner):  # the base never changes: a LoRA checkpoint holds only the adapters
-            weights = {k: v.detach().cpu().contiguous() for k, v in adapter_state(inner).items()}
+        if is_peft(inner):
             inner.save_pretrained(tmp / ADAPTER_DIR)  # also in peft's own format, for users
-        else:
-            weights = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
-        save_file(_untie(weights), str(tmp / WEIGHTS))
-        tensors: dict[str, torch.Tensor] = {}
-        structure = encode_state({
-            "engine": engine.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }, tensors)
-        save_file(tensors, str(tmp / STATE_TENSORS))
-        (tmp / STATE_JSON).write_text(json.dumps(structure))
-        files = [WEIGHTS, STATE_TENSORS, STATE_JSON]
-        for name in files:
-            _fsync(tmp / name)
-        meta = {"step": engine.step_count, "format": FORMAT, "sha256": {n: _sha256(tmp / n) for n in files},
-                **(extra or {})}
-        (tmp / META).write_text(json.dumps(meta))
-        _fsync(tmp / META)
-        if directory.exists():  # a rename cannot replace a non-empty folder: move the old one aside
-            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-        _fsync(directory.parent)
-    except OSError as err:
+        save_file(_untie(_stored_weights(inner)), str(tmp / WEIGHTS))
+        write_state(tmp, {"engine": engine.state_dict(), "rng": rng_state()})
+        write_meta(tmp, {"step": engine.step_count, "format": FORMAT, "sha256": hash_files(tmp), **(extra or {})})
+        install(tmp, directory)
+    except BaseException as err:  # whatever stopped the write, no temporary folder is left behind
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"cannot write checkpoint '{directory}': {err.strerror or err} "
-                              "(nothing was written; the previous checkpoint stays the last good one)") from err
+        if isinstance(err, OSError):
+            raise write_error(directory, err) from err
+        raise
     return directory
+
+
+def _stored_weights(inner: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of the model: a LoRA model's adapters alone (its base never changes)."""
+    from raysweep.models.lora import adapter_state, is_peft
+
+    state = adapter_state(inner) if is_peft(inner) else inner.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def _untie(state: dict) -> dict:
@@ -161,9 +221,28 @@ def _untie(state: dict) -> dict:
 
 
 # ---- reading ----------------------------------------------------------------------------------
-def verify_checkpoint(directory: Path, only: Iterable[str] | None = None) -> dict:
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:160]}"
+
+
+@contextmanager
+def checkpoint_errors(directory: Path, what: str):
+    """Any error inside becomes one CheckpointError naming ``directory`` and ``what`` went wrong,
+    so the caller falls back to the previous checkpoint instead of crashing."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - parse or load errors: this checkpoint is not usable here
+        raise CheckpointError(f"checkpoint '{directory}': {what} ({one_line(err)})") from None
+
+
+def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
+                      required: Iterable[str] | None = None) -> dict:
     """``meta.json`` of a complete, unmodified, pickle-free checkpoint, or a CheckpointError.
-    ``only``: the files that must be present and intact (the weights alone: an exported copy)."""
+    ``only``: the files that must be present and intact (the weights alone: an exported copy).
+    ``required``: the files meta.json must list (default: the single-process layout's, or the
+    weights for an FSDP checkpoint, whose loader names its own)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint '{directory}' does not exist")
@@ -173,10 +252,9 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None) -> dic
     try:
         meta = json.loads((directory / META).read_text())
         sums = meta["sha256"]
-        # An FSDP2 checkpoint keeps its sharded state in torch.distributed.checkpoint's own files;
-        # its meta covers the consolidated weights.
-        required = {WEIGHTS} if meta.get("strategy") == "fsdp" else {WEIGHTS, STATE_TENSORS, STATE_JSON}
-        if not isinstance(sums, dict) or not required <= set(sums):
+        if required is None:
+            required = {WEIGHTS} if meta.get("strategy") == "fsdp" else {WEIGHTS, STATE_TENSORS, STATE_JSON}
+        if not isinstance(sums, dict) or not set(required) <= set(sums):
             raise ValueError("file list")
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint '{directory}': {META} is missing or unreadable (an incomplete or "
@@ -193,40 +271,59 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None) -> dic
     return meta
 
 
-def load_checkpoint(directory: Path, model: torch.nn.Module, engine) -> int:
-    """Restore weights, optimizer/synthesis state and RNG; returns the step to continue from."""
+def read_state(directory: Path, tensor_file: str = STATE_TENSORS, json_file: str = STATE_JSON) -> Any:
     from safetensors.torch import load_file
+
+    # the checksums match, but meta.json itself may have been rewritten by whoever planted the files
+    with checkpoint_errors(directory, "not a raysweep checkpoint"):
+        return decode_state(json.loads((Path(directory) / json_file).read_text()),
+                            load_file(str(Path(directory) / tensor_file)))
+
+
+def _check_fits(directory: Path, inner: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """The checkpoint's weights are exactly what this model stores (names and shapes), checked
+    before anything is copied so that a misfit leaves the model untouched."""
+    from raysweep.models.lora import adapter_state, is_peft
+
+    expected = adapter_state(inner) if is_peft(inner) else inner.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or reshaped:
+        raise CheckpointError(f"checkpoint '{directory}': does not fit this model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}, other shapes {reshaped[:3]})")
+
+
+def load_checkpoint(directory: Path, model: torch.nn.Module, engine) -> int:
+    """Restore weights, optimizer/synthesis state and RNG; returns the step to continue from.
+    Every way it can fail is a CheckpointError (see :func:`load_first_good`)."""
+    from safetensors.torch import load_file
+
+    from raysweep.models.lora import is_peft
 
     directory = Path(directory)
     meta = verify_checkpoint(directory)
     inner = getattr(model, "module", model)
-    try:  # the checksums match, but meta.json itself may have been rewritten by whoever planted the files
+    with checkpoint_errors(directory, "not a raysweep checkpoint"):
         weights = load_file(str(directory / WEIGHTS), device=str(next(inner.parameters()).device))
-        state = decode_state(json.loads((directory / STATE_JSON).read_text()),
-                             load_file(str(directory / STATE_TENSORS)))
-    except CheckpointError:
-        raise
-    except Exception as err:  # noqa: BLE001 - safetensors/json parse errors: the file is not what it claims
-        raise CheckpointError(f"checkpoint '{directory}': not a raysweep checkpoint "
-                              f"({type(err).__name__}: {' '.join(str(err).split())[:120]})") from None
-    inner.load_state_dict(weights, strict=False)
-    engine.load_state_dict(state["engine"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = read_state(directory)
+    _check_fits(directory, inner, weights)
+    with checkpoint_errors(directory, "does not fit this trial's optimizer or synthesis"):
+        engine.load_state_dict(state["engine"])  # before the weights: its errors leave the model untouched
+        inner.load_state_dict(weights, strict=not is_peft(inner))  # LoRA: the adapters alone (checked above)
+    restore_rng(state["rng"])
     return int(meta["step"])
 
 
-def load_first_good(candidates: Iterable[Path], model: torch.nn.Module, engine,
-                    log=None) -> tuple[int, Optional[Path]]:
-    """Restore from the first candidate that verifies (newest first); a bad one is reported and
-    skipped. ``(0, None)`` when none is usable: the trial starts over rather than trust it."""
+def load_first_good(candidates: Iterable[Path], model: torch.nn.Module, engine, log=None,
+                    load=load_checkpoint) -> tuple[int, Optional[Path]]:
+    """Restore from the first candidate that ``load`` accepts (newest first); a bad one is reported
+    and skipped. ``(0, None)`` when none is usable: the trial starts over rather than trust it.
+    ``load(directory, model, engine)`` returns the step or raises CheckpointError (FSDP's loader
+    raises on every rank when any rank refuses, so all ranks settle on the same checkpoint)."""
     for directory in candidates:
         try:
-            return load_checkpoint(Path(directory), model, engine), Path(directory)
+            return load(Path(directory), model, engine), Path(directory)
         except CheckpointError as err:
             if log is not None:
                 log(f"  {err}; trying the previous checkpoint")
@@ -234,13 +331,14 @@ def load_first_good(candidates: Iterable[Path], model: torch.nn.Module, engine,
 
 
 def previous_checkpoints(path: str | Path) -> list[Path]:
-    """Tune/Train keep a trial's checkpoints as ``checkpoint_NNNNNN`` siblings: the older ones,
-    newest first (the fallbacks when the latest is damaged)."""
+    """The fallbacks when the checkpoint at ``path`` is damaged, newest first: its previous
+    version moved aside by an overwrite that did not finish, then the older ``checkpoint_NNNNNN``
+    siblings (how Tune/Train keep a trial's checkpoints)."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
     older = [p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p.name < path.name]
-    return sorted(older, key=lambda p: p.name, reverse=True)
+    return _moved_aside(path) + sorted(older, key=lambda p: p.name, reverse=True)
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:

@@ -10,8 +10,13 @@ across the ranks with ``torch.distributed.fsdp.fully_shard`` (spec 3.2 rule 3).
   shard-local buffer like the task buffers.
 * The synthesised shard becomes ``p.grad`` again (a DTensor) and the optimizer steps the shards.
 * Checkpoints: model and optimizer through ``torch.distributed.checkpoint`` (every rank writes its
-  own shard files), per-rank synthesis state and RNG, and at the end a consolidated
-  ``model.safetensors`` (full state dict gathered to rank 0).
+  own shard files), per-rank synthesis state and RNG (CUDA's too), and at every checkpoint a
+  consolidated ``model.safetensors`` (full state dict gathered to rank 0): any checkpoint can
+  become an exported point (``eval.every``, an MO-ASHA stop), and at our sizes the gather is cheap.
+  They are as safe as single-process ones (:mod:`raysweep.distributed.checkpoint`): written under a
+  temporary name and renamed into place once every rank is done, ``meta.json`` with the sha256 of
+  every file (DCP shards, every rank's state, the weights), verified on load on every rank, and a
+  damaged one falls back to the previous good one on all ranks together.
 
 The reference model (NPO, KL, RMU) is sharded the same way. Every rank must run the same forwards
 in the same order (each one all-gathers), so evaluation is not split across ranks under FSDP.
@@ -19,12 +24,11 @@ in the same order (each one all-gathers), so evaluation is not split across rank
 
 from __future__ import annotations
 
-import json
-import random
+import shutil
+import uuid
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -99,67 +103,111 @@ def _rank_state_files(rank: int) -> tuple[str, str]:
     return f"train_state_rank{rank}.safetensors", f"train_state_rank{rank}.json"
 
 
-def save_sharded(directory: Path, model: torch.nn.Module, engine, rank: int, export_full: bool) -> Path:
-    """Every rank calls this with its own (or a shared) directory; see the module docstring."""
+def _agree(failure: Optional[BaseException], directory: Path, what: str) -> None:
+    """Collective: every rank raises when any rank failed, so no rank goes on alone into a
+    collective the others never join, and all ranks settle on the same checkpoint."""
+    from raysweep.distributed.checkpoint import CheckpointError, one_line
+
+    reasons = [None] * dist.get_world_size()
+    dist.all_gather_object(reasons, None if failure is None else
+                           str(failure) if isinstance(failure, CheckpointError) else one_line(failure))
+    if failure is not None:
+        raise failure
+    failed = [(r, reason) for r, reason in enumerate(reasons) if reason is not None]
+    if failed:
+        rank, reason = failed[0]
+        raise CheckpointError(f"checkpoint '{directory}': {what} failed on rank {rank} ({reason})")
+
+
+def save_sharded(directory: Path, model: torch.nn.Module, engine) -> Path:
+    """Collective. Every rank writes into one temporary folder (its DCP shard files and its own
+    train state; rank 0 also the consolidated weights); after a barrier, rank 0 writes meta.json
+    with the sha256 of every file and renames the folder into place; a barrier after. Under Ray
+    Train each rank has its own folder (Ray merges them): each rank renames its own, and rank 0's
+    meta.json holds the checksums gathered from all of them."""
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from raysweep.distributed.checkpoint import META, WEIGHTS, _sha256, _untie, encode_state
+    from raysweep.distributed.checkpoint import (FORMAT, WEIGHTS, _untie, hash_files, install, rng_state,
+                                                 temp_folder, write_error, write_meta, write_state)
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model_sd, optim_sd = get_state_dict(model, engine.optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(directory / SHARDED_DIR))
-    tensors: dict[str, torch.Tensor] = {}
-    structure = encode_state({
-        "step": engine.step_count,
-        "synthesis": engine.synthesis.state_dict(),  # shard-local (GRU's EMA)
-        "loss_scale": engine.loss_scale,
-        "world_size": dist.get_world_size(),
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
-    }, tensors)
-    tensor_file, json_file = _rank_state_files(rank)
-    save_file(tensors, str(directory / tensor_file))
-    (directory / json_file).write_text(json.dumps(structure))
-    if export_full:
-        full = full_state_dict(model)
-        if rank == 0:
-            save_file(_untie({k: v.contiguous() for k, v in full.items()}), str(directory / WEIGHTS))
-    if rank == 0:
-        sums = {WEIGHTS: _sha256(directory / WEIGHTS)} if export_full else {}
-        (directory / META).write_text(json.dumps({"step": engine.step_count, "strategy": "fsdp", "sha256": sums}))
-    dist.barrier()
+    directory, rank = Path(directory), dist.get_rank()
+    token = [uuid.uuid4().hex if rank == 0 else None]  # one temporary name for ranks sharing a folder
+    dist.broadcast_object_list(token, src=0)
+    tmp = temp_folder(directory, token[0])
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        model_sd, optim_sd = get_state_dict(model, engine.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / SHARDED_DIR))
+        full = full_state_dict(model)  # every checkpoint can become the trial's exported point
+        failure = None
+        try:  # rank-local writes: a failure is agreed on below, never left to hang the others
+            write_state(tmp, {"step": engine.step_count, "synthesis": engine.synthesis.state_dict(),
+                              "loss_scale": engine.loss_scale, "world_size": dist.get_world_size(),
+                              "rng": rng_state()}, *_rank_state_files(rank))
+            if rank == 0:
+                save_file(_untie({k: v.contiguous() for k, v in full.items()}), str(tmp / WEIGHTS))
+        except Exception as err:  # noqa: BLE001 - shared with the other ranks, then raised
+            failure = err
+        _agree(failure, directory, "writing")
+        # A folder shared with rank 0 is rank 0's to seal and rename; a folder of its own (Ray
+        # Train) each rank renames itself.
+        owner = rank == 0 or not (tmp / _rank_state_files(0)[1]).exists()
+        sums = [None] * dist.get_world_size()
+        dist.all_gather_object(sums, hash_files(tmp) if owner else {})
+        failure = None
+        try:
+            if rank == 0:
+                write_meta(tmp, {"step": engine.step_count, "format": FORMAT, "strategy": "fsdp",
+                                 "world_size": dist.get_world_size(),
+                                 "sha256": {k: v for rank_sums in sums for k, v in rank_sums.items()}})
+            if owner:
+                install(tmp, directory)
+        except Exception as err:  # noqa: BLE001
+            failure = err
+        _agree(failure, directory, "renaming")  # also the barrier: no rank reports a folder before all are in place
+    except BaseException as err:  # whatever stopped the write, no temporary folder is left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(directory, err) from err
+        raise
     return directory
 
 
-def load_sharded(directory: Path, model: torch.nn.Module, engine, rank: int) -> int:
+def load_sharded(directory: Path, model: torch.nn.Module, engine) -> int:
+    """Collective. Verified against meta.json on every rank and loaded; any rank's refusal is a
+    CheckpointError on all of them (see :func:`_agree`), so ``load_first_good`` moves every rank
+    on to the same previous checkpoint."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from safetensors.torch import load_file
+    from raysweep.distributed.checkpoint import (WEIGHTS, CheckpointError, checkpoint_errors, read_state,
+                                                 restore_rng, verify_checkpoint)
 
-    from raysweep.distributed.checkpoint import decode_state
-
-    directory = Path(directory)
-    tensor_file, json_file = _rank_state_files(rank)
-    own = decode_state(json.loads((directory / json_file).read_text()), load_file(str(directory / tensor_file)))
-    if own["world_size"] != dist.get_world_size():
-        raise ValueError(f"resume: the checkpoint was sharded over {own['world_size']} ranks, "
-                         f"not {dist.get_world_size()} (train.workers must match)")
-    model_sd, optim_sd = get_state_dict(model, engine.optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
-    set_state_dict(model, engine.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    directory, rank, world = Path(directory), dist.get_rank(), dist.get_world_size()
+    own, failure = None, None
+    try:
+        meta = verify_checkpoint(directory, required={WEIGHTS, f"{SHARDED_DIR}/.metadata", *_rank_state_files(rank)})
+        if meta.get("world_size") != world:
+            raise ValueError(f"resume: the checkpoint was sharded over {meta.get('world_size')} ranks, "
+                             f"not {world} (train.workers must match)")
+        own = read_state(directory, *_rank_state_files(rank))
+    except (CheckpointError, ValueError) as err:  # ValueError: a setting to change; no fallback helps
+        failure = err
+    _agree(failure, directory, "verifying")
+    failure = None
+    try:
+        with checkpoint_errors(directory, f"does not fit this trial (rank {rank})"):
+            model_sd, optim_sd = get_state_dict(model, engine.optimizer)
+            state = {"model": model_sd, "optim": optim_sd}
+            dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+            set_state_dict(model, engine.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+            engine.synthesis.load_state_dict(own["synthesis"])
+    except CheckpointError as err:
+        failure = err
+    _agree(failure, directory, "loading")
     engine.step_count = int(own["step"])
-    engine.synthesis.load_state_dict(own["synthesis"])
     engine.loss_scale = float(own["loss_scale"])
-    rng = own["rng"]
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    restore_rng(own["rng"])
     return engine.step_count
-
-
-def is_sharded_checkpoint(directory: Optional[str]) -> bool:
-    return directory is not None and (Path(directory) / SHARDED_DIR).is_dir()

@@ -5,6 +5,7 @@ runs, minus the cluster machinery. ``fn(rank, world, *args)`` must be importable
 
 import os
 import pickle
+import queue as queue_module
 import socket
 import traceback
 
@@ -43,10 +44,15 @@ def run_ranks(fn, world, *args, timeout=600, threads=1):
         p.start()
     results = {}
     for _ in range(world):
-        rank, status, value = queue.get(timeout=timeout)
-        if status == "error":
+        try:
+            rank, status, value = queue.get(timeout=timeout)
+        except queue_module.Empty:  # a rank hangs (a collective the others never join): end them all
+            status, value = "timeout", None
+        if status != "ok":
             for p in procs:
                 p.kill()
+            if status == "timeout":
+                raise TimeoutError(f"ranks {sorted(set(range(world)) - set(results))} did not finish in {timeout} s")
             raise RuntimeError(f"rank {rank} failed:\n{value}")
         results[rank] = pickle.loads(value)
     for p in procs:

@@ -22,10 +22,10 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from raysweep.distributed.checkpoint import load_first_good, save_checkpoint
+from raysweep.distributed.checkpoint import load_checkpoint, load_first_good, save_checkpoint
 from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
 from raysweep.engine.trial import build_trial, micro_batches
-from raysweep.evaluation.batching import LOCAL, torch_distributed_shard
+from raysweep.evaluation.batching import LOCAL, Shard, torch_distributed_shard
 from raysweep.reporting import ReportingOptions, TrialReporter, as_reporter
 from raysweep.spec import JobSpec
 
@@ -81,10 +81,14 @@ def stop_reason(metrics: dict, max_retain_loss: Optional[float]) -> Optional[str
     return None
 
 
+def _evaluation_shard(job: JobSpec) -> Shard:
+    """How the ranks split an evaluation's rows. FSDP: every forward all-gathers, so all ranks
+    must run the same forwards in the same order: no split."""
+    return LOCAL if job.train.strategy == "fsdp" else torch_distributed_shard()
+
+
 def _evaluate(parts, prefix: str) -> dict:
-    # FSDP: every forward all-gathers, so all ranks must run the same forwards: no row split.
-    shard = LOCAL if parts.job.train.strategy == "fsdp" else torch_distributed_shard()
-    metrics = parts.evaluator(parts.model, progress=False, shard=shard)
+    metrics = parts.evaluator(parts.model, progress=False, shard=_evaluation_shard(parts.job))
     return {f"{prefix}/{k}": v for k, v in metrics.items()}
 
 
@@ -94,7 +98,7 @@ def _evaluate_during(parts, final: Optional[dict] = None) -> dict:
     if final is not None and parts.during_evaluator.benchmarks == parts.evaluator.benchmarks \
             and parts.during_evaluator.job.eval.max_questions == parts.job.eval.max_questions:
         return {f"eval/{k[len('final/'):]}": v for k, v in final.items() if k.startswith("final/")}
-    metrics = parts.during_evaluator(parts.model, progress=False, shard=torch_distributed_shard())
+    metrics = parts.during_evaluator(parts.model, progress=False, shard=_evaluation_shard(parts.job))
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
@@ -164,11 +168,10 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
     if options.resume_from:
         t0 = time.time()
         log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if rank == 0 else None
-        if fsdp:  # sharded state (torch.distributed.checkpoint), verified by its own loader
-            start = fsdp_mod.load_sharded(Path(options.resume_from), engine.model, engine, rank)
-            used = options.resume_from
-        else:
-            start, used = load_first_good([options.resume_from, *options.resume_fallbacks], engine.model, engine, log)
+        # FSDP's loader is collective: every rank tries the same candidates and agrees on each
+        load = fsdp_mod.load_sharded if fsdp else load_checkpoint
+        start, used = load_first_good([options.resume_from, *options.resume_fallbacks], engine.model, engine, log,
+                                      load=load)
         timings["resume"] = time.time() - t0
         if rank == 0:
             print(f"  resumed from step {start} ({used})" if used else
@@ -188,7 +191,7 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
             if not options.save_checkpoints or checkpoint_root is None:
                 return None
             directory = Path(checkpoint_root) / f"step_{step:06d}"
-            return str(fsdp_mod.save_sharded(directory, engine.model, engine, rank, export_full=step == steps))
+            return str(fsdp_mod.save_sharded(directory, engine.model, engine))
         if rank != 0 or not options.save_checkpoints or checkpoint_root is None:
             return None
         directory = save_checkpoint(Path(checkpoint_root) / f"step_{step:06d}", engine.model, engine)

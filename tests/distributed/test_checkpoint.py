@@ -196,3 +196,125 @@ def test_no_code_path_unpickles_from_storage():
         if re.search(r"pickle\.loads?\(", text) and path.name != "local.py":
             offenders.append(f"{path.name}: pickle.load")
     assert not offenders, offenders
+
+
+# ---- issue 21, defect 8: the swap, the temp folder and strict loading ---------------------------
+def test_the_temp_folder_is_fsynced_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """A rename is durable only once the renamed folder's own entries are on disk."""
+    model, engine = _trained()
+    events = []
+    real_fsync, real_replace = ck._fsync, os.replace
+    monkeypatch.setattr(ck, "_fsync", lambda p: (events.append(("fsync", Path(p))), real_fsync(p))[1])
+    monkeypatch.setattr(ck.os, "replace", lambda a, b: (events.append(("replace", Path(a))), real_replace(a, b))[1])
+    save_checkpoint(tmp_path / "c", model, engine)
+    renamed = [path for kind, path in events if kind == "replace"][-1]
+    assert ("fsync", renamed) in events[:events.index(("replace", renamed))], events
+
+
+def test_a_crash_between_the_two_renames_leaves_a_checkpoint_the_fallback_finds(tmp_path, monkeypatch):
+    """Overwriting moves the old folder aside, then renames the new one in: a process killed
+    in between leaves only the moved-aside folder, which must still be found."""
+    model, engine = _trained()
+    save_checkpoint(tmp_path / "checkpoint_000003", model, engine)
+    real_replace = os.replace
+
+    def killed_after_first_rename(a, b):
+        real_replace(a, b)
+        raise KeyboardInterrupt  # the process dies here: nothing after this runs
+
+    monkeypatch.setattr(ck.os, "replace", killed_after_first_rename)
+    engine.step()
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "checkpoint_000003", model, engine)
+    monkeypatch.undo()
+    latest = tmp_path / "checkpoint_000003"
+    fresh_model, fresh = _trained(steps=0, seed=1)
+    step, used = load_first_good([latest, *ck.previous_checkpoints(latest)], fresh_model, fresh)
+    assert step == 3 and used is not None and used.name.startswith(".checkpoint_000003.old-")
+
+
+def test_a_failure_that_is_not_an_os_error_leaves_no_temporary_folder(tmp_path):
+    model, engine = _trained()
+    engine.synthesis.ema = {"not", "allowed"}  # a set: the state encoder refuses it (TypeError)
+    with pytest.raises(TypeError, match="a set is not allowed"):
+        save_checkpoint(tmp_path / "c", model, engine)
+    assert os.listdir(tmp_path) == []
+
+
+def _other_shapes(extra_layer=False, width=16):
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(8, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)]
+    if extra_layer:
+        layers += [torch.nn.Tanh(), torch.nn.Linear(1, 1)]
+    model = torch.nn.Sequential(*layers)
+    return model, _Engine(model)
+
+
+@pytest.mark.parametrize("mismatch", ["missing keys", "other shapes", "other optimizer"])
+def test_a_checkpoint_that_does_not_fit_is_a_checkpoint_error_and_the_previous_one_is_used(tmp_path, mismatch):
+    """Weights are loaded strictly, and every load error (weights, optimizer) is a CheckpointError,
+    so the fallback moves on to the previous checkpoint instead of crashing or loading half."""
+    model, engine = _trained()
+    save_checkpoint(tmp_path / "checkpoint_000001", model, engine)
+    if mismatch == "missing keys":
+        other, other_engine = _other_shapes(extra_layer=True)
+    elif mismatch == "other shapes":
+        other, other_engine = _other_shapes(width=4)
+    else:  # same weights, an optimizer with two parameter groups
+        other, other_engine = _other_shapes()
+        other_engine.optimizer = torch.optim.AdamW([{"params": other[0].parameters()},
+                                                    {"params": other[2].parameters()}], lr=1e-2)
+    for _ in range(2):
+        other_engine.step()
+    save_checkpoint(tmp_path / "checkpoint_000002", other, other_engine)
+    fresh_model, fresh = _trained(steps=0, seed=1)
+    with pytest.raises(CheckpointError, match="checkpoint_000002") as err:
+        load_checkpoint(tmp_path / "checkpoint_000002", fresh_model, fresh)
+    assert "\n" not in str(err.value)
+    latest = tmp_path / "checkpoint_000002"
+    assert load_first_good([latest, *ck.previous_checkpoints(latest)], fresh_model, fresh) == \
+        (3, tmp_path / "checkpoint_000001")
+    for a, b in zip(fresh_model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def _tiny_llama(tied: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=32, vocab_size=64, tie_word_embeddings=tied))
+
+
+class _LMEngine(_Engine):
+    def step(self):
+        loss = self.model(input_ids=torch.randint(0, 64, (2, 5)), labels=torch.randint(0, 64, (2, 5))).loss
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.synthesis.ema = [p.detach().clone() for p in self.model.parameters() if p.requires_grad]
+        self.step_count += 1
+
+
+@pytest.mark.parametrize("kind", ["tied", "untied", "lora"])
+def test_strict_load_accepts_tied_embeddings_and_adapter_only_lora_checkpoints(tmp_path, kind):
+    """The strict load still takes what our own checkpoints hold: both names of tied embeddings
+    (stored as copies), and a LoRA checkpoint's adapters alone (the base never changes)."""
+    def build():
+        model = _tiny_llama(tied=kind == "tied")
+        if kind == "lora":
+            from raysweep.models.lora import apply_lora
+            from raysweep.spec import LoraSpec
+
+            model = apply_lora(model, LoraSpec(r=2, target_modules=["q_proj", "v_proj"]))
+        return model, _LMEngine(model)
+
+    model, engine = build()
+    engine.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    engine.step()
+    save_checkpoint(tmp_path / "c", model, engine)
+    fresh_model, fresh = build()
+    fresh.optimizer = torch.optim.AdamW([p for p in fresh_model.parameters() if p.requires_grad], lr=1e-2)
+    assert load_checkpoint(tmp_path / "c", fresh_model, fresh) == 1
+    for (name, a), b in zip(fresh_model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name

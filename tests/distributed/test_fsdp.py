@@ -3,11 +3,16 @@ the same parameters as 1 process x batch 2b after 5 steps, for every synthesis m
 AdamW, within the DDP test's tolerance (2e-6 absolute; the float32 reordering of the reductions).
 Every tensor is split across the two ranks, so PCGrad-R's module scope reduces per-tensor partial
 dots of split tensors. A run stopped at step 3 and resumed from its sharded checkpoint equals the
-uninterrupted run."""
+uninterrupted run. Checkpoints are atomic, checksummed and verified like single-process ones (a
+damaged one falls back on every rank), every checkpoint holds the consolidated weights, and
+evaluation along the run (eval.every) runs the same forwards on every rank."""
+
+import json
 
 import pytest
 import torch
 
+from raysweep.distributed.checkpoint import CheckpointError, load_weights, verify_checkpoint
 from raysweep.distributed.local import run_ranks
 from raysweep.synthesis import SYNTHESIS
 
@@ -86,9 +91,14 @@ def test_fsdp_resume_from_a_sharded_checkpoint_equals_uninterrupted(job_path, tm
             ("bf16", {**ov, "train.precision": "bf16"}, {"evaluate": False})]
     out = run_ranks(workers.unlearn_many, 2, str(job_path), runs, str(root))[0]
     assert [c for _, c in out["cut"] if c][-1] == str(cut)
-    assert sorted(p.name for p in cut.iterdir()) == ["meta.json", "sharded", "train_state_rank0.json",
+    assert sorted(p.name for p in cut.iterdir()) == ["meta.json", "model.safetensors", "sharded",
+                                                     "train_state_rank0.json",
                                                      "train_state_rank0.safetensors", "train_state_rank1.json",
                                                      "train_state_rank1.safetensors"]  # no pickle
+    # a mid-run checkpoint: every file checksummed, the consolidated weights loadable (export)
+    files = {str(p.relative_to(cut)) for p in cut.rglob("*") if p.is_file()} - {"meta.json"}
+    assert set(json.loads((cut / "meta.json").read_text())["sha256"]) == files
+    assert set(load_weights(cut)) == set(final_weights(out["whole"]))
     assert out["resumed"][0][0]["start_step"] == 3.0 and len(out["resumed"]) == 2
     w_whole, w_resumed = final_weights(out["whole"]), final_weights(out["resumed"])
     assert max(float((w_whole[k] - w_resumed[k]).abs().max()) for k in w_whole) == 0.0
@@ -117,3 +127,48 @@ def test_fsdp_final_evaluation_equals_one_process(job_path, tmp_path):
         got = rank["x"][-1][0]
         for k in keys:
             assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.slow  # a 2-rank spawn with three runs (~40 s here); the default suite checks the layout above
+def test_fsdp_checkpoints_are_checksummed_and_a_damaged_one_falls_back_on_every_rank(job_path, tmp_path):
+    """Each FSDP checkpoint is renamed into place whole (no temporary folder left), its meta.json
+    holds the sha256 of every file (DCP shards, every rank's state, the consolidated weights), a
+    damaged DCP shard is a CheckpointError, and a run resumed from it starts at the previous good
+    checkpoint on both ranks and ends where the uninterrupted run ends."""
+    ov = overrides("gru", "adamw", "fsdp")
+    out = run_ranks(workers.fsdp_resume_past_a_damaged_checkpoint, 2, str(job_path), ov, str(tmp_path), timeout=300)
+    for rank_rows in out:
+        assert rank_rows["resumed"][0][0]["start_step"] == 2.0 and len(rank_rows["resumed"]) == 3
+    cut = tmp_path / "cut"
+    assert sorted(p.name for p in cut.iterdir()) == ["step_000001", "step_000002", "step_000003"]
+    good = cut / "step_000002"
+    files = {str(p.relative_to(good)) for p in good.rglob("*") if p.is_file()} - {"meta.json"}
+    assert {"model.safetensors", "sharded/.metadata", "train_state_rank1.json"} <= files
+    assert set(json.loads((good / "meta.json").read_text())["sha256"]) == files
+    with pytest.raises(CheckpointError, match=r"step_000003': sharded/.*does not match its sha256"):
+        verify_checkpoint(cut / "step_000003")
+    w_whole, w_resumed = final_weights(out[0]["whole"]), final_weights(out[0]["resumed"])
+    assert max(float((w_whole[k] - w_resumed[k]).abs().max()) for k in w_whole) == 0.0
+
+
+@pytest.mark.slow  # a 2-rank spawn with evaluations (~30 s here)
+def test_fsdp_evaluates_along_the_run_and_each_evaluated_point_loads_with_its_metrics(job_path, tmp_path):
+    """eval.every under FSDP: every rank runs the same forwards (no row split: each forward
+    all-gathers), so the run ends instead of hanging, both ranks log the same eval/* metrics, and
+    the step-2 checkpoint (a mid-run point) holds consolidated weights that load_weights verifies;
+    evaluating them in one process gives the metrics logged at step 2."""
+    from raysweep.engine.trial import build_trial
+    from raysweep.spec import load_job
+
+    ov = {**overrides("graddiff", "sgd", "fsdp"), "unlearn.steps": 4, "eval.every": 2}
+    out = run_ranks(workers.unlearn_many, 2, str(job_path), [("x", ov, {"evaluate": False})], str(tmp_path),
+                    timeout=300)
+    logged, checkpoint = out[0]["x"][1]
+    keys = [k for k in logged if k.startswith("eval/") and k != "eval/step"]
+    assert checkpoint and "eval/forget_truth_ratio" in keys
+    assert {k: out[1]["x"][1][0][k] for k in keys} == {k: logged[k] for k in keys}
+    parts = build_trial(load_job(job_path, {**ov, "train.strategy": "ddp"}))
+    parts.model.load_state_dict(load_weights(checkpoint))
+    got = parts.during_evaluator(parts.model, progress=False)
+    for k in keys:
+        assert got[k[len("eval/"):]] == pytest.approx(logged[k], rel=1e-5, abs=1e-5), k

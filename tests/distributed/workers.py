@@ -1,5 +1,7 @@
 """Functions that run inside spawned ranks (importable by the spawn start method)."""
 
+from pathlib import Path
+
 import torch
 
 from raysweep.distributed.worker import WorkerOptions, run_worker
@@ -75,3 +77,27 @@ def fsdp_shard_sizes(rank, world, job_path):
 def fsdp_shards_then_unlearn(rank, world, job_path, runs, root):
     """Both in one process: the shard sizes, then the trials (one spawn instead of two)."""
     return fsdp_shard_sizes(rank, world, job_path), unlearn_many(rank, world, job_path, runs, root)
+
+
+def flip_a_byte(path):
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2] ^= 1
+    Path(path).write_bytes(bytes(data))
+
+
+def fsdp_resume_past_a_damaged_checkpoint(rank, world, job_path, overrides, root):
+    """An uninterrupted run; a run stopped at step 3 with a checkpoint every step; rank 0 damages
+    one DCP shard file of the step-3 checkpoint; a run resumed from step 3 with steps 2 and 1 as
+    its fallbacks. Returns each run's rows."""
+    import torch.distributed as dist
+
+    cut = Path(root) / "cut"
+    runs = [("whole", {"evaluate": False}), ("cut", {"evaluate": False, "stop_at_step": 3, "checkpoint_every": 1})]
+    out = unlearn_many(rank, world, job_path, [(tag, overrides, opts) for tag, opts in runs], root)
+    if rank == 0:
+        flip_a_byte(sorted((cut / "step_000003" / "sharded").glob("*.distcp"))[-1])
+    dist.barrier()
+    resumed = {"evaluate": False, "resume_from": str(cut / "step_000003"),
+               "resume_fallbacks": [str(cut / "step_000002"), str(cut / "step_000001")]}
+    out.update(unlearn_many(rank, world, job_path, [("resumed", overrides, resumed)], root))
+    return out
