@@ -71,16 +71,28 @@ def check_equivalence(job_path, tmp_path, cases):
                     assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=tol), (tag, key)
 
 
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="pcgrad_r")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="sago")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="ngdiff")
 def test_fsdp_equals_one_process_with_the_double_batch(job_path, tmp_path):
     check_equivalence(job_path, tmp_path, FAST)
 
 
 @pytest.mark.slow
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="graddiff")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="sago")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="sago_prefer_retain")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="pcgrad_r")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="ngdiff")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="gru")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", export="none", method="mgda")
 def test_fsdp_equals_one_process_for_every_method_and_optimizer(job_path, tmp_path):
     assert {m for m, _, _ in ALL} == set(SYNTHESIS.names())
     check_equivalence(job_path, tmp_path, ALL)
 
 
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="off", method="gru")
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="bf16", eval_every="off", export="none", method="gru")
 def test_fsdp_resume_from_a_sharded_checkpoint_equals_uninterrupted(job_path, tmp_path):
     ov = overrides("gru", "adamw", "fsdp", "npo")  # shard-local EMA, sharded moments, sharded reference
     root = tmp_path / "resume"
@@ -152,6 +164,7 @@ def test_fsdp_checkpoints_are_checksummed_and_a_damaged_one_falls_back_on_every_
 
 
 @pytest.mark.slow  # a 2-rank spawn with evaluations (~30 s here)
+@pytest.mark.matrix(strategy="fsdp", lora="off", gradient_checkpointing="off", event="uninterrupted", precision="fp32", eval_every="on")
 def test_fsdp_evaluates_along_the_run_and_each_evaluated_point_loads_with_its_metrics(job_path, tmp_path):
     """eval.every under FSDP: every rank runs the same forwards (no row split: each forward
     all-gathers), so the run ends instead of hanging, both ranks log the same eval/* metrics, and

@@ -1,0 +1,152 @@
+"""The kinds of run, in full (issue 21, docs/matrix.md "Kinds of run"): for each strategy, a sweep
+in which the first trial's worker is killed mid-trial and recovers from its checkpoint, then the
+driver is killed while that trial closes and the sweep is resumed; a final and a mid-run point of
+the trial that lived through both faults and of one that ran uninterrupted are exported, load with
+``from_pretrained`` and reproduce their recorded metrics. Real local Ray (Ray Train with 2 gloo
+ranks for ddp and fsdp), Optuna, sqlite MLflow.
+
+The kill moments are held, not raced: the worker dies at a fixed step (RAYSWEEP_FAULT_KILL_AT_STEP),
+and the trial then waits between logging its results and closing its run
+(RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S) while the test kills the driver."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import yaml
+
+from ..conftest import tiny_job
+from ..sweep.test_trajectory import OBJECTIVES
+from .test_sweep_resilience import child_runs
+
+pytestmark = pytest.mark.slow
+BASE = dict(precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="fifo",
+            method="graddiff")
+STRATEGY = {"inline": {"workers": 1}, "ddp": {"workers": 2, "strategy": "ddp", "cpus_per_worker": 0.5},
+            "fsdp": {"workers": 2, "strategy": "fsdp", "cpus_per_worker": 0.5}}
+
+
+def _job(tmp_path, tofu_dir, cache, strategy):
+    job = yaml.safe_load(tiny_job(tmp_path, tofu_dir, cache, steps=4, batch_size=4, lr=1e-2).read_text())
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"method": {"graddiff": {"alpha": {"uniform": [0.5, 1.5]}}}}))
+    job["train"] = {**STRATEGY[strategy], "max_failures": 1, "checkpoint_every": 1}
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 4, "max_new_tokens": 4, "every": 2}
+    job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random", "num_trials": 3,
+                    "max_concurrent": 1, "seed": 0, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "storage_path": str(tmp_path / "runs")}
+    path = tmp_path / f"{strategy}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path, job["sweep"]["tracking_uri"]
+
+
+def _launch_kill_resume(tmp_path, path, uri, name):
+    """Launch with both faults armed; SIGKILL the driver while the first trial is held before it
+    closes; resume with no fault armed. Returns the worker-kill marker."""
+    marker = tmp_path / "worker_killed"
+    env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_KILL_AT_STEP": "3",
+           "RAYSWEEP_FAULT_KILL_MARKER": str(marker), "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600"}
+    log = open(tmp_path / "launch.log", "w")
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
+                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    started: set[int] = set()
+
+    def held(runs):  # results logged, run not closed: the trial waits in the pause hook
+        return any(r.info.status == "RUNNING" and any(k.startswith("objective/") for k in r.data.metrics)
+                   for r in runs)
+
+    try:
+        deadline = time.time() + 900
+        while not held(child_runs(uri)):
+            if driver.poll() is not None or time.time() > deadline:
+                pytest.fail("the first trial never reached its close: " + (tmp_path / "launch.log").read_text()[-3000:])
+            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+            time.sleep(1)
+        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        for pid in started:  # the killed driver's Ray, by PID, before the resume starts its own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        env = {k: v for k, v in env.items() if not k.startswith("RAYSWEEP_FAULT_")}
+        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", name, "--tracking-uri", uri],
+                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+        assert resumed.returncode == 0, resumed.stderr[-4000:]
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return marker
+
+
+def _export_and_evaluate(tmp_path, path, uri, name, point, label):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / label
+    at = point["trial_id"] if point["final"] else f"{point['trial_id']}@{point['step']}"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    ex = subprocess.run([sys.executable, "-m", "raysweep.cli", "export", name, at, str(out), "--tracking-uri", uri],
+                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    AutoModelForCausalLM.from_pretrained(out)
+    ev = subprocess.run([sys.executable, "-m", "raysweep.cli", "eval", str(out), "--job", str(path), "--benchmark",
+                         "qa", "--out", str(tmp_path / f"{label}.json")], capture_output=True, text=True, env=env,
+                        cwd=tmp_path, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    again = json.loads((tmp_path / f"{label}.json").read_text())
+    again = again.get("metrics", again)
+    for k, v in point["objectives"].items():
+        assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (label, k)
+
+
+def _cells(strategy):
+    return [pytest.mark.matrix(strategy=strategy, **BASE, event=e, export=x)
+            for e in ("uninterrupted", "worker_killed", "driver_killed_resume") for x in ("none", "final", "mid_run")]
+
+
+@pytest.mark.parametrize("strategy", [pytest.param(s, marks=_cells(s)) for s in STRATEGY])
+def test_worker_and_driver_killed_then_every_kind_of_point_exports(tmp_path, tofu_dir, shared_cache, strategy):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    path, uri = _job(tmp_path, tofu_dir, shared_cache, strategy)
+    prepare(load_job(path))
+    name = f"kinds-{strategy}"
+    marker = _launch_kill_resume(tmp_path, path, uri, name)
+    assert marker.exists(), "the first trial's worker must really have died"
+    runs = child_runs(uri)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    c = tracking.client(uri)
+    by_trial = {r.data.tags[tracking.TRIAL_TAG]: r for r in runs}
+    restarted = [t for t, r in by_trial.items()
+                 if max((m.value for m in c.get_metric_history(r.info.run_id, "train/start_step")), default=0) > 0]
+    assert restarted, "the killed worker's trial went on from a checkpoint, not from scratch"
+    report = pareto_report(c, uri, name)
+    points = {(r["trial_id"], r["step"]): r for r in report["trials"]}
+    faulted = restarted[0]  # killed worker, then in flight when the driver died
+    calm = next(t for t in by_trial if t != faulted)
+    for trial, label in ((faulted, "faulted"), (calm, "calm")):
+        _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 4)], f"{label}_final")
+        _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 2)], f"{label}_mid")
+
+
+@pytest.mark.matrix(strategy="single", precision="fp32", lora="off", gradient_checkpointing="off",
+                    eval_every="on", method="graddiff", event="uninterrupted", export="none")
+def test_single_process_run_with_evaluations_along_the_run(tmp_path, tofu_dir, shared_cache):
+    path, _ = _job(tmp_path, tofu_dir, shared_cache, "inline")
+    res = subprocess.run([sys.executable, "-m", "raysweep.cli", "run", str(path), "--out", str(tmp_path / "r.json")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["history"]) == 4 and "forget_answer_loss" in result["after"]
