@@ -41,6 +41,7 @@ def _na(a: tuple[str, str], b: tuple[str, str], why: str) -> None:
 
 
 _na(("strategy", "single"), ("scheduler", "mo_asha"), "raysweep run is one trial: there is no scheduler")
+_na(("strategy", "single"), ("scheduler", "fifo"), "raysweep run is one trial: there is no scheduler")
 _na(("strategy", "single"), ("event", "driver_killed_resume"), "raysweep run has no sweep driver to resume")
 _na(("strategy", "single"), ("export", "final"), "raysweep export reads a sweep; raysweep run writes no sweep")
 _na(("strategy", "single"), ("export", "mid_run"), "raysweep export reads a sweep; raysweep run writes no sweep")

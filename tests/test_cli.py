@@ -44,6 +44,7 @@ def test_prepare_caches_and_says_so(tmp_path, tofu_dir):
 @pytest.mark.parametrize("method,forget,retain", [
     ("sago", "npo", "nll"), ("pcgrad_r", "simnpo", "kl"), ("ngdiff", "ga", "nll"),
     ("gru", "wga", "nll"), ("mgda", "uce", "nll"), ("graddiff", "idk", "nll"), ("graddiff", "tnpo", "nll"),
+    ("sago_prefer_retain", "ga", "nll"),
 ])
 @pytest.mark.matrix(strategy="single", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_run_prints_before_after_table(tmp_path, tofu_dir, shared_cache, capsys, method, forget, retain):

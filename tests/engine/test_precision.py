@@ -131,6 +131,7 @@ def saved_activation_bytes(model, fb):
     return total[0]
 
 
+@pytest.mark.matrix(strategy="single", method="sago", precision="fp32", lora="off", gradient_checkpointing="on", eval_every="off", event="uninterrupted", export="none")
 def test_gradient_checkpointing_gives_the_same_task_gradients():
     """Two backward passes per step through checkpointed layers: far fewer activations are kept
     (so the layers are recomputed in each backward) and both task gradients are unchanged."""

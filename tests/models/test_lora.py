@@ -35,6 +35,7 @@ def test_host_names_map_adapters_to_their_base_weight():
 
 
 @pytest.mark.parametrize("method", ["sago", "gru"])
+@pytest.mark.matrix(strategy="single", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
 def test_only_adapters_train_and_are_synthesised(method):
     from raysweep.synthesis import build_synthesis
 

@@ -155,3 +155,24 @@ def test_pareto_errors_are_one_line(finished_sweep, tmp_path):
     assert dead.returncode != 0 and len(lines) == 1
     assert lines[0].startswith("raysweep: error: --tracking-uri: 'http://127.0.0.1:9' is not allowed "
                                "(no MLflow server answered within")
+
+
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off",
+                    eval_every="off", scheduler="fifo", event="uninterrupted", export="final")
+def test_a_front_trial_exports_from_its_mlflow_artifact_checkpoint(finished_sweep, tmp_path, capsys):
+    """Without eval.every the trial's one point is its last; its checkpoint lives in MLflow
+    (sweep.checkpoint: artifact). The export loads and scores what the sweep recorded."""
+    from transformers import AutoModelForCausalLM
+
+    from raysweep.cli import main
+
+    tmp, job, report = finished_sweep
+    point = report["front"][0]
+    out = tmp_path / "front_model"
+    assert main(["export", "constrained", point["trial_id"], str(out), "--tracking-uri", job.sweep.tracking_uri]) == 0
+    AutoModelForCausalLM.from_pretrained(out)
+    assert main(["eval", str(out), "--job", str(job.source), "--benchmark", "qa", "--out", str(tmp_path / "e.json")]) == 0
+    again = json.loads((tmp_path / "e.json").read_text())
+    again = again.get("metrics", again)
+    for k, v in point["objectives"].items():
+        assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
