@@ -10,7 +10,7 @@ import numpy as np
 
 from raysweep.sweep import tracking
 from raysweep.sweep.tracking import checkpoint_tag
-from raysweep.sweep.pareto import hypervolume, non_dominated
+from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 
 
 def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
@@ -164,8 +164,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         ref = json.loads(ref_tag)
         ref_point, ref_note = [ref[k] for k in names], "stated in the job"
     else:  # the nadir of every finished trial: worst value per objective
-        all_pts = np.array([[r["objectives"][k] for k in names] for r in rows])
-        ref_point = [float(all_pts[:, i].min() if d == "max" else all_pts[:, i].max()) for i, d in enumerate(directions)]
+        ref_point = nadir([[r["objectives"][k] for k in names] for r in rows], directions)
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     trial_fronts = per_trial_fronts(rows, objectives)
