@@ -94,3 +94,30 @@ def test_autolr_applies_the_horizon_scale_in_the_gen_update(horizon):
     s_t = {"constant": 1.0, "linear": 0.75, "cosine": (1 + math.cos(math.pi / 4)) / 2}[horizon]
     clipped = min(max(m["autolr_opt_lr"], lr / 2), 2 * lr)
     assert m["lr"] == pytest.approx(SMOOTHING * lr + (1 - SMOOTHING) * s_t * clipped, rel=1e-12)
+
+
+def test_an_ngdiff_autolr_trial_with_warm_up_ramps_autolrs_rate(tmp_path, tofu_dir, shared_cache):
+    """A real tiny trial (TOFU rows, the worker's loop): warm-up over 4 steps, AutoLR every 2. Step 0
+    runs at lr 0 and skips the fit; the fit at step 2 (factor 0.5) sets AutoLR's base rate, which
+    the warm-up keeps scaling (0.75 at step 3); every loss stays finite."""
+    from raysweep.distributed.worker import WorkerOptions, run_worker
+    from raysweep.spec import load_job
+
+    from ..conftest import tiny_job
+    from ..distributed.workers import Recorder
+
+    base = 1e-3
+    path = tiny_job(tmp_path, tofu_dir, shared_cache, steps=6, lr=base, warmup_steps=4,
+                    method={"name": "ngdiff", "autolr": True, "autolr_interval": 2})
+    rec = Recorder()
+    run_worker(load_job(path), 0, 1, torch.device("cpu"), rec, WorkerOptions(evaluate=False, save_checkpoints=False),
+               None)
+    rows = [m for m, _ in rec.rows]
+    assert len(rows) == 6
+    assert all(math.isfinite(m["loss_forget"]) and math.isfinite(m["loss_retain_0"]) for m in rows)
+    lrs = [m["lr"] for m in rows]
+    assert lrs[0] == 0.0 and rows[0]["autolr_fit"] == 0.0
+    assert lrs[1] == pytest.approx(0.25 * base)            # the schedule's rate until AutoLR has fitted
+    assert "autolr_fit" in rows[2] and lrs[2] > 0            # the fit at factor 0.5 chose this step's rate ...
+    assert lrs[3] == pytest.approx(lrs[2] / 0.5 * 0.75)      # ... so its base rate is lrs[2] / 0.5
+    assert all(lr > 0 for lr in lrs[1:])
