@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+from raysweep.reporting.constraint import CONSTRAINT_KEY
 from raysweep.sweep.space import SearchSpace
-
-CONSTRAINT_KEY = "retention_constraint"
 
 
 def finite(v) -> bool:

@@ -1,0 +1,157 @@
+"""Feasibility is judged once, when a point is evaluated, and unknown is never feasible (issue 21,
+item 7). With a constraint (``sweep.constraint``) a point that recorded no feasibility - its
+constraint metric was NaN or missing, or Ray Train's fit() never returned because MO-ASHA stopped
+the trial - is infeasible, in the report and in MO-ASHA's rungs rebuilt on resume alike; without a
+constraint every point is feasible. Real sqlite MLflow through raysweep's own tracking calls."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from raysweep.sweep import tracking
+from raysweep.sweep.report import pareto_report
+
+from .made_sweep import OBJECTIVES, make_sweep
+
+BEST = (0.01, 0.99)  # better than every made point on both objectives
+
+
+def _unjudged_trials(c, parent):
+    """t8: a MO-ASHA-stopped multi-worker trial (eval/* along the run, no eval/feasible, no final);
+    t9: a finished trial whose constraint metric was NaN (objectives, no ``feasible``)."""
+    pid, exp = parent.info.run_id, parent.info.experiment_id
+    t8 = tracking.get_or_create_child(c, pid, exp, "t8", "made", {"method": "sago"}, {"raysweep.method": "sago"})
+    for step in (2, 4):
+        tracking.log_metrics(c, t8, {"eval/forget_rougeL_recall": BEST[0], "eval/retain_rougeL_recall": BEST[1]},
+                             step=step)
+    c.set_tag(t8, "raysweep.stopped_by", "mo_asha")
+    c.set_terminated(t8, "FINISHED")
+    t9 = tracking.get_or_create_child(c, pid, exp, "t9", "made", {"method": "sago"}, {"raysweep.method": "sago"})
+    tracking.log_metrics(c, t9, {"objective/forget_rougeL_recall": BEST[0], "objective/retain_rougeL_recall": BEST[1]})
+    c.set_terminated(t9, "FINISHED")
+
+
+def test_unknown_feasibility_is_infeasible_with_a_constraint_and_feasible_without(tmp_path, tofu_dir):
+    c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
+    _unjudged_trials(c, parent)
+    report = pareto_report(c, uri, "made")
+    unjudged = [r for r in report["trials"] if r["trial_id"] in ("t8", "t9")]
+    assert [r["feasible"] for r in unjudged] == [False, False, False]
+    assert {r["trial_id"] for r in report["front"]} == {"t1", "t2", "t4"}
+
+    c.set_tag(parent.info.run_id, "raysweep.constrained", "False")  # no constraint: every point is feasible
+    report = pareto_report(c, uri, "made")
+    assert all(r["feasible"] for r in report["trials"])
+    assert {(r["trial_id"], r["step"]) for r in report["front"]} == {("t8", 2), ("t8", 4), ("t9", None)}
+
+
+def _sweep_job(tmp_path, tofu_dir, constraint=True):
+    from raysweep.spec import JobSpec
+
+    from ..conftest import tiny_job
+
+    raw = yaml.safe_load(tiny_job(tmp_path, tofu_dir).read_text())
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"unlearn": {"lr": {"loguniform": [1e-4, 1e-2]}}}))
+    raw["eval"]["every"] = 2
+    raw["sweep"] = {"search_space": str(tmp_path / "space.yaml"), "objectives": OBJECTIVES,
+                    "scheduler": {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2}}
+    if constraint:
+        raw["sweep"]["constraint"] = {"metric": "model_utility", "at_least": 0.5}
+    return JobSpec.model_validate(raw)
+
+
+# trial -> the eval/* report at step 2 (the first rung); the constraint: model_utility >= 0.5.
+# "nan": the constraint metric is NaN, "missing": not reported; neither may count as feasible.
+POINT = {"eval/forget_rougeL_recall": 0.4, "eval/retain_rougeL_recall": 0.6}
+REPORTS = {"ok": {**POINT, "eval/model_utility": 0.6}, "below": {**POINT, "eval/model_utility": 0.3},
+           "nan": {**POINT, "eval/model_utility": float("nan")}, "missing": POINT}
+
+
+def _scheduler(job, c=None, parent=None):
+    """The sweep's MO-ASHA scheduler as the driver builds it: fresh, or rebuilt from MLflow on resume."""
+    from raysweep.sweep.driver import _scheduling
+
+    ctx = {"target_metrics": {}, "tracking_uri": "unused", "parent_run_id": "p", "experiment_id": "e"}
+    return _scheduling(job, ctx, c, parent)[0]
+
+
+def _live_feasibility(job, reports):
+    """What the live scheduler recorded at the first rung for each trial."""
+    scheduler = _scheduler(job)
+    for trial, metrics in reports.items():
+        scheduler.on_trial_result(None, SimpleNamespace(trial_id=trial), {"step": 2, **metrics})
+    return {e.trial: e.feasible for e in scheduler.rungs.rungs[2]}
+
+
+def _restored_feasibility(c, parent, job):
+    return {e.trial: e.feasible for e in _scheduler(job, c, parent).rungs.rungs[2]}
+
+
+def _parent(c, tmp_path, constrained: bool):
+    exp = c.create_experiment("raysweep/feasible", artifact_location=(tmp_path / "artifacts").as_uri())
+    return c.create_run(exp, run_name="feasible", tags={
+        tracking.SWEEP_TAG: "feasible", tracking.ROLE_TAG: "parent", "raysweep.objectives": json.dumps(OBJECTIVES),
+        "raysweep.constrained": str(constrained)})
+
+
+def test_rungs_rebuilt_from_unjudged_points_agree_with_the_live_scheduler(tmp_path, tofu_dir):
+    """Points that recorded no eval/feasible (what a stopped Ray Train trial left before the sink
+    judged each evaluation): on resume they rank as the live scheduler ranked them, infeasible."""
+    job = _sweep_job(tmp_path, tofu_dir)
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = _parent(c, tmp_path, True)
+    unjudged = {t: REPORTS[t] for t in ("below", "nan", "missing")}
+    for trial, metrics in unjudged.items():
+        run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, trial, "feasible", {}, {})
+        tracking.log_metrics(c, run, metrics, step=2)
+    live = _live_feasibility(job, unjudged)
+    assert live == {"below": False, "nan": False, "missing": False}
+    assert _restored_feasibility(c, c.get_run(parent.info.run_id), job) == live
+
+
+def test_the_workers_mlflow_sink_judges_every_evaluation_as_the_scheduler_does(tmp_path, tofu_dir):
+    """The sweep trial's reporting options carry the constraint through Ray Train's config (a dict
+    round trip) to rank 0's MLflow sink, which logs eval/feasible and the margin with each eval/*
+    report, whether or not fit() ever returns; NaN or missing -> eval/feasible 0. On resume the
+    rungs rebuilt from those records equal the live ones."""
+    from raysweep.distributed.worker import WorkerOptions
+    from raysweep.reporting import build_reporter
+    from raysweep.sweep.trial import reporting_options
+
+    job = _sweep_job(tmp_path, tofu_dir)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    parent = _parent(c, tmp_path, True)
+    ctx = {"tracking_uri": uri, "target_metrics": {}}
+    for trial, metrics in REPORTS.items():
+        run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, trial, "feasible", {}, {})
+        options = WorkerOptions(reporting=reporting_options(job, ctx, run, trial, "node"))
+        options = WorkerOptions.from_dict(options.to_dict())  # as Ray Train's train_loop_config carries it
+        assert build_reporter(options.reporting, rank=1).reporters == []  # rank 0 alone logs
+        reporter = build_reporter(options.reporting, rank=0)
+        reporter.report({"step": 2.0, "loss_forget": 1.0, **metrics}, None)
+        reporter.close()
+    logged = {}
+    for r in tracking.child_runs(c, c.get_run(parent.info.run_id)):
+        m = r.data.metrics
+        logged[r.data.tags[tracking.TRIAL_TAG]] = (m.get("eval/feasible"), m.get("eval/retention_constraint"))
+    assert logged["ok"] == (1.0, pytest.approx(0.5 - 0.6))
+    assert logged["below"] == (0.0, pytest.approx(0.5 - 0.3))
+    assert logged["nan"] == (0.0, None) and logged["missing"] == (0.0, None)  # a NaN margin is not a metric
+    live = _live_feasibility(job, REPORTS)
+    assert live == {"ok": True, "below": False, "nan": False, "missing": False}
+    assert _restored_feasibility(c, c.get_run(parent.info.run_id), job) == live
+
+
+def test_without_a_constraint_the_sink_logs_no_feasibility_and_every_point_is_feasible(tmp_path, tofu_dir):
+    from raysweep.sweep.trial import reporting_options
+
+    job = _sweep_job(tmp_path, tofu_dir, constraint=False)
+    assert reporting_options(job, {"tracking_uri": "x", "target_metrics": {}}, "r", "t", "n").constraint is None
+    c = tracking.client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = _parent(c, tmp_path, False)
+    run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, "below", "feasible", {}, {})
+    tracking.log_metrics(c, run, REPORTS["below"], step=2)
+    assert _restored_feasibility(c, c.get_run(parent.info.run_id), job) == {"below": True}
