@@ -20,7 +20,7 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
     scheduler stopped contributes the points it reached. The last point of a trial is its final
     evaluation (``objective/*``)."""
     objectives = tracking.parent_objectives(parent)
-    constrained = parent.data.tags.get("raysweep.constrained") == "True"
+    constrained = tracking.parent_constrained(parent)
     rows = []
     for r in tracking.child_runs(c, parent):
         if r.info.status != "FINISHED":

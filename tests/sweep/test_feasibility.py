@@ -5,6 +5,7 @@ the trial - is infeasible, in the report and in MO-ASHA's rungs rebuilt on resum
 constraint every point is feasible. Real sqlite MLflow through raysweep's own tracking calls."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +29,8 @@ def _unjudged_trials(c, parent):
                              step=step)
     c.set_tag(t8, "raysweep.stopped_by", "mo_asha")
     c.set_terminated(t8, "FINISHED")
-    t9 = tracking.get_or_create_child(c, pid, exp, "t9", "made", {"method": "sago"}, {"raysweep.method": "sago"})
+    t9 = tracking.get_or_create_child(c, pid, exp, "t9", "made", {"method": "ngdiff", "forget": "ga", "unlearn.lr": 1e-3},
+                                      {"raysweep.method": "ngdiff"})
     tracking.log_metrics(c, t9, {"objective/forget_rougeL_recall": BEST[0], "objective/retain_rougeL_recall": BEST[1]})
     c.set_terminated(t9, "FINISHED")
 
@@ -155,3 +157,39 @@ def test_without_a_constraint_the_sink_logs_no_feasibility_and_every_point_is_fe
     run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, "below", "feasible", {}, {})
     tracking.log_metrics(c, run, REPORTS["below"], step=2)
     assert _restored_feasibility(c, c.get_run(parent.info.run_id), job) == {"below": True}
+
+
+def test_optuna_is_told_an_unknown_constraint_is_violated():
+    """A trial whose constraint margin is NaN or missing must not reach Optuna unconstrained (its
+    samplers count a trial without constraint values as feasible): it is told +inf, violated."""
+    from raysweep.reporting.constraint import CONSTRAINT_KEY
+    from raysweep.sweep.searcher import make_searcher
+    from raysweep.sweep.space import SearchSpace
+
+    space = SearchSpace({"unlearn": {"lr": {"loguniform": [1e-4, 1e-2]}}}, "s.yaml")
+    space.validate()
+    searcher = make_searcher(space, OBJECTIVES, "tpe", 0, True)
+    for trial, margin in (("ok", -0.1), ("nan", float("nan")), ("missing", None)):
+        searcher.suggest(trial)
+        result = {"forget_rougeL_recall": 0.2, "retain_rougeL_recall": 0.6, "feasible": float(trial == "ok")}
+        searcher.on_trial_complete(trial, {**result, **({CONSTRAINT_KEY: margin} if margin is not None else {})})
+    assert [t.constraints for t in searcher._ot_study.trials] == [{"retention": -0.1}, {"retention": math.inf},
+                                                                   {"retention": math.inf}]
+
+
+def test_a_warm_start_seeds_an_unknown_constraint_as_violated(tmp_path, tofu_dir):
+    from raysweep.sweep.space import SearchSpace
+    from raysweep.sweep.warm_start import earlier_trials
+
+    from .made_sweep import SPACE
+
+    c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
+    _unjudged_trials(c, parent)
+    t1 = next(r for r in tracking.child_runs(c, parent) if r.data.tags[tracking.TRIAL_TAG] == "t1")
+    tracking.log_metrics(c, t1.info.run_id, {"retention_constraint": -0.1})
+    seeded = {t.user_attrs["warm_start_from"].split("/")[1]: t.constraints
+              for t in earlier_trials(c, uri, "made", SearchSpace(SPACE, "space.yaml"), OBJECTIVES)}
+    runs = {r.info.run_id: r.data.tags[tracking.TRIAL_TAG] for r in tracking.child_runs(c, parent)}
+    by_trial = {runs[k]: v for k, v in seeded.items()}
+    assert by_trial["t1"] == {"retention": -0.1}
+    assert by_trial["t9"] == {"retention": math.inf}  # its constraint metric was NaN: no margin logged
