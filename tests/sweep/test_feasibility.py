@@ -49,12 +49,12 @@ def test_unknown_feasibility_is_infeasible_with_a_constraint_and_feasible_withou
     assert {(r["trial_id"], r["step"]) for r in report["front"]} == {("t8", 2), ("t8", 4), ("t9", None)}
 
 
-def _sweep_job(tmp_path, tofu_dir, constraint=True):
+def _sweep_job(tmp_path, tofu_dir, constraint=True, cache=None, **unlearn):
     from raysweep.spec import JobSpec
 
     from ..conftest import tiny_job
 
-    raw = yaml.safe_load(tiny_job(tmp_path, tofu_dir).read_text())
+    raw = yaml.safe_load(tiny_job(tmp_path, tofu_dir, cache, **unlearn).read_text())
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"unlearn": {"lr": {"loguniform": [1e-4, 1e-2]}}}))
     raw["eval"]["every"] = 2
     raw["sweep"] = {"search_space": str(tmp_path / "space.yaml"), "objectives": OBJECTIVES,
@@ -193,3 +193,29 @@ def test_a_warm_start_seeds_an_unknown_constraint_as_violated(tmp_path, tofu_dir
     by_trial = {runs[k]: v for k, v in seeded.items()}
     assert by_trial["t1"] == {"retention": -0.1}
     assert by_trial["t9"] == {"retention": math.inf}  # its constraint metric was NaN: no margin logged
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_mid_run_has_each_evaluation_judged_in_mlflow(tmp_path, tofu_dir, shared_cache):
+    """The worker's own loop on a real tiny trial, stopped after its first evaluation (as MO-ASHA
+    stops a Ray Train trial: nothing after the loop runs): eval/feasible is in MLflow at that step."""
+    import torch
+
+    from raysweep.distributed.worker import WorkerOptions, run_worker
+    from raysweep.reporting import build_reporter
+    from raysweep.sweep.trial import reporting_options
+
+    job = _sweep_job(tmp_path, tofu_dir, cache=shared_cache, steps=6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = tracking.client(uri)
+    parent = _parent(c, tmp_path, True)
+    run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, "t", "feasible", {}, {})
+    reporter = build_reporter(reporting_options(job, {"tracking_uri": uri, "target_metrics": {}}, run, "t", "n"), 0)
+    run_worker(job, 0, 1, torch.device("cpu"), reporter,
+               WorkerOptions(evaluate=False, save_checkpoints=False, stop_at_step=3), None)
+    m = c.get_run(run).data.metrics
+    utility = [x for x in c.get_metric_history(run, "eval/model_utility")]
+    feasible = c.get_metric_history(run, "eval/feasible")
+    assert [x.step for x in utility] == [2] and [x.step for x in feasible] == [2]
+    assert feasible[0].value == float(utility[0].value >= 0.5)
+    assert m["eval/retention_constraint"] == pytest.approx(0.5 - utility[0].value)
