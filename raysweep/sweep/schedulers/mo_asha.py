@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from raysweep.reporting.constraint import RetentionConstraint
 from raysweep.sweep.pareto import (crowding_distances, hypervolume_contributions, nondominated_ranks,
                                    to_maximise)
 
@@ -126,10 +127,10 @@ class MOASHARungs:
         return trial in order[:keep]
 
 
-def tune_scheduler(rungs: MOASHARungs, constraint=None):
+def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None):
     """A Tune ``FIFOScheduler`` whose ``on_trial_result`` asks ``rungs``. Results carry the
     evaluation along the run as ``eval/<metric>`` at ``step``; other results pass through.
-    ``constraint``: a ``RetentionConstraint`` judging the ``eval/*`` metrics (None: all feasible)."""
+    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class MOASHAScheduler(FIFOScheduler):
