@@ -20,6 +20,8 @@ SMOOTHING = 0.9
 
 def gen_learning_rate(lr: float, losses: dict[int, float], horizon_scale: float = 1.0) -> tuple[float, dict]:
     """New η from probe losses ``{-1: L(θ0+Δ·-1), 0: L(θ0), 1: L(θ0+Δ)}`` (GeN update rule)."""
+    if lr <= 0:  # a step at lr 0 (warm-up's first) moves nothing: no curve to fit, η is kept
+        return lr, {"autolr_fit": 0.0}
     lm, l0, lp = losses[-1], losses[0], losses[1]
     if not all(math.isfinite(x) for x in (lm, l0, lp)):
         return lr / 2, {"autolr_fit": -1.0}
@@ -40,6 +42,9 @@ def autolr_step(
 ) -> tuple[float, dict]:
     """Take the optimizer step with an adapted η; returns (η_new, info)."""
     lr = optimizer.param_groups[0]["lr"]
+    if lr <= 0:  # Δ = 0: every probe would see θ0; the step still advances the moments, as without AutoLR
+        optimizer.step()
+        return gen_learning_rate(lr, {}, horizon_scale)
     theta0 = [p.detach().clone() for p in params]
     optimizer.step()
     delta = [p.detach() - t0 for p, t0 in zip(params, theta0)]

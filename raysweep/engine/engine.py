@@ -277,8 +277,13 @@ class UnlearningEngine:
     def _current_lr(self) -> float:
         auto = getattr(self.synthesis, "autolr_lr", None)
         if getattr(self.synthesis, "autolr", False) and auto is not None:
-            return auto
+            # AutoLR adapts the base rate (its horizon scale replaces the decay); warm-up still ramps it.
+            return auto * self._warmup_factor()
         return lr_at(self.step_count, self.base_lr, self.total_steps, self.schedule, self.warmup_steps)
+
+    def _warmup_factor(self) -> float:
+        """The warm-up's share of the rate at this step: ``step / warmup``, then 1."""
+        return lr_at(self.step_count, 1.0, self.total_steps, "constant", self.warmup_steps)
 
     def _autolr_due(self) -> bool:
         s = self.synthesis
@@ -307,7 +312,9 @@ class UnlearningEngine:
         horizon = horizon_scale(self.synthesis.autolr_horizon, self.step_count, self.total_steps)
         lr, info = autolr_step(self.params, self.optimizer, probe, horizon)
         self.params_written()
-        self.synthesis.autolr_lr = lr
+        factor = self._warmup_factor()
+        if factor > 0:  # the fit chose this step's rate; the base is what the warm-up scales down to it
+            self.synthesis.autolr_lr = lr / factor
         return lr, info
 
     # ---- checkpoint state ---------------------------------------------------------------------

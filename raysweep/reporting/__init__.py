@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from raysweep.reporting.constraint import RetentionConstraint
+
 
 class TrialReporter:
     """Base reporter: every hook is a no-op."""
@@ -91,6 +93,13 @@ class ReportingOptions:
     progress_label: str = ""              # the trial id the console prints
     progress_every_seconds: float = 10.0
     tags: Optional[dict] = None           # tags set on the MLflow run at start (e.g. the node)
+    # The sweep's constraint: the MLflow sink logs eval/feasible with each evaluation, so every
+    # point is judged when it is evaluated, whether or not Ray Train's fit() returns.
+    constraint: Optional[RetentionConstraint] = None
+
+    def __post_init__(self):
+        if isinstance(self.constraint, dict):  # asdict() (WorkerOptions.to_dict, Ray Train's config) flattens it
+            self.constraint = RetentionConstraint(**self.constraint)
 
 
 def build_reporter(options: Optional[ReportingOptions], rank: int,
@@ -103,7 +112,8 @@ def build_reporter(options: Optional[ReportingOptions], rank: int,
 
             sinks.append(MlflowStepLogger(options.mlflow_tracking_uri, options.mlflow_run_id,
                                           every_steps=options.mlflow_every_steps,
-                                          every_seconds=options.mlflow_every_seconds, tags=options.tags))
+                                          every_seconds=options.mlflow_every_seconds, tags=options.tags,
+                                          constraint=options.constraint))
         if options.progress_board:
             from raysweep.reporting.progress import ProgressPoster
 

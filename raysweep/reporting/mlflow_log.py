@@ -15,6 +15,7 @@ import time
 from typing import Optional
 
 from raysweep.reporting import TrialReporter
+from raysweep.reporting.constraint import RetentionConstraint
 from raysweep.sweep.tracking import redact, redact_text
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
@@ -32,8 +33,9 @@ def _finite_number(v) -> bool:
 class MlflowStepLogger(TrialReporter):
     def __init__(self, tracking_uri: Optional[str], run_id: str, *, every_steps: int = 10,
                  every_seconds: float = 5.0, tags: Optional[dict] = None, prefix: str = "train/",
-                 close_timeout: float = 60.0):
+                 close_timeout: float = 60.0, constraint: Optional[RetentionConstraint] = None):
         self.tracking_uri, self.run_id = tracking_uri, run_id
+        self.constraint = constraint
         self.every_steps, self.every_seconds = max(1, every_steps), every_seconds
         self.prefix, self.close_timeout = prefix, close_timeout
         self._tags = dict(tags or {})
@@ -60,6 +62,8 @@ class MlflowStepLogger(TrialReporter):
     def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
         # Evaluations carry their own namespace ("eval/...", "final/..."): log them at their step.
         namespaced = {k: v for k, v in metrics.items() if "/" in k}
+        if self.constraint is not None:  # each point's feasibility, logged with the point itself
+            namespaced.update(self.constraint.judge_evaluation(metrics))
         if namespaced:
             self._add(namespaced, int(metrics.get("step", 0)))
             self._wake.set()

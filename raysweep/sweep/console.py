@@ -14,7 +14,7 @@ from typing import Callable, Optional, TextIO
 
 import numpy as np
 
-from raysweep.sweep.pareto import hypervolume, non_dominated
+from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 from raysweep.sweep.space import SearchSpace
 
 
@@ -183,7 +183,7 @@ class SweepConsole:
         if self.reference_point:
             ref = [self.reference_point[k] for k in names]
         else:  # the nadir of the finished trials, as `raysweep pareto` does without a stated point
-            ref = [float(pts[:, i].min() if d == "max" else pts[:, i].max()) for i, d in enumerate(directions)]
+            ref = nadir(pts, directions)
         return int(mask.sum()), float(hypervolume(pts[mask], directions, ref))
 
     def summary(self, trials, final: bool = False) -> str:

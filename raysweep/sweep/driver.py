@@ -167,9 +167,9 @@ def _scheduling(job: JobSpec, ctx: dict, c=None, parent=None):
     stops; on resume its rungs are rebuilt from what MLflow recorded (``c``, ``parent``)."""
     from raysweep.sweep.schedulers import make_scheduler
     from raysweep.sweep.schedulers.record import stopped_trial_callback
-    from raysweep.sweep.trial import constraint_threshold
+    from raysweep.sweep.trial import retention_constraint
 
-    scheduler = make_scheduler(job, constraint_threshold(job, ctx["target_metrics"]))
+    scheduler = make_scheduler(job, retention_constraint(job, ctx["target_metrics"]))
     if scheduler is None:
         return None, []
     if c is not None:

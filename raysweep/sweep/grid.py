@@ -56,9 +56,20 @@ def _points(kind: str, lo: float, hi: float, n: int) -> list:
     values = [math.exp(v) if log else v for v in raw]
     if kind in ("int", "intlog"):
         return list(dict.fromkeys(int(round(v)) for v in values))
-    if n > 1:  # the bounds exactly (exp(log(x)) may leave the range by one ulp); inner points to 4 digits
-        values = [float(lo)] + [float(f"{v:.4g}") for v in values[1:-1]] + [float(hi)]
+    if n > 1:  # the bounds exactly (exp(log(x)) may leave the range by one ulp)
+        values = _readable([float(lo)] + values[1:-1] + [float(hi)])
     return values
+
+
+def _readable(values: list[float]) -> list[float]:
+    """Inner points to the fewest significant digits (4 at least) that keep every point distinct
+    and in order, so a narrow range (1e-6..1.0001e-6) keeps its points apart. A range too narrow
+    for them even unrounded (neighbouring floats) is deduplicated: the caller reports the count."""
+    for digits in range(4, 18):  # 17 significant digits round-trip any float
+        rounded = [values[0]] + [float(f"{v:.{digits}g}") for v in values[1:-1]] + [values[-1]]
+        if all(a < b for a, b in zip(rounded, rounded[1:])):
+            return rounded
+    return sorted(set(values))
 
 
 def grid_values(space, grid_points: Union[int, dict, None]) -> dict[str, list]:

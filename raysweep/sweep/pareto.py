@@ -4,6 +4,8 @@ Every objective is first turned into "higher is better" (minimised ones are nega
 dominates another if it is >= in every objective and > in at least one. The hypervolume is the
 measure of the union of boxes between the reference point and each point that is at least as
 good as the reference in every objective: exact sweep in 2-D, slicing in higher dimensions.
+A row with a NaN objective is unknown, not good: it is never on the front, never dominates, and
+never counts in a hypervolume or a nadir.
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ def to_maximise(points: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) * sign
 
 
+def _known(p: np.ndarray) -> np.ndarray:
+    """Rows without a NaN objective (NaN compares false both ways, so it would never be dominated)."""
+    return ~np.isnan(p).any(axis=1) if p.size else np.ones(len(p), dtype=bool)
+
+
 def non_dominated(points, directions: Sequence[str]) -> np.ndarray:
     """Boolean mask of the Pareto-optimal rows (duplicates of an optimal point all stay)."""
     p = to_maximise(points, directions)
-    n = len(p)
-    mask = np.ones(n, dtype=bool)
-    for i in range(n):
+    mask = _known(p)
+    for i in np.flatnonzero(mask):
         ge = np.all(p >= p[i], axis=1)
         gt = np.any(p > p[i], axis=1)
         if np.any(ge & gt):
@@ -70,19 +76,30 @@ def hypervolume(points, directions: Sequence[str], reference) -> float:
 
 
 def nondominated_ranks(points, directions: Sequence[str]) -> np.ndarray:
-    """Non-domination rank of each row (0 = the Pareto front, 1 = the front once 0 is removed, ...)."""
+    """Non-domination rank of each row (0 = the Pareto front, 1 = the front once 0 is removed, ...);
+    rows with a NaN objective share the rank after the last one."""
     p = to_maximise(points, directions)
-    n = len(p)
-    ranks = np.full(n, -1, dtype=int)
-    left = np.arange(n)
+    known = _known(p)
+    ranks = np.full(len(p), -1, dtype=int)
+    left = np.flatnonzero(known)
     rank = 0
     while len(left):
-        sub = p[left]
-        front = non_dominated(sub, ["max"] * p.shape[1]) if len(sub) else np.zeros(0, dtype=bool)
+        front = non_dominated(p[left], ["max"] * p.shape[1])
         ranks[left[front]] = rank
         left = left[~front]
         rank += 1
+    ranks[~known] = rank
     return ranks
+
+
+def nadir(points, directions: Sequence[str]) -> list[float]:
+    """The worst value of each objective over the rows without NaN (NaN everywhere when there are
+    none, so no hypervolume counts): the reference point when the job states none."""
+    p = np.asarray(points, dtype=np.float64).reshape(-1, len(directions))
+    p = p[_known(p)]
+    if not len(p):
+        return [float("nan")] * len(directions)
+    return [float(p[:, i].min() if d == "max" else p[:, i].max()) for i, d in enumerate(directions)]
 
 
 def crowding_distances(points, directions: Sequence[str]) -> np.ndarray:

@@ -8,9 +8,10 @@ from typing import Optional
 
 import numpy as np
 
+from raysweep.reporting.constraint import recorded_feasible
 from raysweep.sweep import tracking
 from raysweep.sweep.tracking import checkpoint_tag
-from raysweep.sweep.pareto import hypervolume, non_dominated
+from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 
 
 def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
@@ -19,6 +20,7 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
     scheduler stopped contributes the points it reached. The last point of a trial is its final
     evaluation (``objective/*``)."""
     objectives = tracking.parent_objectives(parent)
+    constrained = tracking.parent_constrained(parent)
     rows = []
     for r in tracking.child_runs(c, parent):
         if r.info.status != "FINISHED":
@@ -38,13 +40,13 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
                 if step == final_step:
                     continue  # the final evaluation below stands for it
                 rows.append({**base, "step": step, "final": False, "objectives": points[step],
-                             "feasible": feasible.get(step, True),
+                             "feasible": recorded_feasible(feasible.get(step), constrained),
                              "checkpoint_uri": tags.get(checkpoint_tag(step))})
         if any(v is None for v in final):
             continue
         rows.append({**base, "step": final_step if final_step is not None else _final_step(m),
                      "final": True, "objectives": dict(zip(objectives, final)),
-                     "feasible": bool(m.get("feasible", 1.0) > 0),
+                     "feasible": recorded_feasible(m.get("feasible"), constrained),
                      "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
     return rows, objectives
 
@@ -58,11 +60,12 @@ def split_params(params: dict) -> dict:
             "flat_params": {k: v for k, v in params.items() if not is_space_key(k)}}
 
 
-def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, bool]]:
-    """``eval/<objective>`` by step (steps where every objective was evaluated) and feasibility."""
+def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, float]]:
+    """``eval/<objective>`` by step (steps where every objective was evaluated) and the recorded
+    ``eval/feasible`` by step."""
     hist = {k: {x.step: x.value for x in c.get_metric_history(run_id, f"eval/{k}")} for k in objectives}
     steps = set.intersection(*(set(h) for h in hist.values())) if hist else set()
-    feasible = {x.step: x.value > 0 for x in c.get_metric_history(run_id, "eval/feasible")}
+    feasible = {x.step: x.value for x in c.get_metric_history(run_id, "eval/feasible")}
     return {s: {k: hist[k][s] for k in objectives} for s in steps}, feasible
 
 
@@ -164,8 +167,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         ref = json.loads(ref_tag)
         ref_point, ref_note = [ref[k] for k in names], "stated in the job"
     else:  # the nadir of every finished trial: worst value per objective
-        all_pts = np.array([[r["objectives"][k] for k in names] for r in rows])
-        ref_point = [float(all_pts[:, i].min() if d == "max" else all_pts[:, i].max()) for i, d in enumerate(directions)]
+        ref_point = nadir([[r["objectives"][k] for k in names] for r in rows], directions)
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     trial_fronts = per_trial_fronts(rows, objectives)

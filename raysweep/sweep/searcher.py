@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
+from raysweep.reporting.constraint import CONSTRAINT_KEY
 from raysweep.sweep.space import SearchSpace
-
-CONSTRAINT_KEY = "retention_constraint"
 
 
 def finite(v) -> bool:
@@ -51,8 +50,11 @@ def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, 
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
-            if constrained and result and finite(result.get(CONSTRAINT_KEY)):
-                ot_trial.set_constraint("retention", float(result[CONSTRAINT_KEY]))
+            if constrained and result:
+                # Unknown (a NaN or missing constraint metric) is violated: Optuna would count a
+                # trial without constraint values as feasible.
+                margin = result.get(CONSTRAINT_KEY)
+                ot_trial.set_constraint("retention", float(margin) if finite(margin) else math.inf)
             values = [result.get(m) for m in self.metric] if result else None
             if values is None or not all(finite(v) for v in values):
                 state = TrialState.FAIL if error else TrialState.PRUNED

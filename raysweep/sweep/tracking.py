@@ -200,3 +200,8 @@ def close_stale_runs(c, parent, reason: str) -> int:
 
 def parent_objectives(parent) -> dict[str, str]:
     return json.loads(parent.data.tags.get("raysweep.objectives", "{}"))
+
+
+def parent_constrained(parent) -> bool:
+    """Whether the sweep has a ``sweep.constraint`` (then a point that recorded no feasibility is infeasible)."""
+    return parent.data.tags.get("raysweep.constrained") == "True"

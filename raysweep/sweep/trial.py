@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any, Optional
 
+from raysweep.reporting.constraint import RetentionConstraint, recorded_feasible
 from raysweep.spec import JobSpec, set_dotted
 from raysweep.sweep import tracking
 from raysweep.sweep.tracking import checkpoint_tag
@@ -31,20 +32,13 @@ def trial_job(config: dict, ctx: dict) -> JobSpec:
     return JobSpec.model_validate(apply_preset(raw))
 
 
-def constraint_value(job: JobSpec, metrics: dict, target: dict) -> Optional[float]:
-    """``threshold - value``: feasible when <= 0."""
-    c = job.sweep.constraint
-    if c is None or not finite(metrics.get(c.metric)):
-        return None
-    return float(constraint_threshold(job, target) - metrics[c.metric])
-
-
-def constraint_threshold(job: JobSpec, target: dict) -> Optional[float]:
-    """The retention constraint's bound: ``metric >= threshold`` is feasible."""
+def retention_constraint(job: JobSpec, target: dict) -> Optional[RetentionConstraint]:
+    """The sweep's constraint with its bound (``metric >= threshold`` is feasible), or None."""
     c = job.sweep.constraint
     if c is None:
         return None
-    return c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
+    threshold = c.at_least if c.at_least is not None else c.at_least_fraction_of_target * target[c.metric]
+    return RetentionConstraint(c.metric, float(threshold))
 
 
 def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
@@ -60,8 +54,9 @@ def _replay_if_finished(c, ctx: dict, job: JobSpec, trial_id: str) -> bool:
     if done.data.tags.get("raysweep.stopped_by"):  # stopped by the scheduler: it stays stopped
         replay = {f"eval/{k}": m[f"eval/{k}"] for k in job.sweep.objectives if f"eval/{k}" in m}
         replay["step"] = float(done.data.tags.get("raysweep.stopped_at_step", 0))
-    if CONSTRAINT_KEY in m:
-        replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY], "feasible": m.get("feasible", 0.0)})
+    if job.sweep.constraint is not None:
+        replay["feasible"] = float(recorded_feasible(m.get("feasible"), constrained=True))
+        replay.update({CONSTRAINT_KEY: m[CONSTRAINT_KEY]} if CONSTRAINT_KEY in m else {})
     c.set_tag(done.info.run_id, "raysweep.result_replayed", "1")
     tune.report({**replay, "mlflow_run_id": done.info.run_id, "trial_done": 1.0})
     return True
@@ -88,7 +83,6 @@ def sweep_trial(config: dict, ctx: dict) -> None:
 
     from raysweep.distributed.inline import run_inline, runs_inline
     from raysweep.distributed.worker import WorkerOptions
-    from raysweep.reporting import ReportingOptions
 
     entered = time.time()
     trial_id = tune.get_context().get_trial_id()
@@ -103,11 +97,8 @@ def sweep_trial(config: dict, ctx: dict) -> None:
     params = {**SearchSpace(ctx["space"], ctx["space_source"]).flat_params(config), **config}
     run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
                                           params, tags)
-    reporting = ReportingOptions(mlflow_tracking_uri=ctx["tracking_uri"], mlflow_run_id=run_id,
-                                 progress_board=ctx.get("progress_board"), progress_label=trial_id,
-                                 progress_every_seconds=ctx.get("progress_every_seconds", 10.0),
-                                 tags={"raysweep.worker_node": node})
-    options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above, reporting=reporting,
+    options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above,
+                            reporting=reporting_options(job, ctx, run_id, trial_id, node),
                             timings={"mlflow_child": time.time() - entered})
     _fault_kill(options)
     try:
@@ -115,8 +106,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
             from raysweep.reporting.ray_report import TuneReporter
 
             recorder = TuneReporter(fixed={"mlflow_run_id": run_id},
-                                    on_checkpoint=lambda step, path, m: record_point(c, job, run_id, step, path, m,
-                                                                                     ctx["target_metrics"]))
+                                    on_checkpoint=lambda step, path, m: record_point(c, job, run_id, step, path, m))
             metrics, checkpoint = run_inline(job, options, tune_reporter=recorder)
         else:
             metrics, checkpoint, points = _run_on_ray_train(job, options, ctx, trial_id)
@@ -124,7 +114,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
             # trial the scheduler stops on Ray Train keeps its eval/* metrics but not these tags).
             for step, path, m in points:
                 if step < int(metrics.get("step", -1)):
-                    record_point(c, job, run_id, step, path, m, ctx["target_metrics"])
+                    record_point(c, job, run_id, step, path, m)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised for Tune
         c.set_tag(run_id, "raysweep.status_reason", f"error: {str(err).splitlines()[0][:500] if str(err) else type(err).__name__}")
         c.set_terminated(run_id, status="FAILED")
@@ -132,13 +122,23 @@ def sweep_trial(config: dict, ctx: dict) -> None:
     tune.report(finish_trial(c, job, run_id, metrics, checkpoint, ctx["target_metrics"], entered))
 
 
-def record_point(c, job: JobSpec, run_id: str, step: int, checkpoint: Optional[str], metrics: dict,
-                 target: dict) -> Optional[str]:
+def reporting_options(job: JobSpec, ctx: dict, run_id: str, trial_id: str, node: str):
+    """What the trial's rank 0 reports besides Ray: MLflow (with the constraint, so each evaluation
+    is judged as it is logged) and the console's progress board."""
+    from raysweep.reporting import ReportingOptions
+
+    return ReportingOptions(mlflow_tracking_uri=ctx["tracking_uri"], mlflow_run_id=run_id,
+                            progress_board=ctx.get("progress_board"), progress_label=trial_id,
+                            progress_every_seconds=ctx.get("progress_every_seconds", 10.0),
+                            tags={"raysweep.worker_node": node},
+                            constraint=retention_constraint(job, ctx["target_metrics"]))
+
+
+def record_point(c, job: JobSpec, run_id: str, step: int, checkpoint: Optional[str], metrics: dict) -> Optional[str]:
     """An evaluation along the run (``eval/*`` at ``step``, logged by the worker): record where its
-    checkpoint lives (``raysweep.checkpoint.step.<step>``) and whether it meets the retention constraint,
-    so that (trial, step) is a candidate on the front and can be exported."""
-    evaluated = {k[len("eval/"):]: v for k, v in metrics.items() if k.startswith("eval/")}
-    if not evaluated:
+    checkpoint lives (``raysweep.checkpoint.step.<step>``), so that (trial, step) is a candidate on
+    the front and can be exported. Its feasibility was logged with it (the worker's MLflow sink)."""
+    if not any(k.startswith("eval/") for k in metrics):
         return None
     uri = checkpoint
     if checkpoint is not None and job.sweep.checkpoint == "artifact":
@@ -151,9 +151,6 @@ def record_point(c, job: JobSpec, run_id: str, step: int, checkpoint: Optional[s
         uri = f"runs:/{run_id}/checkpoints/step_{step:06d}"
     if uri is not None:
         c.set_tag(run_id, checkpoint_tag(step), uri)
-    cval = constraint_value(job, evaluated, target)
-    if cval is not None:
-        tracking.log_metrics(c, run_id, {"eval/feasible": float(cval <= 0), f"eval/{CONSTRAINT_KEY}": cval}, step=step)
     return uri
 
 
@@ -166,14 +163,13 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
                               "trial_seconds": time.time() - entered}
     report.update({m: float(v) for m, v in objectives.items() if finite(v)})
     report.update({k: v for k, v in metrics.items() if k.startswith("startup/") or k == "step_seconds_median"})
-    cval = constraint_value(job, final, target)
-    if cval is not None:
-        report[CONSTRAINT_KEY] = cval
-        report["feasible"] = float(cval <= 0)
+    constraint = retention_constraint(job, target)
+    judged = constraint.judge(final) if constraint is not None else {}
+    report.update(judged)
     tracking.log_metrics(c, run_id, {
         **{f"final/{k}": v for k, v in final.items()},
         **{f"objective/{m}": v for m, v in report.items() if m in objectives},
-        **({"feasible": report["feasible"], CONSTRAINT_KEY: cval} if cval is not None else {}),
+        **judged,  # a NaN margin is not logged; its feasible 0 is
         **{k: v for k, v in metrics.items() if k.startswith(("startup/", "eval_seconds/"))},
         **({"step_seconds_median": metrics["step_seconds_median"]} if "step_seconds_median" in metrics else {}),
     })
@@ -181,7 +177,7 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
         step = int(metrics.get("step", job.unlearn.steps))
         # Inline trials recorded it when Tune took the checkpoint (TuneReporter.on_checkpoint).
         uri = c.get_run(run_id).data.tags.get(checkpoint_tag(step)) \
-            or record_point(c, job, run_id, step, checkpoint, metrics, target)
+            or record_point(c, job, run_id, step, checkpoint, metrics)
         if uri is not None:
             c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
     elif checkpoint is not None:

@@ -87,6 +87,7 @@ def earlier_trials(c, tracking_uri: str, sweep: str, space: SearchSpace, objecti
     theirs = tracking.parent_objectives(parent)
     if set(theirs) != set(objectives) or any(theirs[k] != objectives[k] for k in objectives):
         raise WarmStartError(f"--warm-start {sweep}: its objectives {theirs} are not this job's {objectives}")
+    constrained = tracking.parent_constrained(parent)
     seeded = []
     for run in sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time or 0):
         m = run.data.metrics
@@ -95,7 +96,9 @@ def earlier_trials(c, tracking_uri: str, sweep: str, space: SearchSpace, objecti
             continue  # failed, stopped early or unfinished: nothing measured to reuse
         replay = _Replay(dict(run.data.params), run.data.tags.get(tracking.TRIAL_TAG, run.info.run_id), sweep)
         space.define_by_run(replay)
-        constraints = {"retention": m[CONSTRAINT_KEY]} if CONSTRAINT_KEY in m else None
+        # A constrained sweep's trial without a margin (its constraint metric was NaN) is violated.
+        margin = m.get(CONSTRAINT_KEY, math.inf if constrained else None)
+        constraints = {"retention": margin} if margin is not None else None
         seeded.append(create_trial(state=TrialState.COMPLETE, values=values, params=replay.params,
                                    distributions=replay.distributions,
                                    user_attrs={**replay.user_attrs, "warm_start_from": f"{sweep}/{run.info.run_id}"},

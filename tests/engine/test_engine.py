@@ -134,3 +134,19 @@ def test_rmu_freezes_everything_but_the_chosen_down_projections():
     for n, p in model.named_parameters():
         if n in frozen:
             torch.testing.assert_close(p, frozen[n], rtol=0, atol=0)
+
+
+def test_autolr_at_lr_zero_keeps_the_rate_and_moves_nothing():
+    """Warm-up's step 0 runs at lr 0: the step is a no-op, so there is no curve to fit (the GeN
+    rule would divide by η²) and the rate is kept."""
+    assert gen_learning_rate(0.0, {-1: 1.0, 0: 1.0, 1: 1.0}) == (0.0, {"autolr_fit": 0.0})
+    fb, rb = batches()
+    model = tiny_llama()
+    before = [p.detach().clone() for p in model.parameters()]
+    eng = make_engine(model, "ngdiff", {"autolr": True, "autolr_interval": 1}, lr=1e-3, optimizer="adamw",
+                      total_steps=4, schedule="linear", warmup_steps=2)
+    m = eng.step([(fb, rb)], probe_batch=rb)
+    assert m["lr"] == 0.0 and m["autolr_fit"] == 0.0 and eng.synthesis.autolr_lr is None
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    # the moments advanced once, as in any step at lr 0 (the same state as without AutoLR)
+    assert all(float(s["step"]) == 1.0 for s in eng.optimizer.state_dict()["state"].values())

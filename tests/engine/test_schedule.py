@@ -94,3 +94,53 @@ def test_autolr_applies_the_horizon_scale_in_the_gen_update(horizon):
     s_t = {"constant": 1.0, "linear": 0.75, "cosine": (1 + math.cos(math.pi / 4)) / 2}[horizon]
     clipped = min(max(m["autolr_opt_lr"], lr / 2), 2 * lr)
     assert m["lr"] == pytest.approx(SMOOTHING * lr + (1 - SMOOTHING) * s_t * clipped, rel=1e-12)
+
+
+# Warm-up over 4 steps, AutoLR every 2: step 0 runs at lr 0 and skips the fit; the fit at step 2
+# (warm-up factor 0.5) sets AutoLR's base rate, which the warm-up keeps scaling (0.75 at step 3).
+WARMUP_AUTOLR = {"warmup_steps": 4, "method": {"autolr": True, "autolr_interval": 2}}
+
+
+def assert_warm_up_ramps_autolrs_rate(rows: list[dict], base_lr: float) -> None:
+    assert len(rows) == 6
+    assert all(math.isfinite(m["loss_forget"]) and math.isfinite(m["loss_retain_0"]) for m in rows)
+    lrs = [m["lr"] for m in rows]
+    assert lrs[0] == 0.0 and rows[0]["autolr_fit"] == 0.0
+    assert lrs[1] == pytest.approx(0.25 * base_lr)          # the schedule's rate until AutoLR has fitted
+    assert "autolr_fit" in rows[2] and lrs[2] > 0            # the fit at factor 0.5 chose this step's rate ...
+    assert lrs[3] == pytest.approx(lrs[2] / 0.5 * 0.75)      # ... so its base rate is lrs[2] / 0.5
+    assert all(lr > 0 for lr in lrs[1:])
+
+
+def test_ngdiff_autolr_through_a_warm_up_ramps_autolrs_base_rate():
+    """The engine over 6 steps (tiny Llama, hand batches)."""
+    b = hand_batch()
+    r = {k: v.clone() for k, v in b.items()}
+    r["input_ids"] = torch.where(b["attention_mask"].bool(), (b["input_ids"] * 3) % 35 + 3, b["input_ids"])
+    r["labels"] = torch.where(b["labels"] != -100, r["input_ids"], b["labels"])
+    base = 1e-3
+    eng = UnlearningEngine(tiny_llama(), build_objective("ga"), [build_objective("nll")],
+                           build_synthesis("ngdiff", WARMUP_AUTOLR["method"]), ObjectiveContext(), lr=base,
+                           optimizer="adamw", total_steps=6, schedule="linear",
+                           warmup_steps=WARMUP_AUTOLR["warmup_steps"])
+    rows = [eng.step([(b, r)], probe_batch=r) for _ in range(6)]
+    assert_warm_up_ramps_autolrs_rate(rows, base)
+    assert rows[5]["lr"] == pytest.approx(eng.synthesis.autolr_lr)  # past the warm-up: AutoLR's rate itself
+
+
+@pytest.mark.slow
+def test_an_ngdiff_autolr_trial_with_warm_up_ramps_autolrs_rate(tmp_path, tofu_dir, shared_cache):
+    """A real tiny trial: TOFU rows through the worker's loop."""
+    from raysweep.distributed.worker import WorkerOptions, run_worker
+    from raysweep.spec import load_job
+
+    from ..conftest import tiny_job
+    from ..distributed.workers import Recorder
+
+    base = 1e-3
+    path = tiny_job(tmp_path, tofu_dir, shared_cache, steps=6, lr=base, warmup_steps=WARMUP_AUTOLR["warmup_steps"],
+                    method={"name": "ngdiff", **WARMUP_AUTOLR["method"]})
+    rec = Recorder()
+    run_worker(load_job(path), 0, 1, torch.device("cpu"), rec, WorkerOptions(evaluate=False, save_checkpoints=False),
+               None)
+    assert_warm_up_ramps_autolrs_rate([m for m, _ in rec.rows], base)

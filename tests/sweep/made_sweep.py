@@ -39,7 +39,7 @@ def make_sweep(tmp_path, name="made", tofu_dir=None, uri=None):
     parent = c.create_run(exp, run_name=name, tags={
         tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.objectives": json.dumps(OBJECTIVES),
         "raysweep.reference_point": json.dumps({"forget_rougeL_recall": 1.0, "retain_rougeL_recall": 0.0}),
-        **tracking.objective_tags(OBJECTIVES)})
+        "raysweep.constrained": "True", **tracking.objective_tags(OBJECTIVES)})
     pid = parent.info.run_id
     c.log_text(pid, yaml.safe_dump(SPACE), "search_space.yaml")
     c.log_text(pid, json.dumps(_job(tmp_path, tofu_dir)), "job.json")

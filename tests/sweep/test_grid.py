@@ -153,3 +153,19 @@ def test_a_real_grid_sweep_runs_every_point_once(tmp_path, tofu_dir, shared_cach
                            filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'")[0]
     drawn = sorted((float(r.data.params["alpha"]), float(r.data.params["lr"])) for r in tracking.child_runs(c, parent))
     assert drawn == [(0.5, 1e-4), (0.5, 1e-2), (2.0, 1e-4), (2.0, 1e-2)]
+
+
+@pytest.mark.parametrize("kind,lo,hi", [("loguniform", 1e-6, 1.0001e-6), ("uniform", 0.5, 0.50001),
+                                         ("loguniform", 1e-12, 1e12), ("uniform", -3e8, 3e8)])
+@pytest.mark.parametrize("n", [3, 7, 12])
+def test_grid_points_are_distinct_and_inside_narrow_and_wide_ranges(kind, lo, hi, n):
+    v = grid_values(space({"unlearn": {"lr": {kind: [lo, hi]}}}), n)["unlearn.lr"]
+    assert len(v) == n and v[0] == lo and v[-1] == hi
+    assert all(a < b for a, b in zip(v, v[1:])), v  # distinct, in order, so inside the range
+
+
+def test_a_range_without_room_for_the_points_is_one_line():
+    s = space({"unlearn": {"lr": {"uniform": [1.0, 1.0 + 2 ** -52]}}})  # two neighbouring floats
+    with pytest.raises(GridError, match=r"^unlearn.lr: 3 is not allowed \(uniform range \[1.0, 1.0000000000000002\] "
+                                        r"has only 2 distinct values on its grid\)$"):
+        grid_values(s, 3)

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from raysweep.sweep.pareto import hypervolume, non_dominated
+from raysweep.sweep.pareto import hypervolume, non_dominated, nondominated_ranks
 
 
 def brute_front(points, directions):
@@ -72,3 +72,39 @@ def test_hypervolume_of_known_staircase():
 def test_bad_direction():
     with pytest.raises(ValueError, match="not allowed"):
         non_dominated([[1, 2]], ["max", "maximise"])
+
+
+def test_a_nan_row_is_never_on_the_front_and_never_dominates():
+    pts = np.array([[0.2, 0.9], [np.nan, 0.5], [0.9, np.nan], [0.5, 0.5], [0.4, 0.4]])
+    assert list(non_dominated(pts, ["max", "max"])) == [True, False, False, True, False]
+    # NaN rows rank after every finite row (and the ranking ends)
+    assert list(nondominated_ranks(pts, ["max", "max"])) == [0, 2, 2, 0, 1]
+    assert hypervolume(pts, ["max", "max"], [0, 0]) == pytest.approx(0.2 * 0.9 + 0.3 * 0.5)
+
+
+def test_the_nadir_ignores_nan_rows():
+    from raysweep.sweep.pareto import nadir
+
+    pts = [[0.2, 0.9], [np.nan, 0.1], [0.9, 0.3]]
+    assert nadir(pts, ["max", "min"]) == [0.2, 0.9]
+    assert hypervolume(pts, ["max", "min"], nadir(pts, ["max", "min"])) == pytest.approx(0.7 * 0.6)
+    assert nadir([[np.nan, 1.0]], ["max", "max"]) == pytest.approx([np.nan, np.nan], nan_ok=True)
+
+
+def test_the_report_keeps_nan_points_off_the_front_and_out_of_the_nadir(tmp_path, tofu_dir):
+    """A NaN evaluation logged to MLflow (real sqlite store): not on the front, and the nadir
+    reference point (no point stated in the job) stays finite, so the hypervolume is not 0."""
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    from .made_sweep import make_sweep
+
+    c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
+    c.set_tag(parent.info.run_id, "raysweep.reference_point", "")
+    t3 = next(r for r in tracking.child_runs(c, parent) if r.data.tags[tracking.TRIAL_TAG] == "t3")
+    c.log_metric(t3.info.run_id, "eval/forget_rougeL_recall", float("nan"), step=2)
+    c.log_metric(t3.info.run_id, "eval/retain_rougeL_recall", 0.99, step=2)
+    report = pareto_report(c, uri, "made")
+    assert ("t3", 2) not in {(r["trial_id"], r["step"]) for r in report["front"]}
+    assert all(np.isfinite(v) for v in report["reference_point"].values())
+    assert report["hypervolume"] > 0

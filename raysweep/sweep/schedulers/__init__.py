@@ -7,8 +7,9 @@ non-dominated sorting over several objectives, each with its own direction.
 from __future__ import annotations
 
 
-def make_scheduler(job, constraint_threshold=None):
-    """The Tune scheduler a job asks for (``sweep.scheduler``), or None for Tune's FIFO."""
+def make_scheduler(job, constraint=None):
+    """The Tune scheduler a job asks for (``sweep.scheduler``), or None for Tune's FIFO;
+    ``constraint``: the sweep's ``RetentionConstraint`` (None: every point is feasible)."""
     spec = job.sweep.scheduler
     if spec is None:
         return None
@@ -16,5 +17,4 @@ def make_scheduler(job, constraint_threshold=None):
 
     rungs = MOASHARungs(job.sweep.objectives, max_steps=job.unlearn.steps, grace_period=spec.grace_period,
                         reduction_factor=spec.reduction_factor, tie_break=spec.tie_break)
-    c = job.sweep.constraint
-    return tune_scheduler(rungs, constraint=(c.metric, constraint_threshold) if c and constraint_threshold is not None else None)
+    return tune_scheduler(rungs, constraint=constraint)

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from raysweep.reporting.constraint import RetentionConstraint
 from raysweep.sweep.pareto import (crowding_distances, hypervolume_contributions, nondominated_ranks,
                                    to_maximise)
 
@@ -126,10 +127,10 @@ class MOASHARungs:
         return trial in order[:keep]
 
 
-def tune_scheduler(rungs: MOASHARungs, constraint: Optional[tuple] = None):
+def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None):
     """A Tune ``FIFOScheduler`` whose ``on_trial_result`` asks ``rungs``. Results carry the
     evaluation along the run as ``eval/<metric>`` at ``step``; other results pass through.
-    ``constraint`` = (metric, threshold): feasible when ``eval/<metric> >= threshold``."""
+    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class MOASHAScheduler(FIFOScheduler):
@@ -142,11 +143,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[tuple] = None):
             keys = [f"eval/{m}" for m in self.rungs.objectives]
             if not all(k in result for k in keys) or "step" not in result:
                 return TrialScheduler.CONTINUE
-            feasible = True
-            if self.constraint is not None:
-                metric, threshold = self.constraint
-                v = result.get(f"eval/{metric}")
-                feasible = v is not None and math.isfinite(v) and v >= threshold
+            feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
             decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
             return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
 
