@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
+
+from raysweep.rng import rng_state, set_rng_state
 
 WEIGHTS = "model.safetensors"
 STATE_TENSORS = "train_state.safetensors"
@@ -121,11 +122,7 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict
             weights = {k: v.detach().cpu().contiguous() for k, v in inner.state_dict().items()}
         save_file(_untie(weights), str(tmp / WEIGHTS))
         tensors: dict[str, torch.Tensor] = {}
-        structure = encode_state({
-            "engine": engine.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }, tensors)
+        structure = encode_state({"engine": engine.state_dict(), "rng": rng_state()}, tensors)
         save_file(tensors, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps(structure))
         files = [WEIGHTS, STATE_TENSORS, STATE_JSON]
@@ -211,12 +208,7 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, engine) -> int:
                               f"({type(err).__name__}: {' '.join(str(err).split())[:120]})") from None
     inner.load_state_dict(weights, strict=False)
     engine.load_state_dict(state["engine"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(state["rng"])
     return int(meta["step"])
 
 

@@ -11,8 +11,9 @@ import hashlib
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
 from raysweep.evaluation.batching import LOCAL, Shard, model_context
+from raysweep.rng import rng_preserved
 from raysweep.spec import JobSpec
 
 
@@ -42,6 +44,21 @@ def during_job(job: JobSpec) -> JobSpec:
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    """The model in eval mode for the block; after it, each module's mode and the global random
+    generators are as they were, whatever the evaluation drew (a sampled generation, a random
+    subsample), so evaluating along the run leaves the training steps after it unchanged."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with rng_preserved():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class Evaluator:
@@ -121,8 +138,10 @@ class Evaluator:
     # ---- evaluate one model ------------------------------------------------------------------
     def __call__(self, model, progress: bool = True, shard: Shard = LOCAL) -> dict[str, float]:
         """Every benchmark's metrics; with several ranks each scores its share (same numbers)."""
-        was_training = model.training
-        model.eval()
+        with evaluating(model):
+            return self._scores(model, progress, shard)
+
+    def _scores(self, model, progress: bool, shard: Shard) -> dict[str, float]:
         out: dict[str, float] = {}
         e = self.job.eval
         for bench in self.benchmarks:
@@ -169,6 +188,4 @@ class Evaluator:
                                                    max_length=model_context(model))
             if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
-        if was_training:
-            model.train()
         return out
