@@ -113,9 +113,15 @@ def sweep_trial(config: dict, ctx: dict) -> None:
         if runs_inline(job):
             from raysweep.reporting.ray_report import TuneReporter
 
-            recorder = TuneReporter(fixed={"mlflow_run_id": run_id},
-                                    on_checkpoint=lambda step, path, m: record_point(c, job, run_id, step, path, m,
-                                                                                     ctx["target_metrics"]))
+            held_once = []
+
+            def on_checkpoint(step, path, m):
+                record_point(c, job, run_id, step, path, m, ctx["target_metrics"])
+                if not held_once:
+                    held_once.append(step)
+                    _fault_pause(PAUSE_AFTER_FIRST_CHECKPOINT)
+
+            recorder = TuneReporter(fixed={"mlflow_run_id": run_id}, on_checkpoint=on_checkpoint)
             metrics, checkpoint = run_inline(job, options, tune_reporter=recorder)
         else:
             metrics, checkpoint, points = _run_on_ray_train(job, options, ctx, trial_id)
@@ -189,7 +195,7 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
             c.log_artifacts(run_id, checkpoint, "checkpoint")
             uri = f"runs:/{run_id}/checkpoint"
         c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
-    _fault_pause()
+    _fault_pause(PAUSE_BEFORE_CLOSE)
     stopped = metrics.get("stopped")
     if stopped:
         report["stopped_reason"] = str(stopped)
@@ -200,9 +206,15 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     return report
 
 
-def _fault_pause() -> None:
-    """Fault-injection hook for the resilience tests: hold a trial between logging its results
-    and closing its run, so a test can kill the driver exactly then. Off unless the variable is set."""
-    pause = os.environ.get("RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S")
+# Fault-injection hooks for the resilience tests: seconds to hold a trial at one moment, so a test
+# kills the driver exactly then however fast the machine trains. Off unless the variable is set.
+# Between logging a trial's results and closing its run:
+PAUSE_BEFORE_CLOSE = "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"
+# Mid-run, once the trial's first checkpoint is persisted (inline trials; its run is RUNNING):
+PAUSE_AFTER_FIRST_CHECKPOINT = "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"
+
+
+def _fault_pause(variable: str) -> None:
+    pause = os.environ.get(variable)
     if pause:
         time.sleep(float(pause))
