@@ -343,3 +343,44 @@ def test_evaluating_along_the_run_leaves_two_ranks_training_steps_bit_identical(
         assert len(steps["every0"]) == 8
         assert steps["every4"] == steps["every0"]
         assert steps["every8"] == steps["every0"]
+
+
+@pytest.mark.slow
+def test_sweeps_evaluated_every_4_or_8_steps_train_the_same_trials_and_share_their_points(tmp_path, tofu_dir,
+                                                                                          shared_cache):
+    """BENCHMARKS.md's search-efficiency runs at the sweep level: two FIFO sweeps with the same seed,
+    ``eval.every`` (and checkpoint_every) 4 and 8, draw the same configurations, train them
+    bit-identically, and every point evaluated every 8 steps is an every-4 point with the same value
+    (so the every-4 hypervolume can only be larger or equal)."""
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+
+    trials = {}
+    for every in (4, 8):
+        name = f"every{every}"
+        path = trajectory_job(tmp_path, tofu_dir, shared_cache, name=name, trials=3, scheduler=False)
+        job = yaml.safe_load(path.read_text())
+        job["unlearn"]["steps"] = 8
+        job["eval"]["every"] = every
+        job["train"] = {"checkpoint_every": every}
+        path.write_text(yaml.safe_dump(job))
+        prepare(load_job(path))
+        res = raysweep("launch", str(path), "--name", name, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        uri = job["sweep"]["tracking_uri"]
+        c = tracking.client(uri)
+        trials[every] = {json.dumps(r.data.params, sort_keys=True): r.info.run_id
+                         for r in tracking.child_runs(c, tracking.find_parent(c, name, uri))}
+
+    def history(run_id, metric):
+        return {m.step: m.value for m in c.get_metric_history(run_id, metric)}
+
+    assert len(trials[8]) == 3 and sorted(trials[4]) == sorted(trials[8]), "the same configurations"
+    for config, every8 in trials[8].items():
+        every4 = trials[4][config]
+        for metric in ("train/loss_forget", "train/loss_retain_0"):
+            assert history(every4, metric) == history(every8, metric), (config, metric)
+        for metric in OBJECTIVES:
+            points8 = history(every8, f"eval/{metric}")
+            assert sorted(points8) == [8] and points8.items() <= history(every4, f"eval/{metric}").items()
