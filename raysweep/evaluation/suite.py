@@ -11,17 +11,15 @@ import hashlib
 import json
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
-from raysweep.evaluation.batching import LOCAL, Shard, model_context
-from raysweep.rng import rng_preserved
+from raysweep.evaluation.batching import LOCAL, Shard, evaluating, model_context
 from raysweep.spec import JobSpec
 
 
@@ -44,21 +42,6 @@ def during_job(job: JobSpec) -> JobSpec:
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def evaluating(model) -> Iterator[None]:
-    """The model in eval mode for the block; after it, each module's mode and the global random
-    generators are as they were, whatever the evaluation drew (a sampled generation, a random
-    subsample), so evaluating along the run leaves the training steps after it unchanged."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with rng_preserved():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 class Evaluator:
