@@ -323,8 +323,8 @@ def test_evaluating_along_the_run_leaves_every_training_step_bit_identical(tmp_p
 
 @pytest.mark.slow
 def test_evaluating_along_the_run_leaves_two_ranks_training_steps_bit_identical(tmp_path, tofu_dir, shared_cache):
-    """The same on two data-parallel ranks (gloo, the loop every Ray Train rank runs): each rank scores
-    its share of the evaluation rows, so the ranks draw and wait differently while evaluating."""
+    """The same on two data-parallel ranks (gloo, the loop every Ray Train rank runs), where each
+    rank scores its own share of the evaluation rows and the ranks gather the results."""
     from raysweep.distributed.local import run_ranks
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
