@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
+
+from raysweep.rng import rng_state, set_rng_state
 
 WEIGHTS = "model.safetensors"
 STATE_TENSORS = "train_state.safetensors"
@@ -105,19 +106,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def restore_rng(rng: dict) -> None:
-    torch.set_rng_state(rng["torch"].cpu())
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def write_state(directory: Path, state: dict, tensor_file: str = STATE_TENSORS, json_file: str = STATE_JSON) -> None:
@@ -311,7 +299,7 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, engine) -> int:
     with checkpoint_errors(directory, "does not fit this trial's optimizer or synthesis"):
         engine.load_state_dict(state["engine"])  # before the weights: its errors leave the model untouched
         inner.load_state_dict(weights, strict=not is_peft(inner))  # LoRA: the adapters alone (checked above)
-    restore_rng(state["rng"])
+    set_rng_state(state["rng"])
     return int(meta["step"])
 
 

@@ -129,8 +129,9 @@ def save_sharded(directory: Path, model: torch.nn.Module, engine) -> Path:
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    from raysweep.distributed.checkpoint import (FORMAT, WEIGHTS, _untie, hash_files, install, rng_state,
-                                                 temp_folder, write_error, write_meta, write_state)
+    from raysweep.distributed.checkpoint import (FORMAT, WEIGHTS, _untie, hash_files, install, temp_folder,
+                                                 write_error, write_meta, write_state)
+    from raysweep.rng import rng_state
 
     directory, rank = Path(directory), dist.get_rank()
     token = [uuid.uuid4().hex if rank == 0 else None]  # one temporary name for ranks sharing a folder
@@ -183,7 +184,8 @@ def load_sharded(directory: Path, model: torch.nn.Module, engine) -> int:
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     from raysweep.distributed.checkpoint import (WEIGHTS, CheckpointError, checkpoint_errors, read_state,
-                                                 restore_rng, verify_checkpoint)
+                                                 verify_checkpoint)
+    from raysweep.rng import set_rng_state
 
     directory, rank, world = Path(directory), dist.get_rank(), dist.get_world_size()
     own, failure = None, None
@@ -209,5 +211,5 @@ def load_sharded(directory: Path, model: torch.nn.Module, engine) -> int:
     _agree(failure, directory, "loading")
     engine.step_count = int(own["step"])
     engine.loss_scale = float(own["loss_scale"])
-    restore_rng(own["rng"])
+    set_rng_state(own["rng"])
     return engine.step_count

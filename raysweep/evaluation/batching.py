@@ -5,13 +5,17 @@ log-likelihoods) goes through :func:`map_batches`: items are ordered by length (
 little), cut into fixed batches of ``batch_size``, and batch ``b`` runs on rank ``b % world``;
 each rank's results are gathered and put back in input order on every rank. The batches do not
 depend on the number of ranks, so 2 ranks give bit-for-bit the numbers of 1 rank (padding, and
-so the arithmetic, of every row is the same), in about half the time.
+so the arithmetic, of every row is the same), in about half the time. Every scoring entry point
+runs the model under :func:`evaluating`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+from raysweep.rng import rng_preserved
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,21 @@ LOCAL = Shard()
 def model_context(model) -> int:
     """The model's context length in tokens (``max_position_embeddings``; 2048 when unnamed)."""
     return int(getattr(model.config, "max_position_embeddings", 2048))
+
+
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    """The model in eval mode for the block; after it, each module's mode and the global random
+    generators are as they were, whatever the evaluation drew (a sampled generation, a random
+    subsample), so evaluating along the run leaves the training steps after it unchanged."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with rng_preserved():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def torch_distributed_shard() -> Shard:

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from raysweep.data.collate import QACollator, left_pad
-from raysweep.evaluation.batching import LOCAL, Shard, map_batches, model_context
+from raysweep.evaluation.batching import LOCAL, Shard, evaluating, map_batches, model_context
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.objectives.base import sequence_sums, token_logprobs
 
@@ -120,17 +120,14 @@ def greedy_answers(model, collator: QACollator, questions: Sequence[str], max_ne
 
 def qa_metrics(model, collator: QACollator, rows: Sequence[dict], *, max_new_tokens: int = 64,
                batch_size: int = 64, prefix: str = "", progress: bool = False, shard: Shard = LOCAL) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
     questions = [r["question"] for r in rows]
     answers = [r["answer"] for r in rows]
     if progress:
         print(f"  evaluating {prefix.rstrip('_') or 'split'}: {len(rows)} questions", file=sys.stderr, flush=True)
-    losses = normalised_answer_losses(model, collator, questions, answers, batch_size, shard)
-    generated = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
+    with evaluating(model):
+        losses = normalised_answer_losses(model, collator, questions, answers, batch_size, shard)
+        generated = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
     recall = [rouge_l(a, g)["recall"] for a, g in zip(answers, generated)]
-    if was_training:
-        model.train()
     return {
         f"{prefix}answer_loss": float(losses.mean()),
         f"{prefix}answer_prob": float(torch.exp(-losses).mean()),

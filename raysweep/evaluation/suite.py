@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
-from raysweep.evaluation.batching import LOCAL, Shard, model_context
+from raysweep.evaluation.batching import LOCAL, Shard, evaluating, model_context
 from raysweep.spec import JobSpec
 
 
@@ -121,8 +121,10 @@ class Evaluator:
     # ---- evaluate one model ------------------------------------------------------------------
     def __call__(self, model, progress: bool = True, shard: Shard = LOCAL) -> dict[str, float]:
         """Every benchmark's metrics; with several ranks each scores its share (same numbers)."""
-        was_training = model.training
-        model.eval()
+        with evaluating(model):
+            return self._scores(model, progress, shard)
+
+    def _scores(self, model, progress: bool, shard: Shard) -> dict[str, float]:
         out: dict[str, float] = {}
         e = self.job.eval
         for bench in self.benchmarks:
@@ -169,6 +171,4 @@ class Evaluator:
                                                    max_length=model_context(model))
             if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
-        if was_training:
-            model.train()
         return out

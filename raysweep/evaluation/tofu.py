@@ -30,7 +30,7 @@ import torch
 
 from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData, load_jsonl
-from raysweep.evaluation.batching import LOCAL, Shard
+from raysweep.evaluation.batching import LOCAL, Shard, evaluating
 from raysweep.evaluation.qa import MIN_K_FRACTION, answer_token_scores, greedy_answers, normalised_answer_losses
 from raysweep.evaluation.rouge import rouge_l
 from raysweep.evaluation.stats import auc, harmonic_mean, ks_pvalue
@@ -149,44 +149,44 @@ def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_
     ``reference_mia_auc``: the retain reference's forget-split truth ratios and Min-K% AUC; without
     them forget quality / privleak are absent, never made up. ``collator``: the evaluation's
     (``eval.max_length``), see :meth:`QACollator.with_max_length`."""
-    was_training = model.training
-    model.eval()
-    per_q, metrics = {}, {}
-    for split in ("forget", "retain", "real_authors", "world_facts"):
-        rows = getattr(sets, split)
-        if progress:
-            import sys
+    with evaluating(model):
+        per_q, metrics = {}, {}
+        for split in ("forget", "retain", "real_authors", "world_facts"):
+            rows = getattr(sets, split)
+            if progress:
+                import sys
 
-            print(f"  tofu eval: {split} ({len(rows)} questions)", file=sys.stderr, flush=True)
-        s = score_split(model, collator, rows, normalise_prob=split in ("real_authors", "world_facts"),
-                        max_new_tokens=max_new_tokens, batch_size=batch_size, shard=shard)
-        per_q[split] = s
-        metrics[f"{split}_prob"] = float(np.mean(s["prob"]))
-        metrics[f"{split}_rougeL_recall"] = float(np.mean(s["rougeL_recall"]))
-        metrics[f"{split}_answer_loss"] = float(np.mean(s["answer_loss"]))
-        tr = s["truth_ratio"]
-        metrics[f"{split}_truth_ratio"] = (
-            forget_truth_ratio_score(tr) if split == "forget" else utility_truth_ratio_score(tr)
-        )
-    metrics["model_utility"] = model_utility(metrics)
-    if reference_forget_ratios is not None:
-        fq = forget_quality(per_q["forget"]["truth_ratio"], reference_forget_ratios)
-        metrics["forget_quality"] = fq
-        metrics["log10_forget_quality"] = math.log10(max(fq, 1e-300))
-    forget_scores = answer_token_scores(model, collator, [r["question"] for r in sets.forget],
-                                        [r["answer"] for r in sets.forget], MIN_K_FRACTION, batch_size, shard)
-    metrics["extraction_strength"] = float(np.mean([es for _, es in forget_scores]))
-    if sets.holdout:
-        hold = _losses_by_pair(model, collator, [(r["question"], r["answer"]) for r in sets.holdout], batch_size, shard)
-        # Loss attack: members (forget) should have lower loss than non-members (holdout).
-        metrics["mia_loss_auc"] = auc(hold, per_q["forget"]["answer_loss"])
-        hold_scores = answer_token_scores(model, collator, [r["question"] for r in sets.holdout],
-                                          [r["answer"] for r in sets.holdout], MIN_K_FRACTION, batch_size, shard)
-        # Min-K%: members have the higher mean of their lowest token log-probs.
-        metrics["mia_min_k_auc"] = auc([m for m, _ in forget_scores], [m for m, _ in hold_scores])
-        per_q["holdout"] = {"answer_loss": hold}
-        if reference_mia_auc is not None:
-            metrics["privleak"] = tofu_privleak(metrics["mia_min_k_auc"], reference_mia_auc)
+                print(f"  tofu eval: {split} ({len(rows)} questions)", file=sys.stderr, flush=True)
+            s = score_split(model, collator, rows, normalise_prob=split in ("real_authors", "world_facts"),
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, shard=shard)
+            per_q[split] = s
+            metrics[f"{split}_prob"] = float(np.mean(s["prob"]))
+            metrics[f"{split}_rougeL_recall"] = float(np.mean(s["rougeL_recall"]))
+            metrics[f"{split}_answer_loss"] = float(np.mean(s["answer_loss"]))
+            tr = s["truth_ratio"]
+            metrics[f"{split}_truth_ratio"] = (
+                forget_truth_ratio_score(tr) if split == "forget" else utility_truth_ratio_score(tr)
+            )
+        metrics["model_utility"] = model_utility(metrics)
+        if reference_forget_ratios is not None:
+            fq = forget_quality(per_q["forget"]["truth_ratio"], reference_forget_ratios)
+            metrics["forget_quality"] = fq
+            metrics["log10_forget_quality"] = math.log10(max(fq, 1e-300))
+        forget_scores = answer_token_scores(model, collator, [r["question"] for r in sets.forget],
+                                            [r["answer"] for r in sets.forget], MIN_K_FRACTION, batch_size, shard)
+        metrics["extraction_strength"] = float(np.mean([es for _, es in forget_scores]))
+        if sets.holdout:
+            hold = _losses_by_pair(model, collator, [(r["question"], r["answer"]) for r in sets.holdout],
+                                   batch_size, shard)
+            # Loss attack: members (forget) should have lower loss than non-members (holdout).
+            metrics["mia_loss_auc"] = auc(hold, per_q["forget"]["answer_loss"])
+            hold_scores = answer_token_scores(model, collator, [r["question"] for r in sets.holdout],
+                                              [r["answer"] for r in sets.holdout], MIN_K_FRACTION, batch_size, shard)
+            # Min-K%: members have the higher mean of their lowest token log-probs.
+            metrics["mia_min_k_auc"] = auc([m for m, _ in forget_scores], [m for m, _ in hold_scores])
+            per_q["holdout"] = {"answer_loss": hold}
+            if reference_mia_auc is not None:
+                metrics["privleak"] = tofu_privleak(metrics["mia_min_k_auc"], reference_mia_auc)
     truncated = {split: truncated_pairs(collator, getattr(sets, split)) for split in sets.sizes()}
     metrics["truncated_inputs"] = float(sum(truncated.values()))
     if metrics["truncated_inputs"] and shard.rank == 0:
@@ -195,6 +195,4 @@ def evaluate_tofu(model, collator: QACollator, sets: TofuEvalSets, *, reference_
         detail = ", ".join(f"{k} {v}" for k, v in sorted(truncated.items()) if v)
         print(f"  warning: {int(metrics['truncated_inputs'])} evaluated answers/paraphrases/perturbed answers exceed "
               f"eval.max_length={collator.max_length} tokens and were cut ({detail})", file=sys.stderr, flush=True)
-    if was_training:
-        model.train()
     return metrics, per_q

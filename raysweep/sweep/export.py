@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from raysweep.sweep import tracking
-from raysweep.sweep.tracking import CHECKPOINT_AT, checkpoint_tag
+from raysweep.sweep.tracking import CHECKPOINT_AT
 
 CARD = "README.md"
 EXPORT_MANIFEST = "raysweep_export.json"

@@ -105,8 +105,15 @@ def sweep_trial(config: dict, ctx: dict) -> None:
         if runs_inline(job):
             from raysweep.reporting.ray_report import TuneReporter
 
-            recorder = TuneReporter(fixed={"mlflow_run_id": run_id},
-                                    on_checkpoint=lambda step, path, m: record_point(c, job, run_id, step, path, m))
+            held_once = []
+
+            def on_checkpoint(step, path, m):
+                record_point(c, job, run_id, step, path, m)
+                if not held_once:
+                    held_once.append(step)
+                    _fault_pause(PAUSE_AFTER_FIRST_CHECKPOINT)
+
+            recorder = TuneReporter(fixed={"mlflow_run_id": run_id}, on_checkpoint=on_checkpoint)
             metrics, checkpoint = run_inline(job, options, tune_reporter=recorder)
         else:
             metrics, checkpoint, points = _run_on_ray_train(job, options, ctx, trial_id)
@@ -186,7 +193,7 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
             c.log_artifacts(run_id, checkpoint, "checkpoint")
             uri = f"runs:/{run_id}/checkpoint"
         c.set_tag(run_id, "raysweep.checkpoint_uri", uri)
-    _fault_pause()
+    _fault_pause(PAUSE_BEFORE_CLOSE)
     stopped = metrics.get("stopped")
     if stopped:
         report["stopped_reason"] = str(stopped)
@@ -197,20 +204,26 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     return report
 
 
+# Fault-injection hooks for the resilience and feature-matrix tests: hold a trial at one moment, or
+# kill its worker at one step, so a test meets the fault exactly there however fast the machine
+# trains. Off unless the variable is set.
+# Seconds to hold a trial between logging its results and closing its run:
+PAUSE_BEFORE_CLOSE = "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"
+# Seconds to hold it mid-run, once its first checkpoint is persisted (inline trials; run RUNNING):
+PAUSE_AFTER_FIRST_CHECKPOINT = "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"
+# The first trial to reach this step loses its worker (rank 1 when there are several) to a hard
+# exit, once per marker file, and recovers from its last checkpoint:
+KILL_AT_STEP, KILL_MARKER = "RAYSWEEP_FAULT_KILL_AT_STEP", "RAYSWEEP_FAULT_KILL_MARKER"
+
+
 def _fault_kill(options) -> None:
-    """Fault-injection hook for the feature-matrix tests: the first trial to reach step
-    ``RAYSWEEP_FAULT_KILL_AT_STEP`` loses its worker (rank 1 when there are several) to a hard exit,
-    once per marker file ``RAYSWEEP_FAULT_KILL_MARKER``, so a test can check the recovery from the
-    last checkpoint. Off unless the variables are set."""
-    step = os.environ.get("RAYSWEEP_FAULT_KILL_AT_STEP")
+    step = os.environ.get(KILL_AT_STEP)
     if step:
         options.fail_at_step = int(step)
-        options.fail_marker = os.environ["RAYSWEEP_FAULT_KILL_MARKER"]
+        options.fail_marker = os.environ[KILL_MARKER]
 
 
-def _fault_pause() -> None:
-    """Fault-injection hook for the resilience tests: hold a trial between logging its results
-    and closing its run, so a test can kill the driver exactly then. Off unless the variable is set."""
-    pause = os.environ.get("RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S")
+def _fault_pause(variable: str) -> None:
+    pause = os.environ.get(variable)
     if pause:
         time.sleep(float(pause))

@@ -40,10 +40,17 @@ def child_runs(uri, experiment="raysweep/tiny-test"):
     return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("raysweep.role") != "parent"]
 
 
+# Every launched trial is held this long at its first checkpoint (the fault hook in
+# raysweep/sweep/trial.py): a mid-point that includes a running trial lasts at least this long,
+# however fast the machine trains (a whole 6-trial sweep once took 13 s), and the kill lands mid-trial.
+HOLD_AT_FIRST_CHECKPOINT_S = 20
+
+
 def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
     """Launch, SIGKILL the driver once ``mid_point(runs)`` holds (default: 2 trials finished and
     one running), resume; returns the child runs before the kill and after the resume."""
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    env = {**os.environ, "RAY_ADDRESS": "",
+           "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S": str(HOLD_AT_FIRST_CHECKPOINT_S)}
     mid_point = mid_point or (lambda runs: len([r for r in runs if r.info.status == "FINISHED"]) >= 2
                               and any(r.info.status == "RUNNING" for r in runs))
     log = open(tmp_path / "launch.log", "w")
@@ -56,7 +63,7 @@ def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
             if mid_point(child_runs(uri)):
                 break
             started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-            time.sleep(2)
+            time.sleep(0.5)
         else:
             pytest.fail("the sweep never reached a mid-point: " + (tmp_path / "launch.log").read_text()[-3000:])
         started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
@@ -64,7 +71,7 @@ def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
         os.kill(driver.pid, signal.SIGKILL)  # the driver dies, mid-sweep
         driver.wait(timeout=30)
         time.sleep(5)
-
+        env.pop("RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S")  # the resumed sweep runs unheld
         resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", name, "--tracking-uri", uri],
                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -108,7 +115,8 @@ def test_resume_with_evaluations_along_the_run_and_mo_asha(tmp_path, tofu_dir, s
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
 
-    # Trials of ~60 steps (a few seconds each) so that the driver can be killed while one runs.
+    # 60 steps: rungs at 10, 20 and 40 before the end; every trial is held at its first checkpoint
+    # (step 5), so the trial after one the scheduler stopped is caught running.
     path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=6, steps=60)
     job["eval"]["every"] = 10
     job["sweep"]["max_concurrent"] = 1
@@ -177,8 +185,9 @@ def _reached(moment: str, runs: list) -> bool:
 
 @pytest.mark.parametrize("moment", ["trials-starting", "results-logging"])
 def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared_cache):
-    """The driver SIGKILLed while the first trials start, or while a trial's results are being
-    logged (a fault hook holds the trial 8 s between its final metrics and closing its run); then
+    """The driver SIGKILLed while the first trials start (fault hook: held at their first
+    checkpoint), or while a trial's results are being logged (a fault hook holds the trial 8 s
+    between its final metrics and closing its run); then
     ``raysweep resume``: every trial exactly once FINISHED with metrics and checkpoint, no finished
     trial re-run, the budget reached, nothing left RUNNING."""
     from raysweep.models.prepare import prepare
@@ -190,6 +199,8 @@ def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared
     env = {**os.environ, "RAY_ADDRESS": ""}
     if moment == "results-logging":
         env["RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"] = "8"
+    else:  # the first trials held running, so none can finish before the poll sees them
+        env["RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"] = str(HOLD_AT_FIRST_CHECKPOINT_S)
     log = open(tmp_path / "launch.log", "w")
     driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "killme"],
                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
@@ -209,6 +220,7 @@ def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared
         driver.wait(timeout=30)
         time.sleep(5)
         env.pop("RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S", None)
+        env.pop("RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S", None)
         resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", "killme", "--tracking-uri", uri],
                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         assert resumed.returncode == 0, resumed.stderr[-4000:]

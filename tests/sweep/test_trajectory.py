@@ -257,3 +257,132 @@ def test_raysweep_report_of_the_finished_sweep_renders_in_chromium(swept):
     table = dom[dom.index('id="front-table"'):]
     for r in report["front"]:
         assert f">{point_label(r)}</text>" in dom and f"<td>{point_label(r)}</td>" in table
+
+
+# ---- evaluating along the run does not change the run (issue 21, item 9) ---------------------
+EVAL_EVERY = (0, 4, 8)
+TIMINGS = {"step_seconds", "step_seconds_median", "steps_timed", "unlearn_seconds"}
+
+
+def dropout_job(tmp_path, tofu_dir, cache):
+    """8 steps of a LoRA model with adapter dropout: every training forward draws from torch's global
+    generator, so an evaluation that drew from it, or left the model in eval mode, would change the
+    masks of the steps after it, and so their losses."""
+    path = tiny_job(tmp_path, tofu_dir, cache, steps=8)
+    job = yaml.safe_load(path.read_text())
+    job["model"]["lora"] = {"r": 4, "dropout": 0.2}
+    job["eval"]["benchmarks"] = ["qa"]
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def training_steps(rows: list[dict]) -> list[dict]:
+    """The engine's per-step metrics (losses, norms, lr), without timings and evaluation results."""
+    return [{k: v for k, v in row.items() if "/" not in k and k not in TIMINGS} for row in rows]
+
+
+@pytest.fixture
+def evaluation_drawing_random_numbers(monkeypatch):
+    """The evaluation also draws from every global generator, as a sampled generation or a random
+    subsample of the questions would; the greedy evaluation of today draws nothing."""
+    import random
+
+    import torch
+
+    from raysweep.evaluation import qa
+
+    scored = qa.qa_metrics
+
+    def drawing_qa_metrics(*args, **kwargs):
+        torch.rand(1), random.random(), np.random.rand()
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(qa, "qa_metrics", drawing_qa_metrics)
+
+
+def test_evaluating_along_the_run_leaves_every_training_step_bit_identical(tmp_path, tofu_dir, shared_cache,
+                                                                          evaluation_drawing_random_numbers):
+    import random
+
+    from raysweep.engine.local import run_trial
+    from raysweep.spec import load_job
+
+    path = dropout_job(tmp_path, tofu_dir, shared_cache)
+    steps, points, generators_kept = {}, {}, {}
+    for every in EVAL_EVERY:
+        before = random.getstate(), np.random.get_state()[1].copy()
+        out = run_trial(load_job(path, {"eval.every": every}), progress=False, evaluate_before=False)
+        steps[every], points[every] = training_steps(out["history"]), [p["step"] for p in out["trajectory"]]
+        generators_kept[every] = random.getstate() == before[0] and bool((np.random.get_state()[1] == before[1]).all())
+    assert points == {0: [], 4: [4, 8], 8: [8]}
+    assert len(steps[0]) == 8
+    assert steps[4] == steps[0]
+    assert steps[8] == steps[0]
+    # Training never draws from Python's or NumPy's generator (the first run pays the imports that
+    # may): after it, only the evaluations could.
+    assert generators_kept[4] and generators_kept[8]
+
+
+@pytest.mark.slow
+def test_evaluating_along_the_run_leaves_two_ranks_training_steps_bit_identical(tmp_path, tofu_dir, shared_cache):
+    """The same on two data-parallel ranks (gloo, the loop every Ray Train rank runs), where each
+    rank scores its own share of the evaluation rows and the ranks gather the results."""
+    from raysweep.distributed.local import run_ranks
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    from ..distributed import workers
+
+    path = dropout_job(tmp_path, tofu_dir, shared_cache)
+    prepare(load_job(path))  # once, before the ranks start
+    runs = [(f"every{every}", {"eval.every": every}, {"save_checkpoints": False}) for every in EVAL_EVERY]
+    ranks = run_ranks(workers.unlearn_many, 2, str(path), runs, str(tmp_path / "ranks"))
+    for rank in ranks:
+        steps = {tag: training_steps([metrics for metrics, _ in rows]) for tag, rows in rank.items()}
+        evaluated = {tag: [m["step"] for m, _ in rows if any(k.startswith("eval/") for k in m)]
+                     for tag, rows in rank.items()}
+        assert evaluated == {"every0": [], "every4": [4.0, 8.0], "every8": [8.0]}
+        assert len(steps["every0"]) == 8
+        assert steps["every4"] == steps["every0"]
+        assert steps["every8"] == steps["every0"]
+
+
+@pytest.mark.slow
+def test_sweeps_evaluated_every_4_or_8_steps_train_the_same_trials_and_share_their_points(tmp_path, tofu_dir,
+                                                                                          shared_cache):
+    """BENCHMARKS.md's search-efficiency runs at the sweep level: two FIFO sweeps with the same seed,
+    ``eval.every`` (and checkpoint_every) 4 and 8, draw the same configurations, train them
+    bit-identically, and every point evaluated every 8 steps is an every-4 point with the same value
+    (so the every-4 hypervolume can only be larger or equal)."""
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+
+    trials = {}
+    for every in (4, 8):
+        name = f"every{every}"
+        path = trajectory_job(tmp_path, tofu_dir, shared_cache, name=name, trials=3, scheduler=False)
+        job = yaml.safe_load(path.read_text())
+        job["unlearn"]["steps"] = 8
+        job["eval"]["every"] = every
+        job["train"] = {"checkpoint_every": every}
+        path.write_text(yaml.safe_dump(job))
+        prepare(load_job(path))
+        res = raysweep("launch", str(path), "--name", name, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        uri = job["sweep"]["tracking_uri"]
+        c = tracking.client(uri)
+        trials[every] = {json.dumps(r.data.params, sort_keys=True): r.info.run_id
+                         for r in tracking.child_runs(c, tracking.find_parent(c, name, uri))}
+
+    def history(run_id, metric):
+        return {m.step: m.value for m in c.get_metric_history(run_id, metric)}
+
+    assert len(trials[8]) == 3 and sorted(trials[4]) == sorted(trials[8]), "the same configurations"
+    for config, every8 in trials[8].items():
+        every4 = trials[4][config]
+        for metric in ("train/loss_forget", "train/loss_retain_0"):
+            assert history(every4, metric) == history(every8, metric), (config, metric)
+        for metric in OBJECTIVES:
+            points8 = history(every8, f"eval/{metric}")
+            assert sorted(points8) == [8] and points8.items() <= history(every4, f"eval/{metric}").items()

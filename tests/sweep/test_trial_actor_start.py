@@ -4,7 +4,8 @@ Tune gives every trial actor a runtime env of its own (``PL_DISABLE_FORK``); Ray
 the actor one of the idle workers it prestarts, and the first trial waits for a new interpreter
 (~2.5 s here, ``benchmarks/sweep_overhead.py``). ``raysweep.sweep.driver`` lets the workers
 inherit the variable instead. Checked on a real local Ray through Tune's own actor-class cache,
-with the unpatched cache as the control.
+with the unpatched cache as the control. Only the probe's own Ray workers are counted, so another Ray
+on the machine (a sweep, another test run) changes nothing.
 """
 
 import json
@@ -25,7 +26,10 @@ if patched:
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 
 def idle_workers():
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if " ".join(p.info["cmdline"] or []).startswith("ray::IDLE")}
+    # This Ray's workers only (its raylet is this process's child): another Ray on the machine has its own.
+    own = {p.pid for p in psutil.Process().children(recursive=True)}
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if p.pid in own and " ".join(p.info["cmdline"] or []).startswith("ray::IDLE")}
 
 deadline = time.time() + 60
 while len(idle_workers()) < 2 and time.time() < deadline:
