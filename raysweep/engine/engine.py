@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from raysweep.objectives import Objective, ObjectiveContext
+from raysweep.rng import rng_preserved
 from raysweep.synthesis import SynthContext, Synthesis, step_diagnostics
 from raysweep.synthesis.primitives import GradList, ReduceSum, identity_reduce, norm2
 
@@ -248,7 +249,8 @@ class UnlearningEngine:
         metrics.update(step_diagnostics(grads[0], grads[1], g, self.reduce_sum))
         metrics.update(self.synthesis.last_info)
         if self.geffect_every and self.step_count % self.geffect_every == 0:
-            metrics.update(self._geffect(micro_batches, g))
+            with rng_preserved():  # its train-mode passes draw dropout masks: the next step's stay as they were
+                metrics.update(self._geffect(micro_batches, g))
 
         if self.max_grad_norm is not None:
             total = float(norm2(g, self.reduce_sum).sqrt())

@@ -46,6 +46,31 @@ def child_runs(uri, experiment="raysweep/tiny-test"):
 HOLD_AT_FIRST_CHECKPOINT_S = 20
 
 
+def start_driver(tmp_path, path, name, uri, env):
+    """``raysweep launch`` in the background, its output in launch.log. The sqlite tracking store is
+    created here first: the test polls it while the driver starts, and two processes creating one
+    new store at once collide ("table ... already exists")."""
+    child_runs(uri)
+    log = open(tmp_path / "launch.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+
+def wait_until(reached, what, tmp_path, driver, uri, started: set) -> None:
+    """Poll the child runs until ``reached(runs)``; ``started`` collects the driver's process tree
+    meanwhile (its orphans are killed by PID after the driver is). A driver that exits fails at once."""
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        if reached(child_runs(uri)):
+            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+            return
+        if driver.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"the sweep never reached {what}: " + (tmp_path / "launch.log").read_text()[-3000:])
+
+
 def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
     """Launch, SIGKILL the driver once ``mid_point(runs)`` holds (default: 2 trials finished and
     one running), resume; returns the child runs before the kill and after the resume."""
@@ -53,20 +78,10 @@ def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
            "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S": str(HOLD_AT_FIRST_CHECKPOINT_S)}
     mid_point = mid_point or (lambda runs: len([r for r in runs if r.info.status == "FINISHED"]) >= 2
                               and any(r.info.status == "RUNNING" for r in runs))
-    log = open(tmp_path / "launch.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    started = set()
+    driver = start_driver(tmp_path, path, name, uri, env)
+    started: set = set()
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if mid_point(child_runs(uri)):
-                break
-            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-            time.sleep(0.5)
-        else:
-            pytest.fail("the sweep never reached a mid-point: " + (tmp_path / "launch.log").read_text()[-3000:])
-        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        wait_until(mid_point, "a mid-point", tmp_path, driver, uri, started)
         before = child_runs(uri)
         os.kill(driver.pid, signal.SIGKILL)  # the driver dies, mid-sweep
         driver.wait(timeout=30)
@@ -201,20 +216,10 @@ def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared
         env["RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"] = "8"
     else:  # the first trials held running, so none can finish before the poll sees them
         env["RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"] = str(HOLD_AT_FIRST_CHECKPOINT_S)
-    log = open(tmp_path / "launch.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", "killme"],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    started = set()
+    driver = start_driver(tmp_path, path, "killme", uri, env)
+    started: set = set()
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            if _reached(moment, child_runs(uri)):
-                break
-            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"never reached {moment}: " + (tmp_path / "launch.log").read_text()[-3000:])
-        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        wait_until(lambda runs: _reached(moment, runs), moment, tmp_path, driver, uri, started)
         finished_before = {r.data.tags["raysweep.trial_id"] for r in child_runs(uri) if r.info.status == "FINISHED"}
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)

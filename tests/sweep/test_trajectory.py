@@ -323,6 +323,19 @@ def test_evaluating_along_the_run_leaves_every_training_step_bit_identical(tmp_p
     assert generators_kept[4] and generators_kept[8]
 
 
+def test_g_effect_diagnostics_leave_every_training_step_bit_identical(tmp_path, tofu_dir, shared_cache):
+    """``eval.geffect_every`` runs extra forward and backward passes between steps, in train mode, so
+    with dropout they draw from torch's generator like a training step does."""
+    from raysweep.engine.local import run_trial
+    from raysweep.spec import load_job
+
+    path = dropout_job(tmp_path, tofu_dir, shared_cache)
+    history = {every: run_trial(load_job(path, {"eval.geffect_every": every}), progress=False,
+                                evaluate_before=False)["history"] for every in (0, 2)}
+    assert [int(m["step"]) for m in history[2] if "geffect_forget/total" in m] == [1, 3, 5, 7]
+    assert training_steps(history[2]) == training_steps(history[0])
+
+
 @pytest.mark.slow
 def test_evaluating_along_the_run_leaves_two_ranks_training_steps_bit_identical(tmp_path, tofu_dir, shared_cache):
     """The same on two data-parallel ranks (gloo, the loop every Ray Train rank runs), where each
