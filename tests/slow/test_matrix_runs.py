@@ -14,15 +14,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-
-import psutil
 import pytest
 import yaml
 
 from ..conftest import tiny_job
 from ..sweep.test_trajectory import OBJECTIVES
-from .test_sweep_resilience import child_runs
+from .test_sweep_resilience import child_runs, kill_pids, start_driver, wait_until
 
 pytestmark = pytest.mark.slow
 BASE = dict(precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="fifo",
@@ -51,40 +48,24 @@ def _launch_kill_resume(tmp_path, path, uri, name):
     marker = tmp_path / "worker_killed"
     env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_KILL_AT_STEP": "3",
            "RAYSWEEP_FAULT_KILL_MARKER": str(marker), "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600"}
-    log = open(tmp_path / "launch.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
-                              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    started: set[int] = set()
 
     def held(runs):  # results logged, run not closed: the trial waits in the pause hook
         return any(r.info.status == "RUNNING" and any(k.startswith("objective/") for k in r.data.metrics)
                    for r in runs)
 
+    driver = start_driver(tmp_path, path, name, uri, env)
+    started: set[int] = set()
     try:
-        deadline = time.time() + 900
-        while not held(child_runs(uri)):
-            if driver.poll() is not None or time.time() > deadline:
-                pytest.fail("the first trial never reached its close: " + (tmp_path / "launch.log").read_text()[-3000:])
-            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-            time.sleep(1)
-        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
+        wait_until(held, "the first trial's close", tmp_path, driver, uri, started, timeout=900)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-        for pid in started:  # the killed driver's Ray, by PID, before the resume starts its own
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(started)  # the killed driver's Ray, before the resume starts its own
         env = {k: v for k, v in env.items() if not k.startswith("RAYSWEEP_FAULT_")}
         resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", name, "--tracking-uri", uri],
                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
         assert resumed.returncode == 0, resumed.stderr[-4000:]
     finally:
-        for pid in started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(started)
     return marker
 
 

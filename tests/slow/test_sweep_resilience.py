@@ -56,10 +56,10 @@ def start_driver(tmp_path, path, name, uri, env):
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
 
-def wait_until(reached, what, tmp_path, driver, uri, started: set) -> None:
+def wait_until(reached, what, tmp_path, driver, uri, started: set, timeout: float = 600) -> None:
     """Poll the child runs until ``reached(runs)``; ``started`` collects the driver's process tree
     meanwhile (its orphans are killed by PID after the driver is). A driver that exits fails at once."""
-    deadline = time.time() + 600
+    deadline = time.time() + timeout
     while time.time() < deadline:
         started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
         if reached(child_runs(uri)):
@@ -69,6 +69,15 @@ def wait_until(reached, what, tmp_path, driver, uri, started: set) -> None:
             break
         time.sleep(0.5)
     pytest.fail(f"the sweep never reached {what}: " + (tmp_path / "launch.log").read_text()[-3000:])
+
+
+def kill_pids(pids) -> None:
+    """SIGKILL each process that is still there (a killed driver's orphaned ray:: helpers)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
@@ -92,11 +101,7 @@ def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
         assert resumed.returncode == 0, resumed.stderr[-4000:]
         assert f"Pareto front of sweep {name}" in resumed.stdout
     finally:
-        for pid in started:  # orphaned ray:: helpers of the killed driver, by PID
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(started)  # orphaned ray:: helpers of the killed driver, by PID
     return before, child_runs(uri)
 
 
@@ -112,6 +117,7 @@ def assert_resume_invariants(before, after, n_trials):
     assert not [r for r in after if r.info.status == "RUNNING"], "no stale RUNNING runs"
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", event="driver_killed_resume", export="none", eval_every="off", scheduler="fifo")
 def test_resume_after_the_driver_is_killed(tmp_path, tofu_dir, shared_cache):
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
@@ -122,6 +128,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, tofu_dir, shared_cache):
     assert_resume_invariants(before, after, 6)
 
 
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", event="driver_killed_resume", export="none", eval_every="on", scheduler="mo_asha")
 def test_resume_with_evaluations_along_the_run_and_mo_asha(tmp_path, tofu_dir, shared_cache):
     """Issue 11: the same invariants with eval.every and the scheduler on, plus: a trial the
     scheduler stopped stays stopped (no objectives, not restarted, PRUNED in Optuna)."""
@@ -230,11 +237,7 @@ def test_resume_after_the_driver_is_killed_at(moment, tmp_path, tofu_dir, shared
                                  capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
         assert resumed.returncode == 0, resumed.stderr[-4000:]
     finally:
-        for pid in started:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_pids(started)
     runs = child_runs(uri)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     ids = [r.data.tags["raysweep.trial_id"] for r in finished]
