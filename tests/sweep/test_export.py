@@ -1,5 +1,6 @@
-"""``raysweep export`` of what a sweep records (issue 21): a LoRA trial at its last step and at a
-point along the run, into folders that hold a user's files. Real local Ray, Optuna, sqlite MLflow,
+"""``raysweep export`` of what a sweep records (issue 21): LoRA trials of every synthesis method (FIFO,
+gradient checkpointing) at their last step, and one at a point along the run, into folders that
+hold a user's files. Real local Ray, Optuna, sqlite MLflow,
 peft; each export must load with ``AutoModelForCausalLM.from_pretrained`` (no peft) and reproduce
 the metrics MLflow holds for that point."""
 
@@ -10,6 +11,7 @@ import yaml
 
 from ..conftest import tiny_job
 from .test_sweep import raysweep
+from .test_matrix_sweep import METHODS
 from .test_trajectory import OBJECTIVES
 
 
@@ -23,10 +25,13 @@ def lora_sweep(tmp_path_factory, tofu_dir, shared_cache):
     tmp = tmp_path_factory.mktemp("export")
     job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=4, batch_size=4).read_text())
     space = tmp / "space.yaml"
-    space.write_text(yaml.safe_dump({"method": {"graddiff": {"alpha": 0.0}}, "unlearn": {"lr": 3e-2}}))
+    space.write_text(yaml.safe_dump({"method": {m: {} for m in METHODS}, "unlearn": {"lr": 3e-2}}))
     job["model"]["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    job["train"] = {"gradient_checkpointing": True}
     job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8, "every": 2}
-    job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random", "num_trials": 1,
+    # Optuna's first 7 random draws under seed 140 are the 7 methods, each once (test_matrix_sweep.py)
+    job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random",
+                    "num_trials": len(METHODS), "seed": 140, "max_concurrent": 2,
                     "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "storage_path": str(tmp / "runs")}
     path = tmp / "lora.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -60,11 +65,12 @@ def _reproduces(tmp, job_path, out, point, capsys):
         assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
 
 
-@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
-def test_a_lora_trial_exports_merged_at_its_last_step(lora_sweep, capsys):
+@pytest.mark.matrix(strategy="inline", precision="fp32", lora="on", gradient_checkpointing="on", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
+@pytest.mark.parametrize("method", METHODS)
+def test_a_lora_trial_of_every_method_exports_merged_at_its_last_step(lora_sweep, capsys, method):
     tmp, path, uri, report = lora_sweep
-    final = next(r for r in report["trials"] if r["final"])
-    out = tmp / "lora_final"
+    final = next(r for r in report["trials"] if r["final"] and r["method"] == method)
+    out = tmp / f"lora_final_{method}"
     code, err = _cli(capsys, "export", "lora", final["trial_id"], str(out), "--tracking-uri", uri)
     assert code == 0, err[-2000:]  # was: "checkpoint ... does not fit the trial's model"
     manifest = json.loads((out / "raysweep_export.json").read_text())
@@ -72,14 +78,14 @@ def test_a_lora_trial_exports_merged_at_its_last_step(lora_sweep, capsys):
     _reproduces(tmp, path, out, final, capsys)
 
 
-@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="mid_run")
-@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="off", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="on", eval_every="on", scheduler="fifo", event="uninterrupted", export="mid_run")
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="on", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
 def test_export_into_a_users_folder_keeps_the_users_files(lora_sweep, capsys):
     """A mid-run point into a folder holding a user's file (with --force): the file survives, and a
     second export there replaces only what the first one wrote."""
     tmp, path, uri, report = lora_sweep
-    mid = next(r for r in report["trials"] if r["step"] == 2)
-    final = next(r for r in report["trials"] if r["final"])
+    mid = next(r for r in report["trials"] if r["step"] == 2 and r["method"] == "graddiff")
+    final = next(r for r in report["trials"] if r["final"] and r["method"] == "graddiff")
     out = tmp / "project"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
@@ -102,7 +108,7 @@ def test_export_into_a_users_folder_keeps_the_users_files(lora_sweep, capsys):
 
 def test_a_users_file_named_like_ours_stops_the_export_before_anything_changes(lora_sweep, capsys):
     tmp, path, uri, report = lora_sweep
-    final = next(r for r in report["trials"] if r["final"])
+    final = next(r for r in report["trials"] if r["final"] and r["method"] == "graddiff")
     out = tmp / "clash"
     out.mkdir()
     (out / "README.md").write_text("the user's readme")
