@@ -100,7 +100,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
     options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above,
                             reporting=reporting_options(job, ctx, run_id, trial_id, node),
                             timings={"mlflow_child": time.time() - entered})
-    _fault_kill(options)
+    _fault_kill(options, trial_id)
     try:
         if runs_inline(job):
             from raysweep.reporting.ray_report import TuneReporter
@@ -212,15 +212,18 @@ PAUSE_BEFORE_CLOSE = "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"
 # Seconds to hold it mid-run, once its first checkpoint is persisted (inline trials; run RUNNING):
 PAUSE_AFTER_FIRST_CHECKPOINT = "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"
 # The first trial to reach this step loses its worker (rank 1 when there are several) to a hard
-# exit, once per marker file, and recovers from its last checkpoint:
+# exit, once per marker file, and recovers from its last checkpoint; with KILL_EACH_TRIAL set,
+# every trial does (one marker per trial):
 KILL_AT_STEP, KILL_MARKER = "RAYSWEEP_FAULT_KILL_AT_STEP", "RAYSWEEP_FAULT_KILL_MARKER"
+KILL_EACH_TRIAL = "RAYSWEEP_FAULT_KILL_EACH_TRIAL"
 
 
-def _fault_kill(options) -> None:
+def _fault_kill(options, trial_id: str) -> None:
     step = os.environ.get(KILL_AT_STEP)
     if step:
         options.fail_at_step = int(step)
-        options.fail_marker = os.environ[KILL_MARKER]
+        marker = os.environ[KILL_MARKER]
+        options.fail_marker = f"{marker}-{trial_id}" if os.environ.get(KILL_EACH_TRIAL) else marker
 
 
 def _fault_pause(variable: str) -> None:

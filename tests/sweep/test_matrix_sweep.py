@@ -1,8 +1,8 @@
 """Features together, the way a researcher combines them (issue 21, docs/matrix.md): one real sweep
-of inline trials with every synthesis method (a grid), bf16 compute, gradient checkpointing,
-evaluation along the run and MO-ASHA, in which one trial's worker is killed mid-run and recovers
-from its checkpoint; then a final and a mid-run point of several methods exported and evaluated
-again. Real local Ray, Optuna, sqlite MLflow."""
+of inline LoRA trials with every synthesis method, bf16 compute, gradient checkpointing,
+evaluation along the run and MO-ASHA, in which every trial's worker is killed after its first step
+and recovers from its checkpoint; then the mid-run point of every method and a final point
+exported (merged) and evaluated again. Real local Ray, Optuna, sqlite MLflow, peft."""
 
 import json
 
@@ -15,9 +15,9 @@ from .test_sweep import raysweep
 
 METHODS = sorted(AXES["method"])
 OBJECTIVES = {"forget_answer_loss": "max", "retain_answer_loss": "min"}
-CELL = dict(strategy="inline", precision="bf16", lora="off", gradient_checkpointing="on", eval_every="on",
+CELL = dict(strategy="inline", precision="bf16", lora="on", gradient_checkpointing="on", eval_every="on",
             scheduler="mo_asha")
-KILL_AT = 3  # after the step-2 checkpoint of the first trial to get there
+KILL_AT = 1  # after each trial's step-1 checkpoint, before MO-ASHA's rung at step 2 can stop it
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def combined(tmp_path_factory, tofu_dir, shared_cache):
     job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=4, batch_size=4, lr=1e-2).read_text())
     space = tmp / "space.yaml"
     space.write_text(yaml.safe_dump({"method": {m: {} for m in METHODS}}))
-    job["train"] = {"precision": "bf16", "gradient_checkpointing": True, "max_failures": 1}
+    job["model"]["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    job["train"] = {"precision": "bf16", "gradient_checkpointing": True, "max_failures": 1, "checkpoint_every": 1}
     job["eval"] = {"benchmarks": ["qa"], "max_questions": 4, "max_new_tokens": 4, "every": 2}
     job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random", "num_trials": len(METHODS),
                     # Optuna's first 7 random draws under seed 140 are the 7 methods, each once
@@ -43,19 +44,21 @@ def combined(tmp_path_factory, tofu_dir, shared_cache):
     path = tmp / "matrix.yaml"
     path.write_text(yaml.safe_dump(job))
     prepare(load_job(path))
-    marker = tmp / "killed_once"
-    os.environ.update(RAYSWEEP_FAULT_KILL_AT_STEP=str(KILL_AT), RAYSWEEP_FAULT_KILL_MARKER=str(marker))
+    marker = tmp / "killed"
+    faults = {"RAYSWEEP_FAULT_KILL_AT_STEP": str(KILL_AT), "RAYSWEEP_FAULT_KILL_MARKER": str(marker),
+              "RAYSWEEP_FAULT_KILL_EACH_TRIAL": "1"}
+    os.environ.update(faults)
     try:
         res = raysweep("launch", str(path), "--name", "matrix", cwd=tmp)
     finally:
-        del os.environ["RAYSWEEP_FAULT_KILL_AT_STEP"], os.environ["RAYSWEEP_FAULT_KILL_MARKER"]
+        for k in faults:
+            del os.environ[k]
     assert res.returncode == 0, res.stderr[-3000:]
     uri = job["sweep"]["tracking_uri"]
     c = tracking.client(uri)
     return tmp, path, uri, c, marker, pareto_report(c, uri, "matrix")
 
 
-@pytest.mark.matrix(**CELL, event="uninterrupted", export="none")
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_with_bf16_checkpointing_evaluations_and_mo_asha(combined, method):
     tmp, path, uri, c, marker, report = combined
@@ -66,23 +69,28 @@ def test_every_method_runs_with_bf16_checkpointing_evaluations_and_mo_asha(combi
         assert all(v == v for v in r["objectives"].values()), r  # no NaN objective
 
 
-@pytest.mark.matrix(**CELL, event="worker_killed", export="mid_run")
-@pytest.mark.matrix(**CELL, event="worker_killed", export="final")
-def test_a_trial_whose_worker_was_killed_resumes_from_its_checkpoint_and_exports(combined, capsys):
+@pytest.mark.matrix(**CELL, event="worker_killed", export="none")
+@pytest.mark.parametrize("method", METHODS)
+def test_every_trials_worker_was_killed_and_it_went_on_from_its_checkpoint(combined, method):
     from raysweep.sweep import tracking
 
     tmp, path, uri, c, marker, report = combined
-    assert marker.exists(), "a trial's worker must really have died"
     parent = tracking.find_parent(c, "matrix", uri)
-    starts = {r.data.tags.get(tracking.TRIAL_TAG): [m.value for m in c.get_metric_history(r.info.run_id, "train/start_step")]
-              for r in tracking.child_runs(c, parent)}
-    resumed = [t for t, s in starts.items() if s and max(s) > 0]
-    assert len(resumed) >= 1, starts  # restarted from its step-2 checkpoint, not from scratch
-    points = {(r["trial_id"], r["step"]): r for r in report["trials"]}
-    killed = resumed[0]
-    assert (killed, 4) in points and points[(killed, 4)]["final"], "the killed trial ran to its end"
-    _export_and_evaluate(tmp, path, uri, points[(killed, 2)], "killed_mid", capsys)
-    _export_and_evaluate(tmp, path, uri, points[(killed, 4)], "killed_final", capsys)
+    run = next(r for r in tracking.child_runs(c, parent) if r.data.tags.get("raysweep.method") == method)
+    trial = run.data.tags[tracking.TRIAL_TAG]
+    assert (tmp / f"killed-{trial}").exists(), "the trial's worker must really have died"
+    starts = [m.value for m in c.get_metric_history(run.info.run_id, "train/start_step")]
+    assert max(starts) == KILL_AT, starts  # went on from its step-1 checkpoint, not from scratch
+
+
+@pytest.mark.matrix(**CELL, event="worker_killed", export="mid_run")
+@pytest.mark.matrix(**CELL, event="worker_killed", export="final")
+def test_a_killed_trial_exports_its_final_and_mid_run_points(combined, capsys):
+    tmp, path, uri, c, marker, report = combined
+    final = next(r for r in report["trials"] if r["final"])
+    mid = next(r for r in report["trials"] if r["trial_id"] == final["trial_id"] and r["step"] == 2)
+    _export_and_evaluate(tmp, path, uri, mid, "killed_mid", capsys)
+    _export_and_evaluate(tmp, path, uri, final, "killed_final", capsys)
 
 
 def _export_and_evaluate(tmp, path, uri, point, name, capsys):
@@ -102,16 +110,9 @@ def _export_and_evaluate(tmp, path, uri, point, name, capsys):
         assert again[k] == pytest.approx(v, rel=2e-2), (k, point)
 
 
-@pytest.mark.matrix(**CELL, event="uninterrupted", export="mid_run")
+@pytest.mark.matrix(**CELL, event="worker_killed", export="mid_run")
 @pytest.mark.parametrize("method", METHODS)
 def test_the_mid_run_point_of_every_method_exports_and_reproduces(combined, capsys, method):
     tmp, path, uri, c, marker, report = combined
     point = next(r for r in report["trials"] if r["method"] == method and r["step"] == 2)
     _export_and_evaluate(tmp, path, uri, point, f"{method}_mid", capsys)
-
-
-@pytest.mark.matrix(**CELL, event="uninterrupted", export="final")
-def test_a_final_point_exports_and_reproduces(combined, capsys):
-    tmp, path, uri, c, marker, report = combined
-    point = next(r for r in report["trials"] if r["final"])
-    _export_and_evaluate(tmp, path, uri, point, "final", capsys)
