@@ -19,7 +19,7 @@ import yaml
 
 from ..conftest import tiny_job
 from ..sweep.test_trajectory import OBJECTIVES
-from .test_sweep_resilience import child_runs, kill_pids, start_driver, wait_until
+from ..driver_faults import child_runs, kill_pids, start_driver, wait_until
 
 pytestmark = pytest.mark.slow
 BASE = dict(precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="fifo",

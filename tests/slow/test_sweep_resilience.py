@@ -8,11 +8,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import yaml
 
-from ..conftest import tiny_job
+from ..driver_faults import child_runs, kill_pids, start_driver, wait_until
 from ..sweep.test_sweep import constrained_job
 
 pytestmark = pytest.mark.slow
@@ -30,54 +29,10 @@ def sweep_job(tmp_path, tofu_dir, cache, n_trials, steps, tracking_uri=None, cpu
     return path, job
 
 
-def child_runs(uri, experiment="raysweep/tiny-test"):
-    from mlflow.tracking import MlflowClient
-
-    c = MlflowClient(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    return [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("raysweep.role") != "parent"]
-
-
 # Every launched trial is held this long at its first checkpoint (the fault hook in
 # raysweep/sweep/trial.py): a mid-point that includes a running trial lasts at least this long,
 # however fast the machine trains (a whole 6-trial sweep once took 13 s), and the kill lands mid-trial.
 HOLD_AT_FIRST_CHECKPOINT_S = 20
-
-
-def start_driver(tmp_path, path, name, uri, env):
-    """``raysweep launch`` in the background, its output in launch.log. The sqlite tracking store is
-    created here first: the test polls it while the driver starts, and two processes creating one
-    new store at once collide ("table ... already exists")."""
-    child_runs(uri)
-    log = open(tmp_path / "launch.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "raysweep.cli", "launch", str(path), "--name", name],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-
-
-def wait_until(reached, what, tmp_path, driver, uri, started: set, timeout: float = 600) -> None:
-    """Poll the child runs until ``reached(runs)``; ``started`` collects the driver's process tree
-    meanwhile (its orphans are killed by PID after the driver is). A driver that exits fails at once."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-        if reached(child_runs(uri)):
-            started |= {p.pid for p in psutil.Process(driver.pid).children(recursive=True)}
-            return
-        if driver.poll() is not None:
-            break
-        time.sleep(0.5)
-    pytest.fail(f"the sweep never reached {what}: " + (tmp_path / "launch.log").read_text()[-3000:])
-
-
-def kill_pids(pids) -> None:
-    """SIGKILL each process that is still there (a killed driver's orphaned ray:: helpers)."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def kill_and_resume(tmp_path, path, uri, name, n_trials, mid_point=None):
