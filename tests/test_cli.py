@@ -62,6 +62,17 @@ def test_run_prints_before_after_table(tmp_path, tofu_dir, shared_cache, capsys,
 
 
 @pytest.mark.matrix(strategy="single", method="mgda", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="uninterrupted", export="none")
+@pytest.mark.matrix(strategy="single", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off",
+                    eval_every="on", event="uninterrupted", export="none")
+def test_run_with_evaluations_along_the_run(tmp_path, tofu_dir, shared_cache, capsys):
+    job = tiny_job(tmp_path, tofu_dir, shared_cache, steps=4)
+    out = tmp_path / "r.json"
+    res = raysweep_inproc(capsys, "run", str(job), "--set", "eval.every=2", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["history"]) == 4 and "forget_answer_loss" in result["after"]
+
+
 def test_mgda_three_tasks(tmp_path, tofu_dir, shared_cache, capsys):
     job = tiny_job(tmp_path, tofu_dir, shared_cache, method={"name": "mgda"}, forget={"name": "uce"},
                    retain=[{"name": "kl"}, {"name": "nll"}])

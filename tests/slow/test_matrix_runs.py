@@ -120,14 +120,3 @@ def test_worker_and_driver_killed_then_every_kind_of_point_exports(tmp_path, tof
     for trial, label in ((faulted, "faulted"), (calm, "calm")):
         _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 4)], f"{label}_final")
         _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 2)], f"{label}_mid")
-
-
-@pytest.mark.matrix(strategy="single", precision="fp32", lora="off", gradient_checkpointing="off",
-                    eval_every="on", method="graddiff", event="uninterrupted", export="none")
-def test_single_process_run_with_evaluations_along_the_run(tmp_path, tofu_dir, shared_cache):
-    path, _ = _job(tmp_path, tofu_dir, shared_cache, "inline")
-    res = subprocess.run([sys.executable, "-m", "raysweep.cli", "run", str(path), "--out", str(tmp_path / "r.json")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    result = json.loads((tmp_path / "r.json").read_text())
-    assert len(result["history"]) == 4 and "forget_answer_loss" in result["after"]
