@@ -268,7 +268,7 @@ def read_state(directory: Path, tensor_file: str = STATE_TENSORS, json_file: str
                             load_file(str(Path(directory) / tensor_file)))
 
 
-def _check_fits(directory: Path, inner: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+def check_fits(directory: Path, inner: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """The checkpoint's weights are exactly what this model stores (names and shapes), checked
     before anything is copied so that a misfit leaves the model untouched."""
     from raysweep.models.lora import adapter_state, is_peft
@@ -295,7 +295,7 @@ def load_checkpoint(directory: Path, model: torch.nn.Module, engine) -> int:
     with checkpoint_errors(directory, "not a raysweep checkpoint"):
         weights = load_file(str(directory / WEIGHTS), device=str(next(inner.parameters()).device))
     state = read_state(directory)
-    _check_fits(directory, inner, weights)
+    check_fits(directory, inner, weights)
     with checkpoint_errors(directory, "does not fit this trial's optimizer or synthesis"):
         engine.load_state_dict(state["engine"])  # before the weights: its errors leave the model untouched
         inner.load_state_dict(weights, strict=not is_peft(inner))  # LoRA: the adapters alone (checked above)

@@ -169,28 +169,23 @@ def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
 def _write_model(job, checkpoint: Path, out: Path) -> None:
     """The prepared target's config and tokenizer with the checkpoint's weights (a LoRA
     checkpoint's adapters applied to the target and merged), saved into the folder ``out``."""
-    from raysweep.distributed.checkpoint import load_weights
+    from raysweep.distributed.checkpoint import CheckpointError, check_fits, load_weights
     from raysweep.models.build import load_causal_lm, load_tokenizer
+    from raysweep.models.lora import apply_lora, is_peft
     from raysweep.models.prepare import prepare
 
     prepared = prepare(job, quiet=True)
     model = load_causal_lm(prepared.target, job.model.dtype)
-    weights = load_weights(checkpoint)
     if job.model.lora is not None:
-        from raysweep.models.lora import adapter_state, apply_lora
-
         model = apply_lora(model, job.model.lora)
-        expected = set(adapter_state(model))
-        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        if not missing and not unexpected:
-            model.load_state_dict(weights, strict=False)  # the base weights are the target's
-            model = model.merge_and_unload()
-    else:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if not (k.startswith("lm_head") and getattr(model.config, "tie_word_embeddings", False))]
-    if missing or unexpected:
-        raise tracking.TrackingError(f"export: checkpoint {checkpoint} does not fit the trial's model "
-                                     f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    try:  # the same checks as resuming from it: verified, and exactly this model's names and shapes
+        weights = load_weights(checkpoint)
+        check_fits(checkpoint, model, weights)
+    except CheckpointError as err:
+        raise tracking.TrackingError(f"export: {err}") from None
+    model.load_state_dict(weights, strict=not is_peft(model))  # LoRA: the adapters; the base is the target's
+    if is_peft(model):
+        model = model.merge_and_unload()
     model.save_pretrained(out, safe_serialization=True)
     load_tokenizer(prepared.tokenizer).save_pretrained(out)
 
