@@ -41,6 +41,9 @@ class WorkerOptions:
     stop_at_step: Optional[int] = None  # stop early (after checkpointing) - used to test resume
     fail_at_step: Optional[int] = None  # rank 1 (rank 0 when alone) exits hard once at this step (fault test)
     fail_marker: Optional[str] = None   # file that records the failure happened
+    # Seconds the failing rank waits before it dies, so that a fault test can make Ray Train's
+    # controller (it polls workers every 2 s) collect the checkpoint reported just before.
+    fail_delay_s: float = 0.0
     check_sync: bool = False            # all-gather a parameter hash after every step
     evaluate: bool = True               # final evaluation, split across the ranks
     evaluate_before: bool = False       # also evaluate the starting model (``raysweep run``)
@@ -224,6 +227,7 @@ def _run(job: JobSpec, rank: int, world: int, device: torch.device, reporter: Tr
     for step in range(start, steps):
         if options.fail_at_step == step and rank == min(1, world - 1) and options.fail_marker \
                 and not os.path.exists(options.fail_marker):
+            time.sleep(options.fail_delay_s)
             Path(options.fail_marker).write_text(f"failed at step {step}")
             os._exit(1)  # a hard crash: no cleanup, no report
         t0 = time.time()
