@@ -9,7 +9,7 @@ minute on a shared machine does not decide the ratio: it is taken over their sum
 own ratio is printed too.
 
 * ``bare``: a plain Optuna loop in one process (``study.ask`` with the job's search space, the
-  trial run by ``raysweep.engine.local.run_trial`` - the same ``run_worker`` loop a sweep trial
+  trial run by ``raysweep.distributed.single.run_trial`` - the same ``run_worker`` loop a sweep trial
   runs - then ``study.tell``), no Ray, no MLflow;
 * ``launch c=1``: ``raysweep launch`` at concurrency 1 (local Ray, sqlite MLflow, checkpoints,
   the console, the Pareto report at the end);
@@ -50,7 +50,7 @@ def bare_loop(args) -> None:
     """Runs in a fresh process: the researcher's own Optuna loop around the same trial function."""
     import optuna
 
-    from raysweep.engine.local import run_trial
+    from raysweep.distributed.single import run_trial
     from raysweep.spec import load_job
     from raysweep.sweep.searcher import make_sampler
     from raysweep.sweep.space import SearchSpace

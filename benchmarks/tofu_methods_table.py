@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from raysweep.data.collate import QACollator
-    from raysweep.engine.local import run_trial
+    from raysweep.distributed.single import run_trial
     from raysweep.evaluation.suite import Evaluator
     from raysweep.models.build import load_causal_lm, load_tokenizer
     from raysweep.models.prepare import load_job_data, prepare

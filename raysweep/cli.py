@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(validation.run_plan(job, data, on_ray))
         return 0
-    from raysweep.engine.local import format_table, run_trial
+    from raysweep.distributed.single import format_table, run_trial
 
     u = job.unlearn
     print(f"raysweep run: {job.name}: forget={u.forget.name} retain={','.join(r.name for r in u.retain)} "
@@ -125,7 +125,7 @@ def _run_on_ray_train(job, args) -> dict:
 
     from raysweep.distributed.inline import runs_inline
     from raysweep.distributed.worker import WorkerOptions
-    from raysweep.engine.local import split_result
+    from raysweep.distributed.single import split_result
     from raysweep.sweep.driver import quiet_logging, ray_init_for_run
 
     quiet_logging(args.verbose)
@@ -154,7 +154,7 @@ def _run_inline_on_tune(job, options, args, storage: str, name: str):
     from ray import tune
 
     from raysweep.distributed.inline import trial_resources
-    from raysweep.reporting import ReportingOptions
+    from raysweep.sweep.sinks import ReportingOptions
     from raysweep.reporting.progress import board_name
     from raysweep.sweep.driver import progress_board, ray_init_for_run, trial_actors_on_prestarted_workers
     from raysweep.sweep.console import make_console
@@ -287,7 +287,7 @@ def _front_link_line(report: dict, uri: str) -> str:
 
 
 def cmd_report(args) -> int:
-    from raysweep.reporting.html_report import write_report
+    from raysweep.report.html import write_report
     from raysweep.sweep.report import pareto_report
     from raysweep.validation import check_output_dir
 

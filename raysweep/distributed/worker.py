@@ -15,7 +15,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +26,7 @@ from raysweep.distributed.checkpoint import load_checkpoint, load_first_good, sa
 from raysweep.distributed.collectives import TaskGradReducer, is_distributed, sum_scalars
 from raysweep.engine.trial import build_trial, micro_batches
 from raysweep.evaluation.batching import LOCAL, Shard, torch_distributed_shard
-from raysweep.reporting import ReportingOptions, TrialReporter, as_reporter
+from raysweep.reporting import SinkFactory, TrialReporter, as_reporter
 from raysweep.spec import JobSpec
 
 # Steps excluded from the steady-state step time (allocator warm-up, first-touch of caches).
@@ -50,18 +50,16 @@ class WorkerOptions:
     save_checkpoints: bool = True       # False: the bare engine's one-off run keeps no checkpoint
     reduce_after_synthesis: bool = False  # the wrong order, for the negative test only
     max_retain_loss: Optional[float] = None  # early stop: a retain loss above this is divergence
-    reporting: Optional[ReportingOptions] = None  # rank 0's MLflow and progress sinks
+    reporting: Optional[SinkFactory] = None  # the trial runtime's sinks per rank (a sweep: MLflow, progress)
     timings: dict = field(default_factory=dict)  # start-up seconds measured before the loop (Tune, Train)
 
     @classmethod
     def from_dict(cls, raw: dict) -> "WorkerOptions":
-        raw = dict(raw)
-        if isinstance(raw.get("reporting"), dict):
-            raw["reporting"] = ReportingOptions(**raw["reporting"])
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Shallow: ``reporting`` stays the runtime's object (Ray pickles it by its class).
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def parameter_hash(model: torch.nn.Module) -> str:

@@ -293,7 +293,7 @@ class UnlearningEngine:
 
     def _autolr(self, probe_batch: dict) -> tuple[float, dict]:
         from raysweep.engine.autolr import autolr_step
-        from raysweep.engine.horizons import horizon_scale
+        from raysweep.horizons import horizon_scale
 
         probe_obj = self.retain[0]
         # The probe loss is the global batch's pooled mean (as for the task losses), so W ranks

@@ -10,18 +10,15 @@ The unlearning loop depends on one small contract, :class:`TrialReporter`:
   but about 2 s in Ray Train 2.60, so it is never per step.
 * ``close()`` - flush whatever is buffered (raises if metrics could not be delivered).
 
-Concrete reporters: :mod:`.ray_report` (Tune / Train), :mod:`.mlflow_log` (batched per-step
-metrics), :mod:`.progress` (throttled progress lines for the sweep console).
-:func:`build_reporter` assembles them from a picklable :class:`ReportingOptions` inside the
-worker process, so the loop itself imports neither Ray nor MLflow.
+Concrete reporters here: :mod:`.ray_report` (Tune / Train) and :mod:`.progress` (throttled progress
+lines for the sweep console). The trial runtime adds its own sinks (``raysweep.sweep.sinks``: MLflow)
+through a picklable ``sinks(rank)`` factory that :func:`build_reporter` calls inside the worker
+process, so the loop imports neither Ray nor MLflow, and this package imports no MLflow code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
-
-from raysweep.reporting.constraint import RetentionConstraint
 
 
 class TrialReporter:
@@ -81,43 +78,14 @@ def as_reporter(reporter) -> TrialReporter:
     return CallbackReporter(reporter)
 
 
-@dataclass
-class ReportingOptions:
-    """What rank 0 of a trial reports besides Ray, in picklable form (built on the worker)."""
-
-    mlflow_tracking_uri: Optional[str] = None
-    mlflow_run_id: Optional[str] = None
-    mlflow_every_steps: int = 10
-    mlflow_every_seconds: float = 5.0
-    progress_board: Optional[str] = None  # name of the sweep's ProgressBoard actor
-    progress_label: str = ""              # the trial id the console prints
-    progress_every_seconds: float = 10.0
-    tags: Optional[dict] = None           # tags set on the MLflow run at start (e.g. the node)
-    # The sweep's constraint: the MLflow sink logs eval/feasible with each evaluation, so every
-    # point is judged when it is evaluated, whether or not Ray Train's fit() returns.
-    constraint: Optional[RetentionConstraint] = None
-
-    def __post_init__(self):
-        if isinstance(self.constraint, dict):  # asdict() (WorkerOptions.to_dict, Ray Train's config) flattens it
-            self.constraint = RetentionConstraint(**self.constraint)
+# What the trial runtime gives a worker besides its Ray reporter: ``sinks(rank)`` -> the extra
+# reporters of that rank (a picklable callable, called inside the worker's process).
+SinkFactory = Callable[[int], Sequence[TrialReporter]]
 
 
-def build_reporter(options: Optional[ReportingOptions], rank: int,
+def build_reporter(sinks: Optional[SinkFactory], rank: int,
                    primary: Optional[TrialReporter] = None) -> TrialReporter:
-    """``primary`` (the Ray reporter, on every rank) plus rank 0's MLflow and progress sinks."""
-    sinks: list[TrialReporter] = []
-    if options is not None and rank == 0:
-        if options.mlflow_run_id:
-            from raysweep.reporting.mlflow_log import MlflowStepLogger
-
-            sinks.append(MlflowStepLogger(options.mlflow_tracking_uri, options.mlflow_run_id,
-                                          every_steps=options.mlflow_every_steps,
-                                          every_seconds=options.mlflow_every_seconds, tags=options.tags,
-                                          constraint=options.constraint))
-        if options.progress_board:
-            from raysweep.reporting.progress import ProgressPoster
-
-            sinks.append(ProgressPoster(options.progress_board, options.progress_label,
-                                        every_seconds=options.progress_every_seconds))
+    """``primary`` (the Ray reporter, on every rank) after this rank's sinks."""
+    extra = list(sinks(rank)) if sinks is not None else []
     # Ray last: a scheduler's stop ends the trial inside its report, after MLflow has the event.
-    return FanOut(sinks + ([primary] if primary is not None else []))
+    return FanOut(extra + ([primary] if primary is not None else []))

@@ -132,7 +132,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
 def reporting_options(job: JobSpec, ctx: dict, run_id: str, trial_id: str, node: str):
     """What the trial's rank 0 reports besides Ray: MLflow (with the constraint, so each evaluation
     is judged as it is logged) and the console's progress board."""
-    from raysweep.reporting import ReportingOptions
+    from raysweep.sweep.sinks import ReportingOptions
 
     return ReportingOptions(mlflow_tracking_uri=ctx["tracking_uri"], mlflow_run_id=run_id,
                             progress_board=ctx.get("progress_board"), progress_label=trial_id,

@@ -12,6 +12,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
+from raysweep.horizons import HORIZONS
 from raysweep.synthesis.base import SynthContext, Synthesis, register
 from raysweep.synthesis.primitives import GradList, combine, global_dots
 
@@ -24,15 +25,13 @@ class NGDiff(Synthesis):
     autolr: bool = False
     autolr_interval: int = 5
     # Horizon scale s_t of spec 5.4: "constant" (1), "linear" (1 - t/T) or "cosine"
-    # ((1 + cos(pi t/T))/2); see raysweep.engine.horizons.horizon_scale.
+    # ((1 + cos(pi t/T))/2); see raysweep.horizons.horizon_scale.
     autolr_horizon: str = "constant"
 
     def __post_init__(self):
         self.autolr_lr: float | None = None  # set by the engine's AutoLR; None = optimizer's lr
         if self.autolr_interval < 1:
             raise ValueError(f"ngdiff.autolr_interval: {self.autolr_interval} is not allowed (>= 1)")
-        from raysweep.engine.horizons import HORIZONS  # here: the engine package imports synthesis
-
         if self.autolr_horizon not in HORIZONS:
             close = difflib.get_close_matches(str(self.autolr_horizon), list(HORIZONS), n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -7,7 +7,7 @@ import torch
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from raysweep.engine.autolr import SMOOTHING
-from raysweep.engine.horizons import horizon_scale
+from raysweep.horizons import horizon_scale
 from raysweep.engine.engine import UnlearningEngine, lr_at
 from raysweep.objectives import ObjectiveContext, build_objective
 from raysweep.synthesis import build_synthesis

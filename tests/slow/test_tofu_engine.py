@@ -10,7 +10,7 @@ import json
 import pytest
 
 from raysweep.data.collate import QACollator
-from raysweep.engine.local import format_table, run_trial
+from raysweep.distributed.single import format_table, run_trial
 from raysweep.evaluation.qa import qa_metrics
 from raysweep.models.build import load_causal_lm, load_tokenizer
 from raysweep.models.prepare import load_job_data, prepare

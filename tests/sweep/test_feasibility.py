@@ -6,6 +6,7 @@ constraint every point is feasible. Real sqlite MLflow through raysweep's own tr
 
 import json
 import math
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -114,7 +115,7 @@ def test_rungs_rebuilt_from_unjudged_points_agree_with_the_live_scheduler(tmp_pa
 
 
 def test_the_workers_mlflow_sink_judges_every_evaluation_as_the_scheduler_does(tmp_path, tofu_dir):
-    """The sweep trial's reporting options carry the constraint through Ray Train's config (a dict
+    """The sweep trial's reporting options carry the constraint through Ray Train's config (a pickle
     round trip) to rank 0's MLflow sink, which logs eval/feasible and the margin with each eval/*
     report, whether or not fit() ever returns; NaN or missing -> eval/feasible 0. On resume the
     rungs rebuilt from those records equal the live ones."""
@@ -130,7 +131,8 @@ def test_the_workers_mlflow_sink_judges_every_evaluation_as_the_scheduler_does(t
     for trial, metrics in REPORTS.items():
         run = tracking.get_or_create_child(c, parent.info.run_id, parent.info.experiment_id, trial, "feasible", {}, {})
         options = WorkerOptions(reporting=reporting_options(job, ctx, run, trial, "node"))
-        options = WorkerOptions.from_dict(options.to_dict())  # as Ray Train's train_loop_config carries it
+        # as Ray Train's train_loop_config carries it: pickled, then rebuilt in the worker
+        options = WorkerOptions.from_dict(pickle.loads(pickle.dumps(options.to_dict())))
         assert build_reporter(options.reporting, rank=1).reporters == []  # rank 0 alone logs
         reporter = build_reporter(options.reporting, rank=0)
         reporter.report({"step": 2.0, "loss_forget": 1.0, **metrics}, None)

@@ -304,7 +304,7 @@ def test_evaluating_along_the_run_leaves_every_training_step_bit_identical(tmp_p
                                                                           evaluation_drawing_random_numbers):
     import random
 
-    from raysweep.engine.local import run_trial
+    from raysweep.distributed.single import run_trial
     from raysweep.spec import load_job
 
     path = dropout_job(tmp_path, tofu_dir, shared_cache)
@@ -326,7 +326,7 @@ def test_evaluating_along_the_run_leaves_every_training_step_bit_identical(tmp_p
 def test_g_effect_diagnostics_leave_every_training_step_bit_identical(tmp_path, tofu_dir, shared_cache):
     """``eval.geffect_every`` runs extra forward and backward passes between steps, in train mode, so
     with dropout they draw from torch's generator like a training step does."""
-    from raysweep.engine.local import run_trial
+    from raysweep.distributed.single import run_trial
     from raysweep.spec import load_job
 
     path = dropout_job(tmp_path, tofu_dir, shared_cache)

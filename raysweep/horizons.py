@@ -1,5 +1,5 @@
-"""AutoLR's horizon scales (spec 5.4), apart from the engine so that validating an ``ngdiff``
-configuration (``autolr_horizon``) does not import torch."""
+"""AutoLR's horizon scales (spec 5.4), below both packages that need them: the engine scales its
+rate by them, and ``ngdiff`` checks its ``autolr_horizon`` against them (without importing torch)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 import pytest
 
-from raysweep.reporting import FanOut, ReportingOptions, TrialReporter, build_reporter
-from raysweep.reporting.mlflow_log import MetricsNotDelivered, MlflowStepLogger
+from raysweep.reporting import FanOut, TrialReporter, build_reporter
+from raysweep.sweep.sinks import ReportingOptions
+from raysweep.sweep.mlflow_log import MetricsNotDelivered, MlflowStepLogger
 
 
 @pytest.fixture()
