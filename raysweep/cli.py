@@ -195,11 +195,13 @@ def cmd_launch(args) -> int:
     from raysweep import validation
     from raysweep.spec import JobSpecError, load_job
     from raysweep.sweep.driver import default_storage, default_tracking_uri
+    from raysweep.sweep.grid import resolve_grid
     from raysweep.sweep.space import SearchSpace
 
     job = load_job(args.job, _parse_overrides(args.set))
     if job.sweep is None:
         raise JobSpecError("sweep: missing is not allowed (a job needs a sweep section to be launched)")
+    job = resolve_grid(job)  # first: a grid that does not fit its search space is the job's own error
     sw = job.sweep
     tracking_uri = args.tracking_uri or sw.tracking_uri or default_tracking_uri()
     storage = args.storage or str(sw.storage_path or default_storage())

@@ -87,17 +87,16 @@ def _name(block: Any) -> Optional[str]:
     return block.get("name") if isinstance(block, dict) else None
 
 
-def job_facts(raw: Mapping) -> dict[str, Any]:
-    """What the entries' conditions look at, with the spec's defaults where the job is silent."""
-    from raysweep.spec import DataSpec, UnlearnSpec
-
+def job_facts(raw: Mapping, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """What the entries' conditions look at, with the spec's ``defaults`` (method, benchmark,
+    forget_split: given by the spec, which sits above this module) where the job is silent."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     unlearn = raw["unlearn"]
     return {
         "forget": _name(unlearn.get("forget")),
-        "method": _name(unlearn.get("method")) or UnlearnSpec.model_fields["method"].default.name,
-        "benchmark": data.get("benchmark", DataSpec.model_fields["benchmark"].default),
-        "forget_split": data.get("forget_split", DataSpec.model_fields["forget_split"].default),
+        "method": _name(unlearn.get("method")) or defaults["method"],
+        "benchmark": data.get("benchmark", defaults["benchmark"]),
+        "forget_split": data.get("forget_split", defaults["forget_split"]),
     }
 
 
@@ -111,8 +110,9 @@ def resolve(preset: str, facts: Mapping[str, Any]) -> dict[tuple[str, Optional[s
     return out
 
 
-def apply_preset(raw: dict) -> dict:
-    """A copy of the raw job with ``unlearn.preset``'s values filled in where the job has none.
+def apply_preset(raw: dict, defaults: Mapping[str, Any]) -> dict:
+    """A copy of the raw job with ``unlearn.preset``'s values filled in where the job has none
+    (``raysweep.spec.apply_preset`` calls this with the spec's defaults).
 
     An unknown preset name or a malformed unlearn block is left as it is, for validation to
     report in one line.
@@ -122,7 +122,7 @@ def apply_preset(raw: dict) -> dict:
         return raw
     raw = copy.deepcopy(raw)
     unlearn = raw["unlearn"]
-    facts = job_facts(raw)
+    facts = job_facts(raw, defaults)
     # The default method is written out, so its preset values have a block to go in.
     unlearn.setdefault("method", {"name": facts["method"]})
     resolved = resolve(unlearn["preset"], facts)

@@ -290,12 +290,16 @@ class SchedulerSpec(_Strict):
     tie_break: Literal["hypervolume", "crowding"] = "hypervolume"
 
 
+DEFAULT_TRIALS = 8
+
+
 class SweepSpec(_Strict):
     search_space: Path
     objectives: dict[str, Literal["min", "max"]]
     sampler: Literal["tpe", "gp", "nsga2", "random", "grid"] = "tpe"
-    # grid: num_trials = the grid's size (omit it, or give that number)
-    num_trials: int = Field(8, gt=0)
+    # grid: num_trials = the grid's size (omit it, or give that number); None only until the sweep
+    # has read the grid (raysweep.sweep.grid.resolve_grid)
+    num_trials: Optional[int] = Field(None, gt=0)
     # grid only: points per numeric range, one int for all or {parameter: points} (sweep/grid.py)
     grid_points: Optional[Union[int, dict[str, int]]] = None
     max_concurrent: int = Field(2, gt=0)
@@ -327,40 +331,19 @@ class SweepSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _grid_trials(cls, data):
-        """sampler grid without num_trials (or null, to clear a job file's): one trial per grid point.
-        A space or grid that does not load is left to ``_grid`` below, which names the fault."""
-        if isinstance(data, dict) and data.get("sampler") == "grid" and data.get("num_trials") is None:
-            from raysweep.sweep.grid import GridError, grid_size, grid_values
-            from raysweep.sweep.space import SearchSpace, SearchSpaceError
-
-            try:
-                size = grid_size(grid_values(SearchSpace.load(data.get("search_space")), data.get("grid_points")))
-            except (GridError, SearchSpaceError, TypeError, OSError):
-                return data
-            data = {**data, "num_trials": size}
+    def _trials(cls, data):
+        """num_trials omitted: 8, except with sampler grid, where the sweep makes it the grid's
+        size (``raysweep.sweep.grid.resolve_grid``: the grid needs the search space, which the
+        sweep reads; the spec stays below the sweep)."""
+        if isinstance(data, dict) and data.get("sampler") != "grid" and data.get("num_trials") is None:
+            data = {**data, "num_trials": DEFAULT_TRIALS}
         return data
 
     @model_validator(mode="after")
     def _grid(self):
-        if self.sampler != "grid":
-            if self.grid_points is not None:
-                raise ValueError(f"@sweep.grid_points: {self.grid_points!r} is not allowed with sampler "
-                                 f"{self.sampler!r} (sampler grid only)")
-            return self
-        from raysweep.sweep.grid import GridError, grid_size, grid_values
-        from raysweep.sweep.space import SearchSpace, SearchSpaceError
-
-        try:
-            values = grid_values(SearchSpace.load(self.search_space), self.grid_points)
-        except SearchSpaceError as err:
-            raise ValueError(f"@sweep.search_space: {err}") from None
-        except GridError as err:
-            raise ValueError(f"@sweep.{err.field}: {err}") from None
-        size = grid_size(values)
-        if self.num_trials != size:
-            raise ValueError(f"@sweep.num_trials: {self.num_trials} is not allowed with sampler grid (the grid of "
-                             f"{self.search_space.name} has {size} points: omit num_trials, set it to null or give {size})")
+        if self.sampler != "grid" and self.grid_points is not None:
+            raise ValueError(f"@sweep.grid_points: {self.grid_points!r} is not allowed with sampler "
+                             f"{self.sampler!r} (sampler grid only)")
         return self
 
 
@@ -539,17 +522,19 @@ def _hub_data(raw: dict, base: Path) -> dict:
     return raw
 
 
-def _apply_preset(raw: dict) -> dict:
+def apply_preset(raw: dict) -> dict:
     """``unlearn.preset``: the preset's values where the job (after ``--set`` overrides) gives none."""
-    from raysweep.presets import apply_preset
+    from raysweep import presets
 
-    return apply_preset(raw)
+    return presets.apply_preset(raw, {"method": UnlearnSpec.model_fields["method"].default.name,
+                                      "benchmark": DataSpec.model_fields["benchmark"].default,
+                                      "forget_split": DataSpec.model_fields["forget_split"].default})
 
 
 def parse_job(raw: dict, base_dir: Path = Path("."), source: Optional[Path] = None) -> JobSpec:
     if not isinstance(raw, dict):
         raise JobSpecError("a job file must be a YAML mapping")
-    raw = _apply_preset(_resolve_paths(_hub_data(dict(raw), base_dir), base_dir))
+    raw = apply_preset(_resolve_paths(_hub_data(dict(raw), base_dir), base_dir))
     if source is not None:
         raw["source"] = source
     try:

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from raysweep.spec import JobSpec, JobSpecError
 from raysweep.sweep import tracking
 from raysweep.sweep.front_marks import refresh_callback
+from raysweep.sweep.grid import resolve_grid
 from raysweep.sweep.searcher import make_searcher
 from raysweep.sweep.space import SearchSpace
 from raysweep.sweep.trial import sweep_trial
@@ -219,6 +220,7 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
     front is computed and published rather than after."""
     if job.sweep is None:
         raise JobSpecError("sweep: missing (a job needs a sweep section to be launched)")
+    job = resolve_grid(job)
     sw = job.sweep
     space = SearchSpace.load(sw.search_space)
     tracking_uri = tracking_uri or sw.tracking_uri or default_tracking_uri()

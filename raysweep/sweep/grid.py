@@ -12,6 +12,7 @@ would repeat, so it is refused.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Union
 
 DEFAULT_POINTS = 3
@@ -104,6 +105,35 @@ def grid_values(space, grid_points: Union[int, dict, None]) -> dict[str, list]:
 
 def grid_size(values: dict[str, list]) -> int:
     return math.prod(len(v) for v in values.values())
+
+
+def resolve_grid(job):
+    """The job with ``sweep.num_trials`` = its grid's size under sampler grid (when omitted or
+    null); a job of another sampler, as it is. See :func:`resolve_grid_sweep`."""
+    if job.sweep is None or job.sweep.sampler != "grid":
+        return job
+    return job.model_copy(update={"sweep": resolve_grid_sweep(job.sweep)})
+
+
+def resolve_grid_sweep(sw):
+    """A sweep spec of sampler grid with ``num_trials`` = the grid's size, once the grid is checked
+    against the search space. A bad grid is a one-line :class:`~raysweep.spec.JobSpecError`
+    naming the field at fault."""
+    from raysweep.spec import JobSpecError
+    from raysweep.sweep.space import SearchSpace, SearchSpaceError
+
+    try:
+        size = grid_size(grid_values(SearchSpace.load(sw.search_space), sw.grid_points))
+    except SearchSpaceError as err:
+        raise JobSpecError(f"sweep.search_space: {err}") from None
+    except GridError as err:
+        raise JobSpecError(f"sweep.{err.field}: {err}") from None
+    if sw.num_trials is None:
+        return sw.model_copy(update={"num_trials": size})
+    if sw.num_trials != size:
+        raise JobSpecError(f"sweep.num_trials: {sw.num_trials} is not allowed with sampler grid (the grid of "
+                           f"{Path(sw.search_space).name} has {size} points: omit num_trials, set it to null or give {size})")
+    return sw
 
 
 def make_grid_sampler(values: dict[str, Any], seed: int):

@@ -14,7 +14,7 @@ import time
 from typing import Any, Optional
 
 from raysweep.reporting.constraint import RetentionConstraint, recorded_feasible
-from raysweep.spec import JobSpec, set_dotted
+from raysweep.spec import JobSpec, apply_preset, set_dotted
 from raysweep.sweep import tracking
 from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.searcher import CONSTRAINT_KEY, finite
@@ -27,8 +27,6 @@ def trial_job(config: dict, ctx: dict) -> JobSpec:
     for key, value in space.overrides(config).items():
         set_dotted(raw, key, value)
     # A drawn method or objective gets its paper defaults too (unlearn.preset), where unset.
-    from raysweep.presets import apply_preset
-
     return JobSpec.model_validate(apply_preset(raw))
 
 

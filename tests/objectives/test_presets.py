@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from raysweep.objectives import OBJECTIVES
-from raysweep.presets import PAPER, PRESETS, FromForget, apply_preset, resolve
-from raysweep.spec import JobSpecError, load_job, parse_job
+from raysweep.presets import PAPER, PRESETS, FromForget, resolve
+from raysweep.spec import JobSpecError, apply_preset, load_job, parse_job
 from raysweep.sweep.space import SearchSpace
 from raysweep.synthesis import SYNTHESIS
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from raysweep.spec import SweepSpec, _one_line
-from raysweep.sweep.grid import GridError, grid_size, grid_values
+from raysweep.spec import JobSpecError, SweepSpec, _one_line
+from raysweep.sweep.grid import GridError, grid_size, grid_values, resolve_grid_sweep
 from raysweep.sweep.searcher import make_searcher
 from raysweep.sweep.space import SearchSpace
 
@@ -76,21 +76,35 @@ def sweep(tmp_path, raw=RAW, **fields):
     return {"search_space": str(path), "objectives": {"forget_quality": "max"}, "sampler": "grid", **fields}
 
 
+def resolved(data):
+    """The sweep spec as the sweep sees it: validated, then its grid read (the spec alone cannot
+    size a grid; it does not read search spaces)."""
+    return resolve_grid_sweep(SweepSpec.model_validate(data))
+
+
 def error(data):
-    with pytest.raises(ValidationError) as err:
-        SweepSpec.model_validate(data)
-    line = _one_line(err.value, SweepSpec)
+    """The one line of a bad grid, from the spec's validation or from the sweep's grid check."""
+    try:
+        resolved(data)
+    except ValidationError as err:
+        line = _one_line(err, SweepSpec)
+    except JobSpecError as err:
+        line = str(err)
+    else:
+        raise AssertionError(f"accepted: {data}")
     assert "\n" not in line
     return line
 
 
 def test_num_trials_omitted_is_the_grid_size(tmp_path):
-    sw = SweepSpec.model_validate(sweep(tmp_path, grid_points=2))
-    assert sw.num_trials == 2 * 2 * 2 * 2
-    assert SweepSpec.model_validate(sweep(tmp_path, grid_points=2, num_trials=16)).num_trials == 16
-    assert SweepSpec.model_validate(sweep(tmp_path)).num_trials == 3 * 2 * 3 * 3  # 3 points per range
+    assert SweepSpec.model_validate(sweep(tmp_path, grid_points=2)).num_trials is None  # until the sweep reads the grid
+    assert resolved(sweep(tmp_path, grid_points=2)).num_trials == 2 * 2 * 2 * 2
+    assert resolved(sweep(tmp_path, grid_points=2, num_trials=16)).num_trials == 16
+    assert resolved(sweep(tmp_path)).num_trials == 3 * 2 * 3 * 3  # 3 points per range
     # null clears a job file's num_trials (--set sweep.num_trials=null)
-    assert SweepSpec.model_validate(sweep(tmp_path, grid_points=2, num_trials=None)).num_trials == 16
+    assert resolved(sweep(tmp_path, grid_points=2, num_trials=None)).num_trials == 16
+    # another sampler: the default, 8
+    assert SweepSpec.model_validate({**sweep(tmp_path), "sampler": "tpe"}).num_trials == 8
 
 
 def test_grid_errors_are_one_line(tmp_path):
