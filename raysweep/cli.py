@@ -1,4 +1,8 @@
-"""The ``raysweep`` command line."""
+"""The ``raysweep`` command line.
+
+Why one module: it is the argument parser plus one short ``cmd_*`` function per command, each
+only wiring the layers below (pre-flight, sweep, report); its length is the number of commands,
+and a reader finds every command's options next to what the command does."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ def cmd_prepare(args) -> int:
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
 
-    from raysweep.validation import check_job
+    from raysweep.preflight import check_job
 
     job = load_job(args.job, _parse_overrides(args.set))
     check_job(job)
@@ -35,17 +39,17 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from raysweep import validation
+    from raysweep import preflight
     from raysweep.spec import load_job
 
     job = load_job(args.job, _parse_overrides(args.set))
     on_ray = args.ray or job.train.workers > 1 or job.train.use_gpu
-    validation.check_output_file(args.out, "--out")
+    preflight.check_output_file(args.out, "--out")
     if on_ray:
-        validation.check_writable_dir(args.storage or job.cache_dir / "ray_results", "--storage")
-    data = validation.check_job(job, address=args.address)
+        preflight.check_writable_dir(args.storage or job.cache_dir / "ray_results", "--storage")
+    data = preflight.check_job(job, address=args.address)
     if args.dry_run:
-        print(validation.run_plan(job, data, on_ray))
+        print(preflight.run_plan(job, data, on_ray))
         return 0
     from raysweep.distributed.single import format_table, run_trial
 
@@ -72,15 +76,16 @@ def _metric_table(metrics: dict[str, float]) -> str:
 def cmd_eval(args) -> int:
     import time
 
-    from raysweep import validation
+    from raysweep import preflight
     from raysweep.spec import load_job, parse_job
+    from raysweep.validation import InputError
 
-    validation.check_model_dir(args.model, "model")
-    validation.check_output_file(args.out, "--out")
+    preflight.check_model_dir(args.model, "model")
+    preflight.check_output_file(args.out, "--out")
     if args.reference:
-        validation.check_model_dir(args.reference, "--reference")
+        preflight.check_model_dir(args.reference, "--reference")
     if not args.job and not Path(args.data).is_dir():
-        raise validation.InputError(f"--data: '{args.data}' is not allowed (not a folder; the data root with "
+        raise InputError(f"--data: '{args.data}' is not allowed (not a folder; the data root with "
                                     "tofu/, muse_news/, wmdp/, mmlu/)")
 
     benchmarks = []
@@ -95,7 +100,7 @@ def cmd_eval(args) -> int:
                "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
                "eval": {"mcq_data": str(root)}}
         job = parse_job(raw)
-    data = validation.check_data(job)
+    data = preflight.check_data(job)
     from raysweep.data.collate import QACollator
     from raysweep.evaluation.suite import Evaluator
     from raysweep.models.build import load_causal_lm, load_tokenizer
@@ -192,7 +197,7 @@ def _inline_run_trial(config, job_json: str, options: dict) -> None:
 
 
 def cmd_launch(args) -> int:
-    from raysweep import validation
+    from raysweep import preflight
     from raysweep.spec import JobSpecError, load_job
     from raysweep.sweep.driver import default_storage, default_tracking_uri
     from raysweep.sweep.grid import resolve_grid
@@ -205,19 +210,19 @@ def cmd_launch(args) -> int:
     sw = job.sweep
     tracking_uri = args.tracking_uri or sw.tracking_uri or default_tracking_uri()
     storage = args.storage or str(sw.storage_path or default_storage())
-    validation.check_tracking(tracking_uri, must_exist=False,  # remote first: seconds, not a run
+    preflight.check_tracking(tracking_uri, must_exist=False,  # remote first: seconds, not a run
                               field="--tracking-uri" if args.tracking_uri or not sw.tracking_uri else "sweep.tracking_uri")
-    validation.check_writable_dir(storage, "--storage")
-    data = validation.check_job(job, address=args.address)
+    preflight.check_writable_dir(storage, "--storage")
+    data = preflight.check_job(job, address=args.address)
     space = SearchSpace.load(sw.search_space)
-    validation.check_space(space, job)
+    preflight.check_space(space, job)
     if args.warm_start:  # an earlier sweep that does not fit is a one-line error before Ray starts
         from raysweep.sweep import tracking
         from raysweep.sweep.warm_start import earlier_trials
 
         earlier_trials(tracking.client(tracking_uri), tracking_uri, args.warm_start, space, sw.objectives)
     if args.dry_run:
-        print(validation.launch_plan(job, data, space, tracking_uri, storage, args.address))
+        print(preflight.launch_plan(job, data, space, tracking_uri, storage, args.address))
         return 0
     from raysweep.sweep.driver import launch
     from raysweep.sweep.report import format_report
@@ -231,7 +236,7 @@ def cmd_launch(args) -> int:
 def cmd_resume(args) -> int:
     from raysweep.sweep import tracking
     from raysweep.sweep.driver import default_tracking_uri
-    from raysweep.validation import check_tracking
+    from raysweep.preflight import check_tracking
 
     check_tracking(args.tracking_uri or default_tracking_uri(), must_exist=True)
     tracking.fail_fast_http()  # the driver's own lookups; trials keep MLflow's retries
@@ -248,7 +253,7 @@ def _tracking_client(args):
     from raysweep.sweep import tracking
     from raysweep.sweep.driver import default_tracking_uri
 
-    from raysweep.validation import check_tracking
+    from raysweep.preflight import check_tracking
 
     tracking.fail_fast_http()
     uri = args.tracking_uri or default_tracking_uri()
@@ -258,7 +263,7 @@ def _tracking_client(args):
 
 def cmd_pareto(args) -> int:
     from raysweep.sweep.report import format_report, pareto_report
-    from raysweep.validation import check_output_file
+    from raysweep.preflight import check_output_file
 
     check_output_file(args.plot, "--plot")
     c, uri = _tracking_client(args)
@@ -291,7 +296,7 @@ def _front_link_line(report: dict, uri: str) -> str:
 def cmd_report(args) -> int:
     from raysweep.report.html import write_report
     from raysweep.sweep.report import pareto_report
-    from raysweep.validation import check_output_dir
+    from raysweep.preflight import check_output_dir
 
     check_output_dir(args.out, "--out")
     c, uri = _tracking_client(args)
@@ -308,7 +313,7 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from raysweep.sweep.export import export, parse_point
-    from raysweep.validation import check_export_dir
+    from raysweep.preflight import check_export_dir
 
     check_export_dir(args.out_dir, args.force)
     parse_point(args.point)

@@ -1,4 +1,8 @@
-"""Job YAML -> validated ``JobSpec``. Every error is one line: field, bad value, what is allowed."""
+"""Job YAML -> validated ``JobSpec``. Every error is one line: field, bad value, what is allowed.
+
+Why one module: it is the job's schema, one pydantic model per YAML section in file order, plus
+the loader that turns pydantic's errors into one line. Split, a reader would lose the one place
+that shows every field a job may hold (tests/matrix.py and docs/matrix.md check that list)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raysweep.registry import UnknownNameError

@@ -120,7 +120,8 @@ def refusal(cell: dict[str, str], job_path) -> Optional[str]:
     """The validator's one-line error for a job with this cell's values, or None if it accepts it.
     ``job_path``: a valid sweep job (``raysweep launch`` input) to apply the cell to."""
     from raysweep.spec import JobSpecError, load_job
-    from raysweep.validation import InputError, check_job
+    from raysweep.preflight import check_job
+    from raysweep.validation import InputError
 
     overrides = cell_overrides(cell)
     if cell.get("scheduler") == "mo_asha" and "eval.every" not in overrides:

@@ -1,6 +1,10 @@
 """The sweep driver: assembles one Ray Tune run whose trials (``sweep/trial.py``) are searched by
 Optuna over several objectives (``sweep/searcher.py``), tracked in MLflow (``sweep/tracking.py``),
-shown on the console (``sweep/console.py``) and resumable after the driver dies."""
+shown on the console (``sweep/console.py``) and resumable after the driver dies.
+
+Why one module: ``launch`` and ``resume`` build the same Tune run (Ray start, MLflow parent run,
+searcher, scheduler, console) and finish it the same way; keeping both with the helpers they share
+shows that a resumed sweep is assembled exactly like a new one."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from raysweep.spec import JobSpec, JobSpecError
 from raysweep.sweep import tracking

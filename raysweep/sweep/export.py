@@ -6,7 +6,7 @@ merged into the base weights, so the folder loads without peft.
 
 OUT_DIR is a user's path: the model is written beside it first and then moved in file by file,
 and only files an earlier export listed in its manifest (``raysweep_export.json``) are ever
-replaced or removed; a user's own files stay (``validation.check_export_dir`` runs first)."""
+replaced or removed; a user's own files stay (``preflight.check_export_dir`` runs first)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def _objectives_at(c, run, objectives: dict, step: Optional[int]) -> dict[str, f
 
 
 def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
-    """Write the point's model into ``out_dir`` (checked by ``validation.check_export_dir``)."""
+    """Write the point's model into ``out_dir`` (checked by ``preflight.check_export_dir``)."""
     trial, step = parse_point(point)
     parent = tracking.find_parent(c, sweep, tracking_uri)
     run = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, trial)

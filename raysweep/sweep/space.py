@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "intlog", "choice")
 SECTIONS = ("method", "forget", "retain", "unlearn")

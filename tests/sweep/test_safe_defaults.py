@@ -68,7 +68,8 @@ def auth_server(tmp_path_factory):
 
 @pytest.mark.slow  # starts a real basic-auth MLflow server (~30 s here)
 def test_basic_auth_server_refuses_anonymous_and_accepts_the_nodes_credentials(auth_server, monkeypatch):
-    from raysweep.validation import InputError, check_tracking
+    from raysweep.preflight import check_tracking
+    from raysweep.validation import InputError
 
     uri, password = auth_server
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
