@@ -247,10 +247,17 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint '{directory}': {META} is missing or unreadable (an incomplete or "
                               "foreign checkpoint)") from None
+    inside = directory.resolve()
     for name, expected in sums.items():
         if only is not None and name not in only:
             continue
         path = directory / name
+        # meta.json is data from storage: a name may only point at a regular file inside the folder
+        # ("../x" would read outside it, "/dev/zero" would never end)
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts \
+                or not path.resolve().is_relative_to(inside) or (path.exists() and not path.resolve().is_file()):
+            raise CheckpointError(f"checkpoint '{directory}': {META} names {name!r}, which is not allowed "
+                                  "(a file inside the checkpoint folder)")
         if not path.is_file():
             raise CheckpointError(f"checkpoint '{directory}': {name} is missing (a truncated checkpoint)")
         if _sha256(path) != expected:
