@@ -225,6 +225,21 @@ def checkpoint_errors(directory: Path, what: str):
         raise CheckpointError(f"checkpoint '{directory}': {what} ({one_line(err)})") from None
 
 
+def check_restored(restored) -> None:
+    """A checkpoint Ray hands back from local or shared storage (before it is copied, which would
+    make the copy ours): every file there must be this user's own and not writable by group or
+    others, since an FSDP checkpoint's DCP metadata is a pickle. Object stores are left to their
+    own permissions."""
+    from raysweep.validation import untrusted_file
+
+    if getattr(getattr(restored, "filesystem", None), "type_name", "local") != "local":
+        return
+    why = untrusted_file(restored.path)
+    if why is not None:
+        raise CheckpointError(f"checkpoint '{restored.path}': {why}, which is not allowed (only your own files, "
+                              "not writable by group or others, are restored)")
+
+
 def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
                       required: Iterable[str] | None = None) -> dict:
     """``meta.json`` of a complete, unmodified, pickle-free checkpoint, or a CheckpointError.
