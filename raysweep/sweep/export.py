@@ -73,6 +73,7 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
                                          f"(evaluated steps with checkpoints: {', '.join(map(str, sorted(points))) or 'none'})")
     if uri is None:
         raise tracking.TrackingError(f"export: trial {trial} recorded no checkpoint (status {run.info.status})")
+    _confine(uri, run, parent, sweep)
 
     trial_spec = trial_job_of(c, parent, run.data.params)
 
@@ -154,6 +155,26 @@ def _typed(v: str):
         return yaml.safe_load(v)
     except yaml.YAMLError:
         return v
+
+
+def _confine(uri: str, run, parent, sweep: str) -> None:
+    """A checkpoint location comes from an MLflow tag, which anyone who can write to the server
+    can change: an artifact of the trial's own run, or a folder inside the sweep's storage whose
+    path this user's key signed at launch (:mod:`raysweep.sweep.storage_trust`); else one line."""
+    from raysweep.sweep import storage_trust
+
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        if run_id != run.info.run_id or ".." in Path(path).parts:
+            raise tracking.TrackingError(f"export: checkpoint {uri!r} is not allowed (an artifact of the trial's own "
+                                         f"run, runs:/{run.info.run_id}/..., is expected)")
+        return
+    storage = storage_trust.signed_storage(parent.data.tags, sweep)
+    if storage is None or not Path(uri).resolve().is_relative_to(Path(storage).resolve()):
+        raise tracking.TrackingError(
+            f"export: checkpoint '{uri}' is not allowed (not inside the sweep's storage"
+            f"{' ' + repr(storage) if storage else ', whose path carries no signature of this user'}: "
+            "the trial's checkpoint tag may have been changed)")
 
 
 def _local_checkpoint(c, uri: str, scratch: Path) -> Path:

@@ -105,3 +105,30 @@ def test_the_key_is_private_and_a_readable_key_is_refused(tmp_path, monkeypatch)
     key.chmod(0o644)
     with pytest.raises(UntrustedStorage, match="mode 0600"):
         storage_trust.sign("s", "/p")
+
+
+@pytest.mark.parametrize("forged,why", [
+    ("{elsewhere}", "not inside the sweep's storage '{runs}'"),
+    ("{runs}/t1/../../elsewhere", "not inside the sweep's storage '{runs}'"),
+    ("runs:/{other}/checkpoint", "an artifact of the trial's own run"),
+    ("runs:/{own}/../../x", "an artifact of the trial's own run"),
+])
+def test_export_refuses_a_checkpoint_tag_pointing_outside_the_sweep(tmp_path, tofu_dir, capsys, forged, why):
+    """Issue 23, finding 4: the checkpoint an export reads comes from a trial's tag."""
+    from raysweep.cli import main
+    from raysweep.sweep.tracking import CHECKPOINT_AT
+
+    from .made_sweep import make_sweep
+
+    c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
+    run = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, "t1")
+    other = tracking.find_child(c, parent.info.run_id, parent.info.experiment_id, "t2")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    names = {"elsewhere": elsewhere, "runs": tmp_path / "runs", "other": other.info.run_id, "own": run.info.run_id}
+    c.set_tag(run.info.run_id, f"{CHECKPOINT_AT}2", forged.format(**names))
+    code = main(["export", "made", "t1@2", str(tmp_path / "out"), "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "is not allowed (" in err[0] and why.format(**names) in err[0], err[0]
+    assert not (tmp_path / "out").exists()
