@@ -190,25 +190,29 @@ def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
 def _write_model(job, checkpoint: Path, out: Path) -> None:
     """The prepared target's config and tokenizer with the checkpoint's weights (a LoRA
     checkpoint's adapters applied to the target and merged), saved into the folder ``out``."""
-    from raysweep.distributed.checkpoint import CheckpointError, check_fits, load_weights
     from raysweep.models.build import load_causal_lm, load_tokenizer
-    from raysweep.models.lora import apply_lora, is_peft
     from raysweep.models.prepare import prepare
 
     prepared = prepare(job, quiet=True)
-    model = load_causal_lm(prepared.target, job.model.dtype)
-    if job.model.lora is not None:
-        model = apply_lora(model, job.model.lora)
+    model = point_model(job, checkpoint, load_causal_lm(prepared.target, job.model.dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(prepared.tokenizer).save_pretrained(out)
+
+
+def point_model(job, checkpoint: Path, base):
+    """``base`` (the target's architecture; for a LoRA trial the target itself, whose weights the
+    adapters go on) with the checkpoint's weights, checked as resuming checks them; LoRA merged."""
+    from raysweep.distributed.checkpoint import CheckpointError, check_fits, load_weights
+    from raysweep.models.lora import apply_lora, is_peft
+
+    model = apply_lora(base, job.model.lora) if job.model.lora is not None else base
     try:  # the same checks as resuming from it: verified, and exactly this model's names and shapes
         weights = load_weights(checkpoint)
         check_fits(checkpoint, model, weights)
     except CheckpointError as err:
         raise tracking.TrackingError(f"export: {err}") from None
     model.load_state_dict(weights, strict=not is_peft(model))  # LoRA: the adapters; the base is the target's
-    if is_peft(model):
-        model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(prepared.tokenizer).save_pretrained(out)
+    return model.merge_and_unload() if is_peft(model) else model
 
 
 def _card(meta: dict) -> str:
