@@ -244,7 +244,7 @@ def cmd_resume(args) -> int:
     from raysweep.sweep.report import format_report
 
     report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address, verbose=args.verbose,
-                    release_ray=_owns_process(args))
+                    release_ray=_owns_process(args), storage=args.storage)
     print(format_report(report))
     return 0
 
@@ -385,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     re_.add_argument("sweep")
     re_.add_argument("--tracking-uri")
     re_.add_argument("--address")
+    re_.add_argument("--storage", help="the storage root the sweep was launched with: its Tune state is trusted "
+                                       "under it (else only when its MLflow tag carries this user's signature)")
     re_.add_argument("--verbose", action="store_true", help="show Ray's and Tune's own output")
     re_.set_defaults(func=cmd_resume)
 

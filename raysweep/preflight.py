@@ -293,14 +293,26 @@ def _check_http_tracking(uri: str, shown: str, field: str, timeout: float) -> No
     netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
     base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
     req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    # Unredirected: urllib copies ordinary headers onto a redirect, to whatever host it names.
     if user:
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
+        req.add_unredirected_header("Authorization", f"Basic {token}")
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     if token and not user:
-        req.add_header("Authorization", f"Bearer {token}")
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
+    origin = (parts.scheme, parts.hostname, parts.port)
+
+    class SameOrigin(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            to = urllib.parse.urlsplit(newurl)
+            if (to.scheme, to.hostname, to.port) != origin:
+                raise InputError(f"{field}: {shown!r} is not allowed (the server redirects to another host, "
+                                 f"{to.scheme}://{to.hostname}{f':{to.port}' if to.port else ''}; give that address "
+                                 "itself: credentials are never sent on to a host you did not name)")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.build_opener(SameOrigin).open(req, timeout=timeout) as resp:
             resp.read(1)
     except urllib.error.HTTPError as err:
         if err.code in (401, 403):

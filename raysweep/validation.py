@@ -144,3 +144,29 @@ def check_hyperparameters(cls, params: dict) -> None:
             ok = False
         if not ok:
             raise HyperparameterError(key, f"{value!r} is not allowed ({what}{' or null' if optional else ''})")
+
+
+# ---- files another user could have written ----------------------------------------------------
+def untrusted_file(root: str | Path) -> Optional[str]:
+    """Why ``root`` or something below it must not be unpickled (ssh's StrictModes rule): the first
+    entry owned by another user (root excepted) or writable by group or others, as one phrase; None
+    when every entry is this user's own. Links are judged themselves, never followed."""
+    import os
+    import stat
+
+    me = os.geteuid()
+    root = Path(root)
+    todo = [root]
+    while todo:
+        path = todo.pop()
+        try:
+            st = path.lstat()
+        except OSError as err:
+            return f"'{path}' cannot be checked ({err.strerror})"
+        if st.st_uid not in (me, 0):
+            return f"'{path}' is owned by another user (uid {st.st_uid})"
+        if st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
+            return f"'{path}' is writable by {'others' if st.st_mode & 0o002 else 'its group'}"
+        if stat.S_ISDIR(st.st_mode):
+            todo.extend(sorted(path.iterdir(), reverse=True))
+    return None

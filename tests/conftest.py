@@ -8,6 +8,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The key that signs a sweep's storage path (raysweep/sweep/storage_trust.py): one per test
+# session, never the user's own in ~/.config.
+if "RAYSWEEP_KEY_FILE" not in os.environ:
+    import tempfile
+
+    os.environ["RAYSWEEP_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="raysweep-key-"), "storage.key")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RAYSWEEP_SHARED_DATA", REPO.parent / "shared" / "data"))

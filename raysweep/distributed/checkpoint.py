@@ -225,6 +225,21 @@ def checkpoint_errors(directory: Path, what: str):
         raise CheckpointError(f"checkpoint '{directory}': {what} ({one_line(err)})") from None
 
 
+def check_restored(restored) -> None:
+    """A checkpoint Ray hands back from local or shared storage (before it is copied, which would
+    make the copy ours): every file there must be this user's own and not writable by group or
+    others, since an FSDP checkpoint's DCP metadata is a pickle. Object stores are left to their
+    own permissions."""
+    from raysweep.validation import untrusted_file
+
+    if getattr(getattr(restored, "filesystem", None), "type_name", "local") != "local":
+        return
+    why = untrusted_file(restored.path)
+    if why is not None:
+        raise CheckpointError(f"checkpoint '{restored.path}': {why}, which is not allowed (only your own files, "
+                              "not writable by group or others, are restored)")
+
+
 def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
                       required: Iterable[str] | None = None) -> dict:
     """``meta.json`` of a complete, unmodified, pickle-free checkpoint, or a CheckpointError.
@@ -247,10 +262,17 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint '{directory}': {META} is missing or unreadable (an incomplete or "
                               "foreign checkpoint)") from None
+    inside = directory.resolve()
     for name, expected in sums.items():
         if only is not None and name not in only:
             continue
         path = directory / name
+        # meta.json is data from storage: a name may only point at a regular file inside the folder
+        # ("../x" would read outside it, "/dev/zero" would never end)
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts \
+                or not path.resolve().is_relative_to(inside) or (path.exists() and not path.resolve().is_file()):
+            raise CheckpointError(f"checkpoint '{directory}': {META} names {name!r}, which is not allowed "
+                                  "(a file inside the checkpoint folder)")
         if not path.is_file():
             raise CheckpointError(f"checkpoint '{directory}': {name} is missing (a truncated checkpoint)")
         if _sha256(path) != expected:

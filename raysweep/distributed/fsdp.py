@@ -186,10 +186,17 @@ def load_sharded(directory: Path, model: torch.nn.Module, engine) -> int:
     from raysweep.distributed.checkpoint import (WEIGHTS, CheckpointError, checkpoint_errors, read_state,
                                                  verify_checkpoint)
     from raysweep.rng import set_rng_state
+    from raysweep.validation import untrusted_file
 
     directory, rank, world = Path(directory), dist.get_rank(), dist.get_world_size()
     own, failure = None, None
     try:
+        # DCP reads its .metadata with pickle: only from files nobody else could have written
+        # (checksums do not help there, whoever plants a file can rewrite meta.json too)
+        why = untrusted_file(directory)
+        if why is not None:
+            raise CheckpointError(f"checkpoint '{directory}': {why}, which is not allowed (DCP unpickles its "
+                                  "metadata: only your own files, not writable by group or others, are loaded)")
         meta = verify_checkpoint(directory, required={WEIGHTS, f"{SHARDED_DIR}/.metadata", *_rank_state_files(rank)})
         if meta.get("world_size") != world:
             raise ValueError(f"resume: the checkpoint was sharded over {meta.get('world_size')} ranks, "

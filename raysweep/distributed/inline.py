@@ -54,6 +54,7 @@ def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialRepo
     import torch
     from ray import tune
 
+    from raysweep.distributed.checkpoint import check_restored
     from raysweep.distributed.worker import run_worker
     from raysweep.reporting import FanOut, build_reporter
     from raysweep.reporting.ray_report import TuneReporter
@@ -63,6 +64,7 @@ def run_inline(job: JobSpec, options: "WorkerOptions", extra: Optional[TrialRepo
     restored = tune.get_checkpoint()
     if restored is not None:
         t0 = time.time()
+        check_restored(restored)
         options.resume_from = restored.to_directory(os.path.join(scratch, "restored"))
         options.resume_fallbacks = local_fallbacks(restored)
         options.timings["checkpoint_fetch"] = time.time() - t0

@@ -21,6 +21,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
     import torch
 
+    from raysweep.distributed.checkpoint import check_restored
     from raysweep.reporting import build_reporter
     from raysweep.reporting.ray_report import TrainReporter
 
@@ -34,6 +35,7 @@ def train_loop_per_worker(config: dict) -> None:
     restored = ray.train.get_checkpoint()
     scratch = tempfile.mkdtemp(prefix="raysweep-ckpt-")
     if restored is not None:  # a restart after a failure, or a restored run
+        check_restored(restored)
         options.resume_from = restored.to_directory(os.path.join(scratch, "restored"))
         options.resume_fallbacks = local_fallbacks(restored)
     rank = ctx.get_world_rank()

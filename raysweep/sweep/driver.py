@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from raysweep.spec import JobSpec, JobSpecError
-from raysweep.sweep import tracking
+from raysweep.sweep import storage_trust, tracking
 from raysweep.sweep.front_marks import refresh_callback
 from raysweep.sweep.grid import resolve_grid
 from raysweep.sweep.searcher import make_searcher
@@ -290,8 +290,10 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
         warm = earlier_trials(c, tracking_uri, warm_start, space, sw.objectives)
     target = target_metrics(job)
     exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
+    stored = tracking.redact(os.path.join(storage, name))
     parent = c.create_run(exp_id, run_name=name, tags={
-        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.storage": tracking.redact(os.path.join(storage, name)),
+        tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", storage_trust.STORAGE_TAG: stored,
+        storage_trust.MAC_TAG: storage_trust.sign(name, stored),
         "raysweep.objectives": json.dumps(sw.objectives),
         "raysweep.reference_point": json.dumps(sw.reference_point) if sw.reference_point else "",
         "raysweep.constrained": str(sw.constraint is not None), **tracking.objective_tags(sw.objectives),
@@ -316,7 +318,10 @@ def _console(name: str, space: SearchSpace, job: JobSpec, board, summary_every_s
 
 
 def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[str] = None,
-           verbose: bool = False, callbacks: Optional[list] = None, release_ray: bool = False) -> dict:
+           verbose: bool = False, callbacks: Optional[list] = None, release_ray: bool = False,
+           storage: Optional[str] = None) -> dict:
+    """``storage``: a root the user names; the sweep's Tune state is trusted under it even when
+    its MLflow tag is not signed by this user's key (see :mod:`raysweep.sweep.storage_trust`)."""
     import yaml
     from ray import tune
 
@@ -324,8 +329,9 @@ def resume(sweep: str, *, tracking_uri: Optional[str] = None, address: Optional[
     tracking_uri = tracking_uri or default_tracking_uri()
     c = tracking.client(tracking_uri)
     parent = tracking.find_parent(c, sweep, tracking_uri)
+    # before anything reads the folder: Tune unpickles from it
+    path = storage_trust.trusted_storage(parent.data.tags, sweep, [storage] if storage else [])
     job = JobSpec.model_validate_json(Path(c.download_artifacts(parent.info.run_id, "job.json")).read_text())
-    path = parent.data.tags["raysweep.storage"]
     if not tune.Tuner.can_restore(path):
         raise tracking.TrackingError(f"sweep '{sweep}' has no restorable Tune state at {path}")
     space = SearchSpace(yaml.safe_load(Path(c.download_artifacts(parent.info.run_id, "search_space.yaml")).read_text()),
@@ -417,7 +423,7 @@ def finish(c, tracking_uri: str, sweep: str) -> dict:
         _log(f"sweep {sweep}: closed {closed} stale RUNNING trial run(s) as KILLED")
     c.set_terminated(parent.info.run_id, status="FINISHED")
     # The plot lives with the sweep's Tune/Train storage (and in MLflow), not in the cwd.
-    storage = parent.data.tags.get("raysweep.storage")
+    storage = storage_trust.signed_storage(parent.data.tags, sweep)  # a forged tag gets no file written
     plot = os.path.join(storage, f"pareto_{sweep}.png") if storage and os.path.isdir(storage) else None
     report = pareto_report(c, tracking_uri, sweep, log_plot=True, plot_path=plot)
     from raysweep.sweep.front_marks import publish

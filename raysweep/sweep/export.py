@@ -73,6 +73,7 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
                                          f"(evaluated steps with checkpoints: {', '.join(map(str, sorted(points))) or 'none'})")
     if uri is None:
         raise tracking.TrackingError(f"export: trial {trial} recorded no checkpoint (status {run.info.status})")
+    _confine(uri, run, parent, sweep)
 
     trial_spec = trial_job_of(c, parent, run.data.params)
 
@@ -156,6 +157,26 @@ def _typed(v: str):
         return v
 
 
+def _confine(uri: str, run, parent, sweep: str) -> None:
+    """A checkpoint location comes from an MLflow tag, which anyone who can write to the server
+    can change: an artifact of the trial's own run, or a folder inside the sweep's storage whose
+    path this user's key signed at launch (:mod:`raysweep.sweep.storage_trust`); else one line."""
+    from raysweep.sweep import storage_trust
+
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        if run_id != run.info.run_id or ".." in Path(path).parts:
+            raise tracking.TrackingError(f"export: checkpoint {uri!r} is not allowed (an artifact of the trial's own "
+                                         f"run, runs:/{run.info.run_id}/..., is expected)")
+        return
+    storage = storage_trust.signed_storage(parent.data.tags, sweep)
+    if storage is None or not Path(uri).resolve().is_relative_to(Path(storage).resolve()):
+        raise tracking.TrackingError(
+            f"export: checkpoint '{uri}' is not allowed (not inside the sweep's storage"
+            f"{' ' + repr(storage) if storage else ', whose path carries no signature of this user'}: "
+            "the trial's checkpoint tag may have been changed)")
+
+
 def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
     if uri.startswith("runs:/"):
         run_id, _, path = uri[len("runs:/"):].partition("/")
@@ -169,25 +190,29 @@ def _local_checkpoint(c, uri: str, scratch: Path) -> Path:
 def _write_model(job, checkpoint: Path, out: Path) -> None:
     """The prepared target's config and tokenizer with the checkpoint's weights (a LoRA
     checkpoint's adapters applied to the target and merged), saved into the folder ``out``."""
-    from raysweep.distributed.checkpoint import CheckpointError, check_fits, load_weights
     from raysweep.models.build import load_causal_lm, load_tokenizer
-    from raysweep.models.lora import apply_lora, is_peft
     from raysweep.models.prepare import prepare
 
     prepared = prepare(job, quiet=True)
-    model = load_causal_lm(prepared.target, job.model.dtype)
-    if job.model.lora is not None:
-        model = apply_lora(model, job.model.lora)
+    model = point_model(job, checkpoint, load_causal_lm(prepared.target, job.model.dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(prepared.tokenizer).save_pretrained(out)
+
+
+def point_model(job, checkpoint: Path, base):
+    """``base`` (the target's architecture; for a LoRA trial the target itself, whose weights the
+    adapters go on) with the checkpoint's weights, checked as resuming checks them; LoRA merged."""
+    from raysweep.distributed.checkpoint import CheckpointError, check_fits, load_weights
+    from raysweep.models.lora import apply_lora, is_peft
+
+    model = apply_lora(base, job.model.lora) if job.model.lora is not None else base
     try:  # the same checks as resuming from it: verified, and exactly this model's names and shapes
         weights = load_weights(checkpoint)
         check_fits(checkpoint, model, weights)
     except CheckpointError as err:
         raise tracking.TrackingError(f"export: {err}") from None
     model.load_state_dict(weights, strict=not is_peft(model))  # LoRA: the adapters; the base is the target's
-    if is_peft(model):
-        model = model.merge_and_unload()
-    model.save_pretrained(out, safe_serialization=True)
-    load_tokenizer(prepared.tokenizer).save_pretrained(out)
+    return model.merge_and_unload() if is_peft(model) else model
 
 
 def _card(meta: dict) -> str:

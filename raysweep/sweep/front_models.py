@@ -2,11 +2,13 @@
 models*, linked to their trial's run, registrable (``mlflow.register_model("models:/<id>", NAME)``)
 and loadable with ``mlflow.pyfunc.load_model`` (a text generator).
 
-A model holds the trial's resolved job (``job.json``) and a pointer to the checkpoint (the
-``runs:/`` artifact or storage folder the sweep recorded), not a second copy of the weights: a
-front of ten 1B-parameter checkpoints would otherwise add tens of GB to the artifact store. The
-pyfunc (``front_model_code.py``, MLflow's models-from-code: nothing pickled) rebuilds the Hugging
-Face model on load the way ``raysweep export`` does. Tags: ``raysweep.checkpoint_path`` (plain
+A model holds the trial's resolved job (``job.json``), the target's config and tokenizer (``base/``,
+kilobytes) and a pointer to the checkpoint (the ``runs:/`` artifact or storage folder the sweep
+recorded), not a second copy of the weights: a front of ten 1B-parameter checkpoints would
+otherwise add tens of GB to the artifact store. The pyfunc (``front_model_code.py``, MLflow's
+models-from-code: nothing pickled) rebuilds the Hugging Face model on load from those alone, never
+running ``prepare`` (a LoRA point also reads the target its adapters need); its requirement is
+this exact raysweep version. Tags: ``raysweep.checkpoint_path`` (plain
 path of the checkpoint, on the model and on the run), ``raysweep.pareto`` (front|dominated,
 refreshed), ``raysweep.point`` (``TRIAL@STEP``). Each (run, step) gets one model: the run's tag
 ``raysweep.model.step.<step>`` remembers it across refreshes.
@@ -19,6 +21,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import raysweep
 from raysweep.sweep import tracking
 from raysweep.sweep.report import point_label
 
@@ -61,6 +64,21 @@ def log_front_models(c, report: dict) -> list[str]:
     return ids
 
 
+def _save_base(job, folder: Path) -> Path:
+    """The target's config and tokenizer (kilobytes, no weights) into ``folder``: what loading the
+    model reads besides the checkpoint. Returns the target's folder on this machine (a LoRA point's
+    adapters need its weights)."""
+    from transformers import AutoConfig
+
+    from raysweep.models.build import load_tokenizer
+    from raysweep.models.prepare import prepare
+
+    prepared = prepare(job, quiet=True)  # the sweep's own cache: its trials prepared it
+    AutoConfig.from_pretrained(prepared.target).save_pretrained(folder)
+    load_tokenizer(prepared.tokenizer).save_pretrained(folder)
+    return prepared.target
+
+
 def _log_one(c, report: dict, r: dict, parent) -> str:
     import mlflow.pyfunc
 
@@ -77,12 +95,16 @@ def _log_one(c, report: dict, r: dict, parent) -> str:
               "raysweep.method": r["method"] or "", "raysweep.forget": r["forget"] or ""})
     with tempfile.TemporaryDirectory(prefix="raysweep-model-") as tmp:
         (Path(tmp) / "job.json").write_text(trial_spec.model_dump_json())
+        target = _save_base(trial_spec, Path(tmp) / "base")
         with warnings.catch_warnings():  # its advice on type hints (prompts are plain strings)
             warnings.simplefilter("ignore", UserWarning)
             mlflow.pyfunc.save_model(
-                str(Path(tmp) / "model"), python_model=str(CODE), artifacts={"job": str(Path(tmp) / "job.json")},
-                model_config={"checkpoint": r["checkpoint_uri"], "point": point_label(r), "sweep": report["sweep"]},
-                pip_requirements=["raysweep"])
+                str(Path(tmp) / "model"), python_model=str(CODE),
+                artifacts={"job": str(Path(tmp) / "job.json"), "base": str(Path(tmp) / "base")},
+                model_config={"checkpoint": r["checkpoint_uri"], "point": point_label(r), "sweep": report["sweep"],
+                              "target": str(target)},
+                # exactly this version: serving with environment restoration installs what is named
+                pip_requirements=[f"raysweep=={raysweep.__version__}"])
         c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
     for k, v in r["objectives"].items():  # the point's objectives, shown with the model (a key of their own)
         c.log_metric(r["run_id"], f"front/{k}", v, step=int(r["step"] or 0), model_id=model.model_id)

@@ -35,11 +35,17 @@ def checkpoint_tag(step: int) -> str:
 
 
 def redact(uri: str) -> str:
-    """A URI fit to print or log: ``user:password@`` becomes ``***@``."""
+    """A URI fit to print or log: ``user:password@`` becomes ``***@`` and a secret-looking query
+    parameter's value (``?token=...``) becomes ``***``."""
     import re
 
-    # ":/+" also catches a URI that went through a path join ("http:/user:pw@host").
-    return re.sub(r"(:/+)[^/@\s'\"]+@", r"\1***@", uri) if uri else uri
+    if not uri:
+        return uri
+    # ":/+" also catches a URI that went through a path join ("http:/user:pw@host"). The user
+    # information runs to the last "@" before the host: a raw "@" in a password is still secret.
+    out = re.sub(r"(:/+)[^/\s'\"?#]+@", r"\1***@", uri)
+    return re.sub(r"([?&])([^=&#\s'\"]+)=([^&#\s'\"]*)",
+                  lambda m: f"{m.group(1)}{m.group(2)}=***" if is_secret_key(m.group(2)) else m.group(0), out)
 
 
 _SECRET_PARTS = {"password", "passwd", "pwd", "secret", "token", "apikey", "credential", "credentials", "auth",
@@ -58,19 +64,39 @@ def is_secret_key(name: str) -> bool:
 
 def redact_text(text: str) -> str:
     """Text fit to log: URI credentials and the values of secret-looking ``key: value`` /
-    ``key=value`` pairs become ``***`` (YAML, JSON and command lines alike)."""
+    ``key=value`` pairs become ``***`` (YAML, JSON and command lines alike), YAML block scalars
+    (``password: |`` and the indented lines under it) included."""
     import re
 
-    text = redact(text)
+    text = _redact_block_scalars(redact(text))
 
     # Keys are matched without consuming their values, so ``env: TOKEN=x`` still sees ``TOKEN=x``.
     pairs = re.finditer(r"(?<![\w.-])\"?([A-Za-z][\w.-]*)\"?\s*[:=]\s*(?=(\"[^\"]*\"|'[^']*'|[^\s,}#]+))", text)
     out, last = [], 0
     for m in pairs:
-        if is_secret_key(m.group(1)) and m.end() >= last:
+        if is_secret_key(m.group(1)) and m.end() >= last and not m.group(2).startswith("***"):
             out += [text[last:m.end()], "'***'"]
             last = m.end() + len(m.group(2))
     return "".join(out) + text[last:]
+
+
+def _redact_block_scalars(text: str) -> str:
+    """``secret_key: |`` (or ``>``, with chomping/indent marks): every line indented under it
+    becomes ``***``; the key's own line is left to :func:`redact_text`'s pair rule."""
+    import re
+
+    lines, under = text.split("\n"), None
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        if under is not None:
+            if not line.strip() or indent > under:
+                lines[i] = line[:indent] + "***" if line.strip() else line
+                continue
+            under = None
+        m = re.match(r"\s*(?:-\s+)?\"?([A-Za-z][\w.-]*)\"?\s*:\s*[|>][-+0-9]*\s*(#.*)?$", line)
+        if m and is_secret_key(m.group(1)):
+            under = indent
+    return "\n".join(lines)
 
 
 def redact_mapping(obj):

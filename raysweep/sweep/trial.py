@@ -121,10 +121,18 @@ def sweep_trial(config: dict, ctx: dict) -> None:
                 if step < int(metrics.get("step", -1)):
                     record_point(c, job, run_id, step, path, m)
     except Exception as err:  # noqa: BLE001 - recorded, then re-raised for Tune
-        c.set_tag(run_id, "raysweep.status_reason", f"error: {str(err).splitlines()[0][:500] if str(err) else type(err).__name__}")
+        c.set_tag(run_id, "raysweep.status_reason", failure_reason(err))
         c.set_terminated(run_id, status="FAILED")
         raise
     tune.report(finish_trial(c, job, run_id, metrics, checkpoint, ctx["target_metrics"], entered))
+
+
+def failure_reason(err: BaseException) -> str:
+    """The ``raysweep.status_reason`` of a failed trial: the error's first line, redacted (an
+    exception may quote a URI with its password, or a token), at most 500 characters."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"error: {tracking.redact_text(first)[:500]}"
 
 
 def reporting_options(job: JobSpec, ctx: dict, run_id: str, trial_id: str, node: str):

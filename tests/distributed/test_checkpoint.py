@@ -318,3 +318,24 @@ def test_strict_load_accepts_tied_embeddings_and_adapter_only_lora_checkpoints(t
     assert load_checkpoint(tmp_path / "c", fresh_model, fresh) == 1
     for (name, a), b in zip(fresh_model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("name", ["../../outside.bin", "/dev/zero", "sub/../../outside.bin", "link_to_zero",
+                                  "link_outside"])
+def test_meta_json_names_only_files_inside_the_checkpoint(tmp_path, name):
+    """Issue 23, finding 4: meta.json comes from storage. A file name in it that leaves the folder
+    (``..``, an absolute path, a link) or is not a regular file is refused in one line, before it
+    is opened: ``/dev/zero`` would hash forever, ``../x`` would read another user's file."""
+    model, engine = _trained()
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, model, engine)
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    (folder / "link_to_zero").symlink_to("/dev/zero")
+    (folder / "link_outside").symlink_to(tmp_path / "outside.bin")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["sha256"][name] = "0" * 64
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        ck.verify_checkpoint(folder)
+    assert str(err.value) == (f"checkpoint '{folder}': meta.json names {name!r}, which is not allowed "
+                              "(a file inside the checkpoint folder)")

@@ -185,3 +185,21 @@ def test_fsdp_evaluates_along_the_run_and_each_evaluated_point_loads_with_its_me
     got = parts.during_evaluator(parts.model, progress=False)
     for k in keys:
         assert got[k[len("eval/"):]] == pytest.approx(logged[k], rel=1e-5, abs=1e-5), k
+
+
+@pytest.mark.parametrize("how", ["owner", pytest.param("mode", marks=pytest.mark.slow)])  # ~30 s each here
+def test_a_planted_pickle_in_an_fsdp_checkpoint_is_refused_and_never_runs(job_path, tmp_path, how):
+    """Issue 23, finding 3: DCP unpickles its .metadata. A pickle planted there (with meta.json
+    rewritten to match, so checksums pass) by another user, or in a file others may write, is
+    refused on every rank in one line, and never unpickled."""
+    marker = tmp_path / "pwned"
+    ov = overrides("graddiff", "sgd", "fsdp")
+    out = run_ranks(workers.fsdp_resume_from_a_planted_pickle, 2, str(job_path), ov, str(tmp_path),
+                    str(marker), how, timeout=300)
+    assert not marker.exists(), "the planted pickle ran"
+    why = "is owned by another user (uid 65534)" if how == "owner" else "is writable by others"
+    said = out[0][0]  # rank 0 speaks for the trial
+    refusals = [line for line in said.splitlines() if "which is not allowed" in line]
+    assert len(refusals) == 1, said
+    assert f"sharded/.metadata' {why}, which is not allowed (DCP unpickles its metadata" in refusals[0]
+    assert [start_step for _, start_step in out] == [0.0, 0.0]  # every rank starts over rather than trust it

@@ -101,3 +101,50 @@ def fsdp_resume_past_a_damaged_checkpoint(rank, world, job_path, overrides, root
                "resume_fallbacks": [str(cut / "step_000002"), str(cut / "step_000001")]}
     out.update(unlearn_many(rank, world, job_path, [("resumed", overrides, resumed)], root))
     return out
+
+
+class Payload:
+    """Unpickling this runs code: it writes a marker file (what a planted pickle would do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def fsdp_resume_from_a_planted_pickle(rank, world, job_path, overrides, root, marker, how):
+    """A run stopped at step 1 with its checkpoint; rank 0 replaces the DCP metadata with a pickle
+    that would create ``marker``, rewrites meta.json to match, and hands the file to another user
+    (``how="owner"``) or makes it writable by others (``"mode"``); then every rank resumes from it.
+    Returns what each rank printed and the step it started from."""
+    import json
+    import os
+    import pickle
+
+    import torch.distributed as dist
+
+    from raysweep.distributed.checkpoint import _sha256
+
+    unlearn_many(rank, world, job_path, [("cut", overrides, {"evaluate": False, "stop_at_step": 1,
+                                                             "checkpoint_every": 1})], root)
+    folder = Path(root) / "cut" / "step_000001"
+    if rank == 0:
+        planted = folder / "sharded" / ".metadata"
+        planted.write_bytes(pickle.dumps(Payload(marker)))
+        meta = json.loads((folder / "meta.json").read_text())
+        meta["sha256"]["sharded/.metadata"] = _sha256(planted)
+        (folder / "meta.json").write_text(json.dumps(meta))
+        if how == "owner":
+            os.chown(planted, 65534, 65534)
+        else:
+            os.chmod(planted, 0o666)
+    dist.barrier()
+    import contextlib
+    import io
+
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        rows = unlearn_many(rank, world, job_path, [("resumed", overrides, {"evaluate": False,
+                                                                          "resume_from": str(folder)})], root)
+    return said.getvalue(), rows["resumed"][0][0]["start_step"]

@@ -8,6 +8,7 @@ import yaml
 
 from raysweep.sweep import tracking
 from raysweep.sweep.space import SearchSpace
+from raysweep.sweep.storage_trust import MAC_TAG, STORAGE_TAG, sign
 from raysweep.sweep.tracking import checkpoint_tag
 
 OBJECTIVES = {"forget_rougeL_recall": "min", "retain_rougeL_recall": "max"}
@@ -38,6 +39,7 @@ def make_sweep(tmp_path, name="made", tofu_dir=None, uri=None):
     space = SearchSpace(SPACE, "space.yaml")
     parent = c.create_run(exp, run_name=name, tags={
         tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", "raysweep.objectives": json.dumps(OBJECTIVES),
+        STORAGE_TAG: str(tmp_path / "runs"), MAC_TAG: sign(name, str(tmp_path / "runs")),
         "raysweep.reference_point": json.dumps({"forget_rougeL_recall": 1.0, "retain_rougeL_recall": 0.0}),
         "raysweep.constrained": "True", **tracking.objective_tags(OBJECTIVES)})
     pid = parent.info.run_id

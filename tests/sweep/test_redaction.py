@@ -4,6 +4,7 @@ logged (MLflow artifacts) or printed (errors, plans) - issue 12, item 4."""
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from raysweep.sweep import tracking
@@ -77,3 +78,83 @@ def test_printed_plan_and_errors_are_redacted(tmp_path, tofu_dir, capsys):
     code = main(["run", str(path), "--dry-run", "--set", f"data.path=http://alice:{SECRET}@host/x"])
     err = capsys.readouterr().err
     assert code == 2 and "alice" not in err.split("unlearn.lr")[-1]
+
+
+# Issue 23, finding 7: every way a secret reached a log or a tag before; each row is
+# (text, what must be gone, what must stay).
+LEAKS = [
+    ("an '@' inside the password", "http://u:p@ss@h:5000/x", ["p@ss", "ss@"], ["http://***@h:5000/x"]),
+    ("an '@' inside the user", "https://me@corp:pw@mlflow.example", ["me@corp", "pw"], ["https://***@mlflow.example"]),
+    ("a token in a query string", f"http://h:5000/api?x=1&token={SECRET}&y=2", [SECRET], ["x=1", "y=2"]),
+    ("an access key in a query string", f"s3://b/p?AWSAccessKeyId=AK&Signature={SECRET}", [], ["s3://b/p"]),
+    ("a YAML literal block", f"password: |\n  {SECRET}\n  more-{SECRET}\nname: job\n", [SECRET], ["name: job"]),
+    ("a YAML folded block", f"db:\n  token: >-\n    {SECRET}\n  host: h\n", [SECRET], ["host: h"]),
+    ("a secret at the end of a sentence", f"failed with api_key={SECRET}.", [SECRET], ["failed with"]),
+]
+
+
+@pytest.mark.parametrize("why,text,gone,kept", LEAKS, ids=[row[0] for row in LEAKS])
+def test_redact_text_closes_every_known_leak(why, text, gone, kept):
+    out = tracking.redact_text(text)
+    for secret in gone:
+        assert secret not in out, f"{why}: {out!r}"
+    for visible in kept:
+        assert visible in out, f"{why}: {out!r}"
+
+
+def test_a_uri_alone_loses_its_query_secrets_too():
+    assert tracking.redact(f"http://h:5000/?token={SECRET}&a=1") == "http://h:5000/?token=***&a=1"
+    assert tracking.redact("http://u:p@ss@h") == "http://***@h"
+
+
+def test_a_failed_trials_reason_tag_is_redacted():
+    from raysweep.sweep.trial import failure_reason
+
+    err = ConnectionError(f"POST http://alice:{SECRET}@10.0.0.5:5000/api?token={SECRET} failed\ntraceback ...")
+    reason = failure_reason(err)
+    assert SECRET not in reason and "alice" not in reason
+    assert reason.startswith("error: POST http://***@10.0.0.5:5000/api?token=***") and "traceback" not in reason
+    assert failure_reason(KeyError()) == "error: KeyError"
+
+
+def test_check_tracking_never_sends_credentials_to_a_host_it_is_redirected_to():
+    """A tracking URL that answers with a redirect to another host: refused in one line, and the
+    other host never sees the Authorization header (urllib would forward it)."""
+    import http.server
+    import threading
+
+    from raysweep.preflight import check_tracking
+    from raysweep.validation import InputError
+
+    seen = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Elsewhere)
+
+    class Redirect(Elsewhere):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.2:{other.server_port}{self.path}")
+            self.end_headers()
+
+    first = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    for server in (first, other):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputError) as err:
+            check_tracking(f"http://alice:{SECRET}@127.0.0.1:{first.server_port}", must_exist=False, timeout=5)
+    finally:
+        first.shutdown()
+        other.shutdown()
+    line = str(err.value)
+    assert "\n" not in line and SECRET not in line and "redirects to another host" in line
+    assert seen == [], "the redirected request reached the other host"

@@ -24,7 +24,7 @@ def _code_lines() -> list[str]:
 
 def test_cluster_yaml_binds_nothing_to_every_interface():
     assert not [line for line in _code_lines() if "0.0.0.0" in line]
-    ray_start = next(c for c in HEAD if c.startswith("ray start --head"))
+    ray_start = next(c for c in HEAD if "ray start --head" in c)
     assert "--dashboard-host=127.0.0.1" in ray_start or "--include-dashboard=false" in ray_start
     server = next(c for c in HEAD if "mlflow server" in c)
     assert "--app-name basic-auth" in server and "MLFLOW_AUTH_CONFIG_PATH=" in server

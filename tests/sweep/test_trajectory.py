@@ -210,7 +210,7 @@ def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, chang
 
 
 @pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="mo_asha", event="uninterrupted", export="final")
-def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept):
+def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept, monkeypatch, tmp_path):
     """Issue 11 item 5 on a real sweep: the driver's end marks the front on the runs and logs the
     front's checkpoints as MLflow models that load and answer."""
     import mlflow
@@ -235,11 +235,26 @@ def test_the_finished_sweep_marks_its_front_in_mlflow_with_loadable_models(swept
     first = next(iter(models.values()))
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # Issue 23, finding 5: loading reads the checkpoint and the config/tokenizer saved with the
+    # model, never prepare (which may fine-tune on a cache miss, or download).
+    import raysweep.models.prepare as preparing
+
+    def no_prepare(*args, **kwargs):
+        raise AssertionError("loading a logged model called prepare")
+
+    monkeypatch.setattr(preparing, "prepare", no_prepare)
     try:
         answers = mlflow.pyfunc.load_model(f"models:/{first.model_id}").predict(["Who wrote the book?"])
+        files = Path(mlflow.artifacts.download_artifacts(f"models:/{first.model_id}", dst_path=str(tmp_path)))
     finally:
         mlflow.set_tracking_uri(previous)
     assert len(answers) == 1 and isinstance(answers[0], str)
+    import raysweep
+
+    requirements = (files / "requirements.txt").read_text().split()
+    assert f"raysweep=={raysweep.__version__}" in requirements and all("==" in r for r in requirements)
+    assert (files / "artifacts" / "base" / "config.json").is_file()
+    assert not list((files / "artifacts" / "base").glob("*.safetensors"))  # no second copy of the weights
 
 
 def test_raysweep_report_of_the_finished_sweep_renders_in_chromium(swept):
