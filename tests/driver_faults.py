@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import psutil
 import pytest
@@ -58,18 +59,19 @@ def kill_pids(pids) -> None:
             pass
 
 
-def launch_kill_resume(tmp_path, path, uri, name, *, kill_at_step: int, each_trial: bool = False):
+def launch_kill_resume(tmp_path, path, uri, name, *, kill_at_step: Optional[int], each_trial: bool = False):
     """``raysweep launch`` with two faults armed: a trial's worker (rank 1 when there are several)
-    dies at ``kill_at_step`` and the trial goes on from its checkpoint (the first trial to get
-    there, once; with ``each_trial``, every trial once), and every trial is held between logging
-    its results and closing its run. The driver is SIGKILLed while the first trial is held there,
+    dies at ``kill_at_step`` (None: no worker dies) and the trial goes on from its checkpoint (the
+    first trial to get there, once; with ``each_trial``, every trial once), and every trial is held
+    between logging its results and closing its run. The driver is SIGKILLed while the first trial is held there,
     its orphans killed, and ``raysweep resume`` runs with the hold disarmed (a worker whose kill is
     recorded is not killed again; with ``each_trial``, trials not killed yet still are). Returns
     the kill marker: the file itself, or ``<marker>-<trial id>`` per trial with ``each_trial``."""
     marker = tmp_path / "worker_killed"
-    env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_KILL_AT_STEP": str(kill_at_step),
-           "RAYSWEEP_FAULT_KILL_MARKER": str(marker), "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600",
-           **({"RAYSWEEP_FAULT_KILL_EACH_TRIAL": "1"} if each_trial else {})}
+    env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600"}
+    if kill_at_step is not None:
+        env.update({"RAYSWEEP_FAULT_KILL_AT_STEP": str(kill_at_step), "RAYSWEEP_FAULT_KILL_MARKER": str(marker),
+                    **({"RAYSWEEP_FAULT_KILL_EACH_TRIAL": "1"} if each_trial else {})})
 
     def held(runs):  # results logged, run not closed: the trial waits in the pause hook
         return any(r.info.status == "RUNNING" and any(k.startswith("objective/") for k in r.data.metrics)
