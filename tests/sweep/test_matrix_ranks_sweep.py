@@ -5,7 +5,7 @@ sqlite MLflow:
 
 * MO-ASHA on DDP and on FSDP (bf16, gradient checkpointing), evaluation along the run: the trial
   passes the rung at step 2 and runs to its end; its mid-run point is exported. Both sweeps run in
-  one driver, on one Ray.
+  one driver, on one Ray, in the background while the two below run.
 * FIFO on FSDP, no evaluation along the run: the trial's rank-1 worker is killed at step 3 and the
   trial goes on from its checkpoint; the driver is SIGKILLed while the trial is held before closing
   its run, and ``raysweep resume`` finishes it; its final point is exported.
@@ -19,23 +19,24 @@ import os
 import subprocess
 import sys
 
+import psutil
 import pytest
 import yaml
 
 from ..conftest import tiny_job
-from ..driver_faults import child_runs, export_and_evaluate, launch_kill_resume
+from ..driver_faults import child_runs, export_and_evaluate, kill_pids, launch_kill_resume
 from .test_trajectory import OBJECTIVES
 
 # sweep -> (its cell, method graddiff throughout; the events it lives through; the point exported)
 SWEEPS = {
-    "ddp-asha": (dict(strategy="ddp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on",
-                      scheduler="mo_asha"), ("uninterrupted",), "mid_run"),
-    "fsdp-asha": (dict(strategy="fsdp", precision="bf16", lora="off", gradient_checkpointing="on", eval_every="on",
-                       scheduler="mo_asha"), ("uninterrupted",), "mid_run"),
     "fsdp-fifo": (dict(strategy="fsdp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off",
                        scheduler="fifo"), ("worker_killed", "driver_killed_resume"), "final"),
     "ddp-fifo": (dict(strategy="ddp", precision="bf16", lora="on", gradient_checkpointing="on", eval_every="off",
                       scheduler="fifo"), ("driver_killed_resume",), "final"),
+    "ddp-asha": (dict(strategy="ddp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on",
+                      scheduler="mo_asha"), ("uninterrupted",), "mid_run"),
+    "fsdp-asha": (dict(strategy="fsdp", precision="bf16", lora="off", gradient_checkpointing="on", eval_every="on",
+                       scheduler="mo_asha"), ("uninterrupted",), "mid_run"),
 }
 CALM = [n for n, (_, events, _) in SWEEPS.items() if events == ("uninterrupted",)]
 FAULTED = [n for n in SWEEPS if n not in CALM]
@@ -87,17 +88,28 @@ def _params(names, export=None):
             for n in names]
 
 
-@pytest.fixture(scope="module")
-def calm(tmp_path_factory, tofu_dir, shared_cache):
-    """The sweeps nothing interrupts, one after the other in one ``raysweep`` process (one Ray)."""
+@pytest.fixture(scope="module", autouse=True)
+def calm_driver(tmp_path_factory, tofu_dir, shared_cache):
+    """The sweeps nothing interrupts, one after the other in one ``raysweep`` process (one Ray),
+    started first and left to run while the faulted sweeps take their turns (either sweep leaves
+    the machine idle for a good part of its time, waiting on processes to start)."""
     tmp = tmp_path_factory.mktemp("ranks_calm")
     paths = [_job(tmp, tofu_dir, shared_cache, n)[0] for n in CALM]
     _prepared(paths[0])  # the session's cached target (the same data, model and prepare settings)
     script = ("import sys\nfrom raysweep.cli import main\n"
               "sys.exit(any(main(['launch', p, '--name', n]) for p, n in zip(sys.argv[1::2], sys.argv[2::2])))")
-    res = subprocess.run([sys.executable, "-c", script, *[str(a) for p, n in zip(paths, CALM) for a in (p, n)]],
-                         capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""}, cwd=tmp, timeout=900)
-    assert res.returncode == 0, res.stderr[-4000:]
+    with open(tmp / "calm.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", script, *[str(a) for p, n in zip(paths, CALM) for a in (p, n)]],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""}, cwd=tmp)
+    yield tmp, paths, proc
+    if proc.poll() is None:  # a test failed before the sweeps were waited for: stop them and their Ray
+        kill_pids([p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid])
+
+
+@pytest.fixture(scope="module")
+def calm(calm_driver):
+    tmp, paths, proc = calm_driver
+    assert proc.wait(timeout=900) == 0, (tmp / "calm.log").read_text()[-4000:]
     return {n: (tmp, p) for n, p in zip(CALM, paths)}
 
 
@@ -113,19 +125,6 @@ def swept(request, tmp_path_factory, tofu_dir, shared_cache):
         kill_at = KILL_AT if "worker_killed" in SWEEPS[name][1] else None
         launch_kill_resume(tmp, _prepared(path), f"sqlite:///{tmp / 'mlflow.db'}", name, kill_at_step=kill_at)
     return name, tmp, path, f"sqlite:///{tmp / 'mlflow.db'}"
-
-
-@pytest.mark.parametrize("swept", _params(CALM), indirect=True)
-def test_the_trial_passes_mo_ashas_rung_and_runs_on_to_its_end(swept):
-    from raysweep.sweep import tracking
-
-    name, tmp, path, uri = swept
-    c = tracking.client(uri)
-    (run,) = tracking.child_runs(c, tracking.find_parent(c, name, uri))
-    # evaluated at the rung (step 2: grace_period) and at its end; the first trial at a rung goes on
-    assert [m.step for m in c.get_metric_history(run.info.run_id, "eval/forget_answer_loss")] == [2, 4]
-    assert run.info.status == "FINISHED" and "raysweep.stopped_by" not in run.data.tags
-    assert run.data.metrics["objective/forget_answer_loss"] == run.data.metrics["final/forget_answer_loss"]
 
 
 @pytest.mark.parametrize("swept", _params(FAULTED), indirect=True)
@@ -147,6 +146,19 @@ def test_the_trial_goes_on_from_its_checkpoint_and_the_resumed_sweep_finishes_it
     assert len(history["objective/forget_answer_loss"]) == 2, history["objective/forget_answer_loss"]
     assert [m.step for m in history["train/step"]].count(1) == 1, history["train/step"]
     assert tracking.find_parent(c, name, uri).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("swept", _params(CALM), indirect=True)
+def test_the_trial_passes_mo_ashas_rung_and_runs_on_to_its_end(swept):
+    from raysweep.sweep import tracking
+
+    name, tmp, path, uri = swept
+    c = tracking.client(uri)
+    (run,) = tracking.child_runs(c, tracking.find_parent(c, name, uri))
+    # evaluated at the rung (step 2: grace_period) and at its end; the first trial at a rung goes on
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "eval/forget_answer_loss")] == [2, 4]
+    assert run.info.status == "FINISHED" and "raysweep.stopped_by" not in run.data.tags
+    assert run.data.metrics["objective/forget_answer_loss"] == run.data.metrics["final/forget_answer_loss"]
 
 
 @pytest.mark.parametrize("swept", [p for n in SWEEPS for p in _params([n], SWEEPS[n][2])], indirect=True)
