@@ -103,7 +103,10 @@ def calm_driver(tmp_path_factory, tofu_dir, shared_cache):
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""}, cwd=tmp)
     yield tmp, paths, proc
     if proc.poll() is None:  # a test failed before the sweeps were waited for: stop them and their Ray
-        kill_pids([p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid])
+        try:
+            kill_pids([p.pid for p in psutil.Process(proc.pid).children(recursive=True)] + [proc.pid])
+        except psutil.NoSuchProcess:  # it ended meanwhile, and its Ray with it
+            pass
 
 
 @pytest.fixture(scope="module")
