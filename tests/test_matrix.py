@@ -42,6 +42,17 @@ def test_the_doc_has_a_verdict_for_every_pair():
         assert f"| {a[0]}={a[1]} × {b[0]}={b[1]} |" in text
 
 
+def test_every_pair_that_applies_runs_in_the_default_suite():
+    """Issue 21: no pair is untested, and none runs only under ``-m slow`` (docs/matrix.md, which
+    the test above keeps current)."""
+    text = (REPO / "docs" / "matrix.md").read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in text.split("\n## Pairs\n")[1].split("\n## ")[0].splitlines() if " × " in line]
+    assert len(rows) == len(list(value_pairs()))
+    assert not [r[0] for r in rows if r[1] == "**untested**"], "untested pairs"
+    assert not [r[0] for r in rows if r[1] == "works" and not r[2]], "pairs only the slow suite runs"
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     (["train.workers=2", "train.strategy=fsdp", "model.lora.r=4"], "train.strategy: 'fsdp' is not allowed with model.lora"),
     (["sweep.scheduler.name=mo_asha", "eval.every=0"], "sweep.scheduler: mo_asha is not allowed without eval.every"),

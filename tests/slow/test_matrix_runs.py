@@ -9,17 +9,12 @@ The kill moments are held, not raced: the worker dies at a fixed step (RAYSWEEP_
 and the trial then waits between logging its results and closing its run
 (RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S) while the test kills the driver."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import pytest
 import yaml
 
 from ..conftest import tiny_job
 from ..sweep.test_trajectory import OBJECTIVES
-from ..driver_faults import child_runs, kill_pids, start_driver, wait_until
+from ..driver_faults import child_runs, export_and_evaluate, launch_kill_resume
 
 pytestmark = pytest.mark.slow
 BASE = dict(precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on", scheduler="fifo",
@@ -42,53 +37,6 @@ def _job(tmp_path, tofu_dir, cache, strategy):
     return path, job["sweep"]["tracking_uri"]
 
 
-def _launch_kill_resume(tmp_path, path, uri, name):
-    """Launch with both faults armed; SIGKILL the driver while the first trial is held before it
-    closes; resume with no fault armed. Returns the worker-kill marker."""
-    marker = tmp_path / "worker_killed"
-    env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_KILL_AT_STEP": "3",
-           "RAYSWEEP_FAULT_KILL_MARKER": str(marker), "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600"}
-
-    def held(runs):  # results logged, run not closed: the trial waits in the pause hook
-        return any(r.info.status == "RUNNING" and any(k.startswith("objective/") for k in r.data.metrics)
-                   for r in runs)
-
-    driver = start_driver(tmp_path, path, name, uri, env)
-    started: set[int] = set()
-    try:
-        wait_until(held, "the first trial's close", tmp_path, driver, uri, started, timeout=900)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        kill_pids(started)  # the killed driver's Ray, before the resume starts its own
-        env = {k: v for k, v in env.items() if not k.startswith("RAYSWEEP_FAULT_")}
-        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", name, "--tracking-uri", uri],
-                                 capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
-        assert resumed.returncode == 0, resumed.stderr[-4000:]
-    finally:
-        kill_pids(started)
-    return marker
-
-
-def _export_and_evaluate(tmp_path, path, uri, name, point, label):
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path / label
-    at = point["trial_id"] if point["final"] else f"{point['trial_id']}@{point['step']}"
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    ex = subprocess.run([sys.executable, "-m", "raysweep.cli", "export", name, at, str(out), "--tracking-uri", uri],
-                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert ex.returncode == 0, ex.stderr[-3000:]
-    AutoModelForCausalLM.from_pretrained(out)
-    ev = subprocess.run([sys.executable, "-m", "raysweep.cli", "eval", str(out), "--job", str(path), "--benchmark",
-                         "qa", "--out", str(tmp_path / f"{label}.json")], capture_output=True, text=True, env=env,
-                        cwd=tmp_path, timeout=600)
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    again = json.loads((tmp_path / f"{label}.json").read_text())
-    again = again.get("metrics", again)
-    for k, v in point["objectives"].items():
-        assert again[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (label, k)
-
-
 def _cells(strategy):
     return [pytest.mark.matrix(strategy=strategy, **BASE, event=e, export=x)
             for e in ("uninterrupted", "worker_killed", "driver_killed_resume") for x in ("none", "final", "mid_run")]
@@ -104,7 +52,7 @@ def test_worker_and_driver_killed_then_every_kind_of_point_exports(tmp_path, tof
     path, uri = _job(tmp_path, tofu_dir, shared_cache, strategy)
     prepare(load_job(path))
     name = f"kinds-{strategy}"
-    marker = _launch_kill_resume(tmp_path, path, uri, name)
+    marker = launch_kill_resume(tmp_path, path, uri, name, kill_at_step=3)
     assert marker.exists(), "the first trial's worker must really have died"
     runs = child_runs(uri)
     assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
@@ -118,5 +66,5 @@ def test_worker_and_driver_killed_then_every_kind_of_point_exports(tmp_path, tof
     faulted = restarted[0]  # killed worker, then in flight when the driver died
     calm = next(t for t in by_trial if t != faulted)
     for trial, label in ((faulted, "faulted"), (calm, "calm")):
-        _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 4)], f"{label}_final")
-        _export_and_evaluate(tmp_path, path, uri, name, points[(trial, 2)], f"{label}_mid")
+        for step, kind in ((4, "final"), (2, "mid")):
+            export_and_evaluate(tmp_path, path, uri, name, points[(trial, step)], f"{label}_{kind}", rel=1e-4, abs=1e-6)

@@ -5,17 +5,13 @@ and recovers from its checkpoint, and the driver is killed while the first trial
 then the sweep resumed; then the mid-run point of every method and a final point exported (merged)
 and evaluated again. Real local Ray, Optuna, sqlite MLflow, peft."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from ..conftest import tiny_job
-from ..driver_faults import kill_pids, start_driver, wait_until
+from ..driver_faults import export_and_evaluate, launch_kill_resume
 from ..matrix import AXES
 
 METHODS = sorted(AXES["method"])
@@ -56,25 +52,9 @@ def combined(tmp_path_factory, tofu_dir, shared_cache):
     path = tmp / "matrix.yaml"
     path.write_text(yaml.safe_dump(job))
     prepare(load_job(path))
-    marker = tmp / "killed"
     uri = job["sweep"]["tracking_uri"]
-    env = {**os.environ, "RAY_ADDRESS": "", "RAYSWEEP_FAULT_KILL_AT_STEP": str(KILL_AT),
-           "RAYSWEEP_FAULT_KILL_MARKER": str(marker), "RAYSWEEP_FAULT_KILL_EACH_TRIAL": "1",
-           "RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S": "600"}
-    driver = start_driver(tmp, path, "matrix", uri, env)
-    started: set = set()
-    try:  # the driver is killed while the first trial to finish is held before closing its run
-        wait_until(lambda runs: any(r.info.status == "RUNNING" and "objective/forget_answer_loss" in r.data.metrics
-                                    for r in runs), "a trial held at its close", tmp, driver, uri, started)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-        kill_pids(started)
-        del env["RAYSWEEP_FAULT_PAUSE_BEFORE_CLOSE_S"]  # trials not yet killed still lose a worker once
-        resumed = subprocess.run([sys.executable, "-m", "raysweep.cli", "resume", "matrix", "--tracking-uri", uri],
-                                 capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-    finally:
-        kill_pids(started)
+    # the driver is killed while the first trial to finish is held before closing its run
+    marker = launch_kill_resume(tmp, path, uri, "matrix", kill_at_step=KILL_AT, each_trial=True)
     c = tracking.client(uri)
     return tmp, path, uri, c, marker, pareto_report(c, uri, "matrix")
 
@@ -98,7 +78,7 @@ def test_every_trials_worker_was_killed_and_it_went_on_from_its_checkpoint(combi
     parent = tracking.find_parent(c, "matrix", uri)
     run = next(r for r in tracking.child_runs(c, parent) if r.data.tags.get("raysweep.method") == method)
     trial = run.data.tags[tracking.TRIAL_TAG]
-    assert (tmp / f"killed-{trial}").exists(), "the trial's worker must really have died"
+    assert Path(f"{marker}-{trial}").exists(), "the trial's worker must really have died"
     starts = [m.value for m in c.get_metric_history(run.info.run_id, "train/start_step")]
     # went on from its step-1 checkpoint, not from scratch (a trial the driver's death caught later
     # went on from its latest one too; what the killed process had buffered for MLflow died with it)
@@ -107,34 +87,22 @@ def test_every_trials_worker_was_killed_and_it_went_on_from_its_checkpoint(combi
 
 @cells("mid_run")
 @cells("final")
-def test_a_killed_trial_exports_its_final_and_mid_run_points(combined, capsys):
+def test_a_killed_trial_exports_its_final_and_mid_run_points(combined):
     tmp, path, uri, c, marker, report = combined
     final = next(r for r in report["trials"] if r["final"])
     mid = next(r for r in report["trials"] if r["trial_id"] == final["trial_id"] and r["step"] == 2)
-    _export_and_evaluate(tmp, path, uri, mid, "killed_mid", capsys)
-    _export_and_evaluate(tmp, path, uri, final, "killed_final", capsys)
+    _export_and_evaluate(tmp, path, uri, mid, "killed_mid")
+    _export_and_evaluate(tmp, path, uri, final, "killed_final")
 
 
-def _export_and_evaluate(tmp, path, uri, point, name, capsys):
-    from transformers import AutoModelForCausalLM
-
-    from raysweep.cli import main
-
-    out = tmp / name
-    at = point["trial_id"] if point["final"] else f"{point['trial_id']}@{point['step']}"
-    assert main(["export", "matrix", at, str(out), "--tracking-uri", uri]) == 0, capsys.readouterr().err[-2000:]
-    AutoModelForCausalLM.from_pretrained(out)
-    assert main(["eval", str(out), "--job", str(path), "--benchmark", "qa", "--out", str(tmp / f"{name}.json")]) == 0
-    again = json.loads((tmp / f"{name}.json").read_text())
-    again = again.get("metrics", again)
-    for k, v in point["objectives"].items():
-        # the trial evaluated under bf16 autocast, raysweep eval in the exported fp32 weights
-        assert again[k] == pytest.approx(v, rel=2e-2), (k, point)
+def _export_and_evaluate(tmp, path, uri, point, name):
+    # the trial evaluated under bf16 autocast, raysweep eval in the exported fp32 weights
+    export_and_evaluate(tmp, path, uri, "matrix", point, name, rel=2e-2)
 
 
 @cells("mid_run")
 @pytest.mark.parametrize("method", METHODS)
-def test_the_mid_run_point_of_every_method_exports_and_reproduces(combined, capsys, method):
+def test_the_mid_run_point_of_every_method_exports_and_reproduces(combined, method):
     tmp, path, uri, c, marker, report = combined
     point = next(r for r in report["trials"] if r["method"] == method and r["step"] == 2)
-    _export_and_evaluate(tmp, path, uri, point, f"{method}_mid", capsys)
+    _export_and_evaluate(tmp, path, uri, point, f"{method}_mid")
