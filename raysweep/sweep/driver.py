@@ -182,7 +182,7 @@ def _scheduling(job: JobSpec, ctx: dict, c=None, parent=None):
 
         restore_rungs(scheduler.rungs, c, parent, job)
     return scheduler, [stopped_trial_callback(ctx["tracking_uri"], ctx["parent_run_id"], ctx["experiment_id"],
-                                              scheduler.rungs)]
+                                              scheduler.rungs, job)]
 
 
 def target_metrics(job: JobSpec) -> dict:
