@@ -290,6 +290,7 @@ def _open_sweep_run(job: JobSpec, space: SearchSpace, tracking_uri: str, storage
         warm = earlier_trials(c, tracking_uri, warm_start, space, sw.objectives)
     target = target_metrics(job)
     exp_id = tracking.experiment_id(c, sw.experiment or f"raysweep/{job.name}")
+    tracking.grant_trials(tracking_uri, exp_id)  # the nodes' own MLflow user: this experiment only
     stored = tracking.redact(os.path.join(storage, name))
     parent = c.create_run(exp_id, run_name=name, tags={
         tracking.SWEEP_TAG: name, tracking.ROLE_TAG: "parent", storage_trust.STORAGE_TAG: stored,

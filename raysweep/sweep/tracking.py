@@ -136,6 +136,30 @@ def log_job(c, run_id: str, job) -> None:
         c.log_text(run_id, redact_text(Path(job.source).read_text()), Path(job.source).name)
 
 
+TRIAL_USER_ENV = "RAYSWEEP_TRIAL_USER"
+
+
+def grant_trials(tracking_uri: str, experiment: str) -> Optional[str]:
+    """On an MLflow basic-auth server, give the trials' own user (``$RAYSWEEP_TRIAL_USER``, not an
+    admin: cluster.yaml creates it) EDIT on the sweep's experiment, and nothing else: a node's
+    credentials then reach this experiment only. The driver, logged in as the admin, calls it.
+    Returns the user granted, or None where there is no such user or server."""
+    user = os.environ.get(TRIAL_USER_ENV)
+    if not user or not tracking_uri.startswith(("http://", "https://")):
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+
+    auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
+    try:
+        auth.grant_user_permission(user, "experiment", experiment, "EDIT")
+    except MlflowException as err:  # granted before (a resumed or second sweep of this experiment)
+        if "already exists" not in str(err) and "RESOURCE_ALREADY_EXISTS" not in str(err):
+            raise TrackingError(f"{TRIAL_USER_ENV}: cannot give {user!r} access to experiment {experiment} at "
+                                f"{redact(tracking_uri)} ({str(err).splitlines()[0][:200]})") from None
+    return user
+
+
 def experiment_id(c, name: str) -> str:
     exp = c.get_experiment_by_name(name)
     return exp.experiment_id if exp else c.create_experiment(name)

@@ -20,15 +20,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ..conftest import REPO, tiny_job
+from ..conftest import REPO
 
 pytestmark = pytest.mark.slow
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
@@ -80,15 +78,17 @@ class Network:
         _sh("ip", "link", "del", self.bridge, check=False)
 
 
-def _exports(commands) -> dict:
-    """The ``echo 'export K=V ...' >> ~/.bashrc`` lines of setup_commands, as an environment."""
+def _exports(commands, shared: Path) -> dict:
+    """The ``echo 'export K=V ...' >> ~/.bashrc`` lines of setup commands, as an environment (the
+    shared volume moved; a ``$(cat FILE)`` value read from the file)."""
     env = {}
     for cmd in commands:
         m = re.match(r"echo '(export .*)' >> ~/\.bashrc$", " ".join(cmd.split()))
         if m:
-            for part in shlex.split(m.group(1))[1:]:
-                key, _, value = part.partition("=")
-                env[key] = value
+            for key, value in re.findall(r"(\w+)=(\$\([^)]*\)|\S+)", m.group(1)):
+                value = value.replace("/shared", str(shared))
+                read = re.fullmatch(r"\$\(cat (.+)\)", value)
+                env[key] = Path(read.group(1)).read_text().strip() if read else value
     return env
 
 
@@ -98,13 +98,13 @@ def _as_here(cmd: str, shared: Path, tmp: Path, role: str) -> str:
     cmd = cmd.replace("/shared", str(shared)).replace("~/venv/bin/", f"{BIN}/")
     cmd = cmd.replace(" --autoscaling-config=~/ray_bootstrap_config.yaml", "")
     if "ray start" in cmd:  # Ray's socket paths must stay under 108 bytes: a short folder in /tmp
-        short = Path(f"/tmp/rs-{tmp.name[-12:]}-{role}")
-        cmd += f" --temp-dir={short} --num-cpus={'1' if role == 'head' else '4'} --disable-usage-stats"
+        short = Path(f"/tmp/rs-{os.getpid()}-{role}")
+        cmd += f" --temp-dir={short} --disable-usage-stats" + ("" if "--num-cpus" in cmd else " --num-cpus=4")
     return cmd.replace("--workers 2", "--workers 1")
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, tofu_dir, shared_cache):
+def cluster(tmp_path_factory):
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("network namespaces need root and iproute2 (ip netns add)")
     probe = _sh("ip", "netns", "add", f"rsprobe{os.getpid()}", check=False)
@@ -123,9 +123,9 @@ def cluster(tmp_path_factory, tofu_dir, shared_cache):
             if "secrets" in cmd:
                 done = net.run("head", _as_here(cmd, shared, tmp, "head"), env, timeout=60)
                 assert done.returncode == 0, done.stderr
-        node_env = {**env, **{k: v.replace("/shared", str(shared)) for k, v in _exports(CLUSTER["setup_commands"]).items()
-                              if k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_USERNAME")}}
-        node_env["MLFLOW_TRACKING_PASSWORD"] = (shared / "raysweep/mlflow/password").read_text().strip()
+        common = {k: v for k, v in _exports(CLUSTER["setup_commands"], shared).items() if k.startswith("RAY_AUTH")}
+        node_env = {**env, **common, **_exports(CLUSTER["head_setup_commands"], shared)}
+        worker_env = {**env, **common, **_exports(CLUSTER["worker_setup_commands"], shared)}
         for cmd in CLUSTER["head_start_ray_commands"]:
             if cmd.strip() == "ray stop":  # would stop every Ray on this machine, not the head's
                 continue
@@ -142,7 +142,7 @@ def cluster(tmp_path_factory, tofu_dir, shared_cache):
             if cmd.strip() == "ray stop":
                 continue
             here = _as_here(cmd, shared, tmp, "worker").replace("$RAY_HEAD_IP", head)
-            done = net.run("worker", here, node_env, timeout=180)
+            done = net.run("worker", here, worker_env, timeout=180)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         deadline = time.time() + 120
         while time.time() < deadline:  # the MLflow server answers (401 without credentials)
@@ -151,10 +151,10 @@ def cluster(tmp_path_factory, tofu_dir, shared_cache):
             if probe.stdout.strip() not in ("", "000"):
                 break
             time.sleep(2)
-        yield net, tmp, shared, env, node_env, tofu_dir, shared_cache
+        yield net, tmp, shared, env, node_env, worker_env
     finally:
         for role in ("head", "worker"):
-            shutil.rmtree(f"/tmp/rs-{tmp.name[-12:]}-{role}", ignore_errors=True)
+            shutil.rmtree(f"/tmp/rs-{os.getpid()}-{role}", ignore_errors=True)
         for p in procs:
             try:
                 os.killpg(p.pid, 9)
@@ -174,7 +174,7 @@ def _http(net, env, url: str) -> str:
 
 
 def test_an_outsider_without_the_token_is_refused_everywhere(cluster):
-    net, tmp, shared, env, node_env, *_ = cluster
+    net, tmp, shared, env, node_env, worker_env = cluster
     head = ADDRESSES["head"]
     outsider = {k: v for k, v in env.items() if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING"))}
     gcs = _outsider_ray(net, outsider, f"{head}:6379")
@@ -203,11 +203,26 @@ def test_an_outsider_without_the_token_is_refused_everywhere(cluster):
 def test_the_worker_node_joins_with_the_token(cluster):
     """The worker node started by cluster.yaml's own command joined the head; a client on it
     with the token sees both nodes."""
-    net, tmp, shared, env, node_env, *_ = cluster
+    net, tmp, shared, env, node_env, worker_env = cluster
     code = (f"import ray\nray.init(address='{ADDRESSES['head']}:6379')\n"
             "print('NODES', sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))")
-    done = net.run("worker", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}", node_env, timeout=120)
+    done = net.run("worker", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}", worker_env, timeout=120)
     assert f"NODES ['{ADDRESSES['head']}', '{ADDRESSES['worker']}']" in done.stdout, done.stdout + done.stderr[-3000:]
+    # the worker's MLflow credentials are the trials' user's, created at the head's start, not an
+    # admin: it reads no experiment it was not granted and administers no user
+    user, password = worker_env["MLFLOW_TRACKING_USERNAME"], worker_env["MLFLOW_TRACKING_PASSWORD"]
+    assert user != node_env["MLFLOW_TRACKING_USERNAME"]
+    base = f"http://{ADDRESSES['head']}:5000/api/2.0/mlflow"
+    admin = f"curl -s -u {shlex.quote(node_env['MLFLOW_TRACKING_USERNAME'] + ':' + node_env['MLFLOW_TRACKING_PASSWORD'])}"
+    made = net.run("head", f"{admin} -H 'Content-Type: application/json' -X POST -d '{{\"name\": \"admins\"}}' "
+                           f"{base}/experiments/create", env, timeout=60).stdout
+    experiment = json.loads(made)["experiment_id"]
+    curl = f"curl -s -o /dev/null -w '%{{http_code}}' -u {shlex.quote(user + ':' + password)}"
+    read = net.run("worker", f"{curl} '{base}/experiments/get?experiment_id={experiment}'", env, timeout=60).stdout
+    new_user = net.run("worker", f"{curl} -H 'Content-Type: application/json' -X POST "
+                                 f"-d '{{\"username\": \"mallory\", \"password\": \"{'x' * 16}\"}}' "
+                                 f"{base}/users/create", env, timeout=60).stdout
+    assert (read, new_user) == ("403", "403")
 
 
 def test_every_listener_on_the_head_is_documented(cluster):

@@ -88,3 +88,37 @@ def test_basic_auth_server_refuses_anonymous_and_accepts_the_nodes_credentials(a
     run = c.create_run(c.create_experiment("auth-check"))
     c.log_metric(run.info.run_id, "x", 1.0)
     assert c.get_run(run.info.run_id).data.metrics["x"] == 1.0
+
+
+@pytest.mark.slow  # the basic-auth MLflow server of the test above (~30 s here)
+def test_trials_log_in_as_a_user_that_reaches_only_its_sweeps_experiment(auth_server, monkeypatch):
+    """Issue 23, finding 6: cluster.yaml's nodes log in as a non-admin user (its own password on
+    the shared volume) whom the driver, as the admin, grants EDIT on the sweep's experiment only."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import get_app_client
+    from mlflow.tracking import MlflowClient
+
+    from raysweep.sweep import tracking
+
+    uri, password = auth_server
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "raysweep")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    admin = MlflowClient(uri)
+    users = get_app_client("basic-auth", tracking_uri=uri)
+    trial_password = "tp-" + os.urandom(6).hex()
+    users.create_user("raysweep-trials", trial_password)  # what cluster.yaml's head does at start
+    sweep_exp = admin.create_experiment("raysweep/granted")
+    other_exp = admin.create_experiment("raysweep/someone-elses")
+    monkeypatch.setenv(tracking.TRIAL_USER_ENV, "raysweep-trials")
+    assert tracking.grant_trials(uri, sweep_exp) == "raysweep-trials"
+    assert tracking.grant_trials(uri, sweep_exp) == "raysweep-trials"  # a resumed sweep grants again
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "raysweep-trials")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", trial_password)
+    trials = MlflowClient(uri)
+    run = trials.create_run(sweep_exp)  # what every trial does
+    trials.log_metric(run.info.run_id, "train/loss", 1.0)
+    assert trials.get_run(run.info.run_id).data.metrics["train/loss"] == 1.0
+    for denied in (lambda: trials.create_run(other_exp), lambda: trials.get_experiment(other_exp),
+                   lambda: get_app_client("basic-auth", tracking_uri=uri).create_user("mallory", "x" * 12)):
+        with pytest.raises(MlflowException, match="Permission denied|PERMISSION_DENIED|403"):
+            denied()
