@@ -31,13 +31,15 @@ def stopped_trial_callback(tracking_uri: str, parent_run_id: str, experiment_id:
             if child is None:
                 return
             step = int((trial.last_result or {}).get("step", rung))
+            # First the point (an artifact upload may take a while), then the tags and the end
+            # together: the run never shows "stopped" while it is still RUNNING for long.
+            if job is not None and checkpoint_tag(step) not in child.data.tags:
+                record_stopped_point(c, job, child.info.run_id, step, trial)
             c.set_tag(child.info.run_id, "raysweep.status_reason",
                       f"stopped by mo_asha at step {step} (rung {rung}): dominated by the trials ahead of it")
             c.set_tag(child.info.run_id, "raysweep.stopped_by", "mo_asha")
             c.set_tag(child.info.run_id, "raysweep.stopped_at_rung", str(rung))
             c.set_tag(child.info.run_id, "raysweep.stopped_at_step", str(step))
-            if job is not None and checkpoint_tag(step) not in child.data.tags:
-                record_stopped_point(c, job, child.info.run_id, step, trial)
             c.set_terminated(child.info.run_id, status="FINISHED")
 
     return StoppedTrialRecorder()
