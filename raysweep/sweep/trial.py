@@ -222,12 +222,17 @@ PAUSE_AFTER_FIRST_CHECKPOINT = "RAYSWEEP_FAULT_PAUSE_AFTER_FIRST_CHECKPOINT_S"
 # every trial does (one marker per trial):
 KILL_AT_STEP, KILL_MARKER = "RAYSWEEP_FAULT_KILL_AT_STEP", "RAYSWEEP_FAULT_KILL_MARKER"
 KILL_EACH_TRIAL = "RAYSWEEP_FAULT_KILL_EACH_TRIAL"
+# The doomed worker waits this long after its last report before it dies, so that the driver has
+# registered that report's checkpoint (Tune handles results asynchronously; Ray Train's controller
+# polls its workers every 2 s): the kill falls after the checkpoint, as the tests mean it to.
+KILL_DELAY = "RAYSWEEP_FAULT_KILL_DELAY_S"
 
 
 def _fault_kill(options, trial_id: str) -> None:
     step = os.environ.get(KILL_AT_STEP)
     if step:
         options.fail_at_step = int(step)
+        options.fail_delay_s = float(os.environ.get(KILL_DELAY, "6"))
         marker = os.environ[KILL_MARKER]
         options.fail_marker = f"{marker}-{trial_id}" if os.environ.get(KILL_EACH_TRIAL) else marker
 
