@@ -225,6 +225,11 @@ def checkpoint_errors(directory: Path, what: str):
         raise CheckpointError(f"checkpoint '{directory}': {what} ({one_line(err)})") from None
 
 
+def on_local_disk(restored) -> bool:
+    """A checkpoint Ray hands back lives on a local or shared filesystem (not an object store)."""
+    return getattr(getattr(restored, "filesystem", None), "type_name", "local") == "local"
+
+
 def check_restored(restored) -> None:
     """A checkpoint Ray hands back from local or shared storage (before it is copied, which would
     make the copy ours): every file there must be this user's own and not writable by group or
@@ -232,7 +237,7 @@ def check_restored(restored) -> None:
     own permissions."""
     from raysweep.validation import untrusted_file
 
-    if getattr(getattr(restored, "filesystem", None), "type_name", "local") != "local":
+    if not on_local_disk(restored):
         return
     why = untrusted_file(restored.path)
     if why is not None:

@@ -40,9 +40,9 @@ def runs_inline(job: JobSpec) -> bool:
 def local_fallbacks(restored) -> list[str]:
     """Older checkpoints of the trial (newest first) when its storage is a local or shared folder:
     what a damaged latest checkpoint falls back to."""
-    from raysweep.distributed.checkpoint import previous_checkpoints
+    from raysweep.distributed.checkpoint import on_local_disk, previous_checkpoints
 
-    if getattr(getattr(restored, "filesystem", None), "type_name", "local") != "local":
+    if not on_local_disk(restored):
         return []
     return [str(p) for p in previous_checkpoints(restored.path)]
 

@@ -170,7 +170,7 @@ def _confine(uri: str, run, parent, sweep: str) -> None:
                                          f"run, runs:/{run.info.run_id}/..., is expected)")
         return
     storage = storage_trust.signed_storage(parent.data.tags, sweep)
-    if storage is None or not Path(uri).resolve().is_relative_to(Path(storage).resolve()):
+    if storage is None or not storage_trust.is_under(uri, [storage]):
         raise tracking.TrackingError(
             f"export: checkpoint '{uri}' is not allowed (not inside the sweep's storage"
             f"{' ' + repr(storage) if storage else ', whose path carries no signature of this user'}: "

@@ -73,7 +73,8 @@ def _signed(sweep: str, path: str, mac: Optional[str]) -> bool:
     return hmac.compare_digest(hmac.new(key, f"{sweep}\n{path}".encode(), hashlib.sha256).hexdigest(), mac)
 
 
-def _under(path: str, roots: Iterable[str]) -> bool:
+def is_under(path: str, roots: Iterable[str]) -> bool:
+    """``path``, links and ``..`` resolved, lies inside one of ``roots``."""
     real = Path(path).resolve()
     return any(real.is_relative_to(Path(root).resolve()) for root in roots if root)
 
@@ -84,7 +85,7 @@ def trusted_storage(tags: dict, sweep: str, named_roots: Iterable[str] = ()) -> 
     if not path:
         raise UntrustedStorage(f"sweep '{sweep}': its parent run has no {STORAGE_TAG} tag (not a raysweep sweep)")
     roots = list(named_roots)
-    if not (_under(path, roots) or _signed(sweep, path, tags.get(MAC_TAG))):
+    if not (is_under(path, roots) or _signed(sweep, path, tags.get(MAC_TAG))):
         raise UntrustedStorage(
             f"sweep '{sweep}': storage '{path}' (its {STORAGE_TAG} tag) is not allowed (not signed by this user's key "
             f"{key_file()}{' and not under ' + ', '.join(map(str, roots)) if roots else ''}: the tag may have been "
