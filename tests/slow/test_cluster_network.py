@@ -5,8 +5,7 @@ with the token, and an outsider. From the outsider, every Ray port refuses a cli
 token and MLflow answers 401; on the worker node, a client with the token sees both nodes. The
 listeners in the head's namespace are the ones docs/security.md names.
 
-Not yet shown here: a sweep launched from the worker node (its trials stall on object transfer
-between the namespaces; issue 23 stays open for it).
+From the worker node, ``raysweep launch --address`` with the token runs a 2-trial sweep.
 
 Needs root (``ip netns add``); skips, saying why, where namespaces cannot be made."""
 
@@ -35,16 +34,25 @@ ADDRESSES = {"head": f"{NET}.1", "worker": f"{NET}.2", "outsider": f"{NET}.3"}
 BIN = Path(sys.executable).parent
 
 
+def ray_dirs() -> dict[str, str]:
+    """Each node's Ray folder (short: Ray's socket paths must stay under 108 bytes)."""
+    return {role: f"/tmp/rs-{os.getpid()}-{role}" for role in ("head", "worker")}
+
+
 def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(list(cmd), capture_output=True, text=True, check=check, timeout=120)
 
 
 class Network:
-    """A bridge and one namespace per host; ``close`` kills what runs there and removes it all."""
+    """A bridge and one host per role: its own network namespace (address), PID namespace and
+    mount namespace, held by a small init process; ``close`` kills what runs there and removes it
+    all. Separate PID and mount namespaces matter: a Ray driver picks its node by listing the
+    raylets in ``ps`` (preferring the head's), and real hosts share no /tmp."""
 
     def __init__(self):
         tag = uuid.uuid4().hex[:5]
         self.bridge, self.names = f"rsb{tag}", {role: f"rs{role[:3]}{tag}" for role in ADDRESSES}
+        self.holders: dict[str, subprocess.Popen] = {}
         _sh("ip", "link", "add", self.bridge, "type", "bridge")
         _sh("ip", "link", "set", self.bridge, "up")
         for role, ns in self.names.items():
@@ -55,21 +63,46 @@ class Network:
             _sh("ip", "link", "set", outside, "up")
             _sh("ip", "link", "set", inside, "netns", ns)
             for cmd in (["ip", "addr", "add", f"{ADDRESSES[role]}/24", "dev", inside], ["ip", "link", "set", inside, "up"],
-                        ["ip", "link", "set", "lo", "up"]):
+                        ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "dev", inside]):
                 _sh("ip", "netns", "exec", ns, *cmd)
+            # the host's init: hides the other hosts' Ray folders, then reaps orphans (Ray's daemons)
+            hide = "".join(f"mkdir -p {d} && mount -t tmpfs tmpfs {d} && " for other, d in ray_dirs().items()
+                           if other != role)
+            self.holders[role] = subprocess.Popen(
+                ["ip", "netns", "exec", ns, "unshare", "--pid", "--mount", "--fork", "--mount-proc",
+                 "--propagation", "private", "bash", "-c", hide + "trap : CHLD; while :; do sleep 3600 & wait $!; done"],
+                start_new_session=True)
+        for role, holder in self.holders.items():
+            self._init_pid(role)
+
+    def _init_pid(self, role: str) -> int:
+        """The PID (as this machine sees it) of ``role``'s init, once it has hidden the folders."""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            child = _sh("pgrep", "-P", str(self.holders[role].pid), check=False).stdout.split()
+            if child and _sh("pgrep", "-P", child[0], "-x", "sleep", check=False).stdout.strip():
+                return int(child[0])
+            time.sleep(0.2)
+        raise RuntimeError(f"the {role} host did not start")
+
+    def _as_host(self, role: str, script: str) -> list[str]:
+        return ["nsenter", "-t", str(self._init_pid(role)), "-p", "-m", "-n", "bash", "-c", script]
 
     def run(self, role: str, script: str, env: dict, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.names[role], "bash", "-c", script], env=env,
-                              capture_output=True, text=True, **kw)
+        return subprocess.run(self._as_host(role, script), env=env, capture_output=True, text=True, **kw)
 
     def start(self, role: str, script: str, env: dict, log: Path) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.names[role], "bash", "-c", script], env=env,
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(self._as_host(role, script), env=env, stdout=open(log, "w"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
     def close(self):
+        for holder in self.holders.values():  # a PID namespace's init dies: so does all it holds
+            try:
+                os.killpg(holder.pid, 9)
+            except ProcessLookupError:
+                pass
         for ns in self.names.values():
-            pids = _sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
+            for pid in _sh("ip", "netns", "pids", ns, check=False).stdout.split():
                 try:
                     os.kill(int(pid), 9)
                 except (ProcessLookupError, ValueError):
@@ -97,9 +130,8 @@ def _as_here(cmd: str, shared: Path, tmp: Path, role: str) -> str:
     binaries, Ray's files in a folder per node (the namespaces share one filesystem)."""
     cmd = cmd.replace("/shared", str(shared)).replace("~/venv/bin/", f"{BIN}/")
     cmd = cmd.replace(" --autoscaling-config=~/ray_bootstrap_config.yaml", "")
-    if "ray start" in cmd:  # Ray's socket paths must stay under 108 bytes: a short folder in /tmp
-        short = Path(f"/tmp/rs-{os.getpid()}-{role}")
-        cmd += f" --temp-dir={short} --disable-usage-stats" + ("" if "--num-cpus" in cmd else " --num-cpus=4")
+    if "ray start" in cmd:
+        cmd += f" --temp-dir={ray_dirs()[role]} --disable-usage-stats" + ("" if "--num-cpus" in cmd else " --num-cpus=4")
     return cmd.replace("--workers 2", "--workers 1")
 
 
@@ -153,8 +185,8 @@ def cluster(tmp_path_factory):
             time.sleep(2)
         yield net, tmp, shared, env, node_env, worker_env
     finally:
-        for role in ("head", "worker"):
-            shutil.rmtree(f"/tmp/rs-{os.getpid()}-{role}", ignore_errors=True)
+        for folder in ray_dirs().values():
+            shutil.rmtree(folder, ignore_errors=True)
         for p in procs:
             try:
                 os.killpg(p.pid, 9)
@@ -207,7 +239,7 @@ def test_the_worker_node_joins_with_the_token(cluster):
     code = (f"import ray\nray.init(address='{ADDRESSES['head']}:6379')\n"
             "print('NODES', sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']))")
     done = net.run("worker", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}", worker_env, timeout=120)
-    assert f"NODES ['{ADDRESSES['head']}', '{ADDRESSES['worker']}']" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert f"NODES ['{ADDRESSES['head']}', '{ADDRESSES['worker']}']" in done.stdout, done.stdout + done.stderr[:3000]
     # the worker's MLflow credentials are the trials' user's, created at the head's start, not an
     # admin: it reads no experiment it was not granted and administers no user
     user, password = worker_env["MLFLOW_TRACKING_USERNAME"], worker_env["MLFLOW_TRACKING_PASSWORD"]
@@ -253,3 +285,33 @@ def test_every_listener_on_the_head_is_documented(cluster):
         if key is None or bound != where:
             undocumented.append(f"{local} ({line.split('users:')[-1] if 'users:' in line else '?'}): table says {bound}")
     assert not undocumented, f"{undocumented}\n{listing}"
+
+
+def test_a_sweep_launched_from_the_worker_node_runs(cluster, tofu_dir):
+    """`raysweep launch --address HEAD:6379` on the worker node, with the token and the admin's
+    MLflow credentials (the person launching), runs a 2-trial sweep: its trials run on the worker
+    node (the head has no CPUs) and log, as the trials' user, to the head's MLflow server."""
+    from ..conftest import tiny_job
+
+    net, tmp, shared, env, node_env, worker_env = cluster
+    head = ADDRESSES["head"]
+    root = tmp / "sweep"
+    root.mkdir()
+    job = yaml.safe_load(tiny_job(root, tofu_dir, steps=2).read_text())
+    (root / "space.yaml").write_text(yaml.safe_dump({"method": {"graddiff": {"alpha": {"uniform": [0.5, 1.5]}}}}))
+    job["eval"] = {"benchmarks": ["qa"], "max_questions": 4, "max_new_tokens": 4}
+    job["sweep"] = {"search_space": str(root / "space.yaml"), "sampler": "random", "num_trials": 2, "max_concurrent": 2,
+                    "objectives": {"forget_answer_loss": "max", "retain_answer_loss": "min"},
+                    "tracking_uri": f"http://{head}:5000", "storage_path": str(shared / "raysweep" / "runs")}
+    (root / "sweep.yaml").write_text(yaml.safe_dump(job))
+    # the person launching: the Ray token, and the MLflow admin who grants the trials' user
+    launcher = {**worker_env, **{k: v for k, v in node_env.items() if k.startswith(("MLFLOW_TRACKING", "RAYSWEEP_"))}}
+    done = net.run("worker", f"{BIN}/raysweep launch {root / 'sweep.yaml'} --address {head}:6379 --name from-worker",
+                   launcher, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-6000:]
+    code = ("from raysweep.sweep import tracking\nc = tracking.client('http://%s:5000')\n"
+            "runs = c.search_runs([c.get_experiment_by_name('raysweep/tiny-test').experiment_id],"
+            " 'tags.raysweep.trial_id != \"\"')\nprint('TRIALS', sorted(r.info.status for r in runs))" % head)
+    listed = net.run("worker", f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}", launcher, timeout=120)
+    assert "TRIALS ['FINISHED', 'FINISHED']" in listed.stdout, listed.stdout + listed.stderr[-3000:]
