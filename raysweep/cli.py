@@ -230,6 +230,7 @@ def cmd_launch(args) -> int:
     report = launch(job, address=args.address, tracking_uri=args.tracking_uri, storage=args.storage, name=args.name,
                     verbose=args.verbose, warm_start=args.warm_start, release_ray=_owns_process(args))
     print(format_report(report))
+    print(_where_to_look(report))
     return 0
 
 
@@ -246,6 +247,7 @@ def cmd_resume(args) -> int:
     report = resume(args.sweep, tracking_uri=args.tracking_uri, address=args.address, verbose=args.verbose,
                     release_ray=_owns_process(args), storage=args.storage)
     print(format_report(report))
+    print(_where_to_look(report))
     return 0
 
 
@@ -278,6 +280,12 @@ def cmd_pareto(args) -> int:
         print(format_report(report, per_trial=args.per_trial))
         print(_front_link_line(report, uri))
     return 0
+
+
+def _where_to_look(report: dict) -> str:
+    """The last lines of a launch or resume: the front's MLflow view and the report command."""
+    uri = report["tracking_uri"].replace("***@", "")  # redacted: the user's own credentials apply
+    return f"{_front_link_line(report, uri)}\nreport: raysweep report {report['sweep']} --tracking-uri {uri}"
 
 
 def _front_link_line(report: dict, uri: str) -> str:

@@ -6,11 +6,10 @@ computes nothing itself) and writes
 
 * on every finished child run: tag ``raysweep.pareto=front|dominated`` (so
   ``tags.raysweep.pareto = 'front'`` filters the runs table to the front), tag
-  ``raysweep.pareto.steps`` (its steps on the front), metrics ``pareto/rank`` (its best
-  non-domination rank, 0 = front) and ``pareto/on_front``, logged at step = finished trials so
-  far (each refresh adds a point; the table shows the latest);
-* on the experiment: a shared view of the runs table showing the front (:func:`save_front_view`),
-  opened by :func:`front_runs_link`;
+  ``raysweep.pareto.steps`` (its steps on the front) and tag ``raysweep.pareto.rank`` (its best
+  non-domination rank, 0 = front);
+* on the experiment: a shared view of the sweep's runs, front and dominated, with the objectives'
+  scatter (:func:`save_front_view`), opened by :func:`front_runs_link`;
 * on the parent (``full=True``, at the end and on ``raysweep pareto``): ``pareto_front.csv`` and
   ``pareto_front.json``, the hypervolume-by-trials plot and metric ``pareto/hypervolume_by_trials``,
   and the run description (``mlflow.note.content``) listing the front with links.
@@ -35,6 +34,7 @@ from raysweep.sweep.report import plot_hypervolume_history, point_label
 
 FRONT, DOMINATED = "front", "dominated"
 PARETO_TAG = "raysweep.pareto"
+RANK_TAG = "raysweep.pareto.rank"
 FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
 
 
@@ -56,48 +56,72 @@ def view_key(sweep: str) -> str:
     return "raysweep-front-" + re.sub(r"[^A-Za-z0-9_-]", "-", sweep)
 
 
-def front_runs_link(experiment_id: str, sweep: str, base: str = "") -> str:
-    """The experiment's runs page showing the sweep's front (the saved view of :func:`save_front_view`),
-    in the model-training view."""
-    return f"{base}#/experiments/{experiment_id}/runs?{VIEW_PARAM}={view_key(sweep)}&{TRAINING_VIEW}"
+def front_runs_link(experiment_id: str, sweep: str, base: str = "", charts: bool = True) -> str:
+    """The experiment's runs page with the sweep's saved view (:func:`save_front_view`), in the
+    model-training view; ``charts``: its chart mode (the objectives' scatter beside the runs list)."""
+    mode = "&compareRunsMode=CHART" if charts else ""
+    return f"{base}#/experiments/{experiment_id}/runs?{VIEW_PARAM}={view_key(sweep)}{mode}&{TRAINING_VIEW}"
+
+
+SCATTER_ID, SECTION_ID = "raysweep-objectives", "raysweep-pareto"
 
 
 def save_front_view(c, report: dict) -> None:
-    """A shared view of the runs table (MLflow's "share view": experiment tag
-    ``mlflow.sharedViewState.<key>``): filtered to the front, grouped by ``raysweep.pareto`` - a
-    filter alone shows the front runs folded under their collapsed parent, and the view state
-    cannot unfold it - sorted by rank, with the objectives, rank, front steps, flat
-    hyperparameters and checkpoint path as columns."""
+    """A shared view of the runs page (MLflow's "share view": experiment tag
+    ``mlflow.sharedViewState.<key>``): every candidate run of the sweep, grouped into ``front`` and
+    ``dominated`` (a filter alone shows child runs folded under their collapsed parent, and the
+    view state cannot unfold it), sorted by the first objective; method, model, objectives, flat
+    hyperparameters and the checkpoint as columns; one chart: the objectives' scatter with one dot
+    per run (``useGroupedValuesInCharts`` off, else a group is one averaged dot; every run shown,
+    not MLflow's first 10), coloured by group."""
+    names = list(report["objectives"])
+    first = names[0]
     flat = sorted({k for r in report["trials"] for k in r.get("flat_params", {})})
     state = {
-        "searchFilter": front_filter(report["sweep"]), "orderByKey": "metrics.`pareto/rank`", "orderByAsc": True,
-        "selectedColumns": [f"tags.`{PARETO_TAG}`", "metrics.`pareto/rank`", f"tags.`{PARETO_TAG}.steps`",
-                            *[f"metrics.`objective/{k}`" for k in report["objectives"]],
+        "searchFilter": sweep_filter(report["sweep"]),
+        "orderByKey": f"metrics.`objective/{first}`", "orderByAsc": report["objectives"][first] == "min",
+        "selectedColumns": ["tags.`raysweep.method`", "tags.`raysweep.model`", "attributes.`Models`",
+                            *[f"metrics.`objective/{k}`" for k in names], f"tags.`{PARETO_TAG}.steps`",
                             *[f"params.`{k}`" for k in flat], "tags.`raysweep.checkpoint_path`"],
         "groupBy": {"aggregateFunction": "min", "groupByKeys": [{"mode": "tag", "groupByData": PARETO_TAG}]},
-        "groupsExpanded": {},
+        "groupsExpanded": {}, "useGroupedValuesInCharts": False, "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
+        "compareRunSections": [{"uuid": SECTION_ID, "name": "Pareto front", "display": True, "isReordered": False,
+                                "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [{
+            "uuid": SCATTER_ID, "type": "SCATTER", "metricSectionId": SECTION_ID, "deleted": False,
+            "isGenerated": False, "runsCountToCompare": max(100, report["n_finished"]),
+            "displayName": f"{names[0]} vs {names[1]}" if len(names) > 1 else names[0],
+            "xaxis": {"key": f"objective/{names[0]}", "type": "METRIC"},
+            "yaxis": {"key": f"objective/{names[-1]}", "type": "METRIC"},
+        }],
+        "isAccordionReordered": False,
     }
     c.set_experiment_tag(report["experiment_id"], f"{SHARED_VIEW_TAG}{view_key(report['sweep'])}", json.dumps(state))
 
 
+def sweep_filter(sweep: str) -> str:
+    """The runs-table filter of one sweep's candidate runs (finished trials, front or dominated)."""
+    return f"tags.{tracking.SWEEP_TAG} = '{sweep}' and tags.{PARETO_TAG} LIKE '%'"
+
+
 def mark_children(c, report: dict) -> int:
-    """Tags and metrics on each child run with a candidate point; returns how many are on the front."""
-    from mlflow.entities import Metric, RunTag
+    """Tags on each child run with a candidate point (front or dominated, its front steps, its
+    best non-domination rank); returns how many are on the front. Tags, not metrics: a mark is
+    the run's state, not a curve over refreshes."""
+    from mlflow.entities import RunTag
 
     by_run: dict[str, list[dict]] = {}
     for r in report["trials"]:
         by_run.setdefault(r["run_id"], []).append(r)
-    ts, step = int(time.time() * 1000), int(report["n_finished"])
     on = 0
     for run_id, rows in by_run.items():
         front_steps = sorted({str(r["step"]) for r in rows if r["pareto"] and r["step"] is not None})
         on_front = any(r["pareto"] for r in rows)
         on += on_front
         tags = {PARETO_TAG: FRONT if on_front else DOMINATED, f"{PARETO_TAG}.steps": ",".join(front_steps),
-                **tracking.objective_tags(report["objectives"])}
-        c.log_batch(run_id, metrics=[Metric("pareto/rank", float(min(r["rank"] for r in rows)), ts, step),
-                                     Metric("pareto/on_front", float(on_front), ts, step)],
-                    tags=[RunTag(k, v) for k, v in tags.items()])
+                RANK_TAG: str(min(r["rank"] for r in rows)), **tracking.objective_tags(report["objectives"])}
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     save_front_view(c, report)
     return on
 

@@ -20,6 +20,9 @@ from raysweep.sweep.tracking import redact, redact_text
 
 MLFLOW_BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
 MAX_BUFFERED = 500_000     # beyond this the oldest are dropped, and close() says how many
+COUNTERS = ("step", "start_step", "total_steps")
+TIMING_PREFIXES = ("startup/", "eval_seconds/")
+RESUMED_TAG = "raysweep.resumed_from_step"
 
 
 class MetricsNotDelivered(RuntimeError):
@@ -54,18 +57,28 @@ class MlflowStepLogger(TrialReporter):
 
     # ---- the reporter contract ------------------------------------------------------------------
     def step(self, step: int, metrics: dict) -> None:
-        self._add({f"{self.prefix}{k}": v for k, v in metrics.items()}, step)
+        # Counters are not charts: the step is the x axis; a restart is a tag.
+        start = metrics.get("start_step")
+        if start:
+            self._tags[RESUMED_TAG] = str(int(start))
+        self._add({f"{self.prefix}{k}": v for k, v in metrics.items() if k not in COUNTERS}, step)
         self._since_flush += 1
         if self._since_flush >= self.every_steps:
             self._wake.set()
 
     def report(self, metrics: dict, checkpoint_dir: Optional[str] = None) -> None:
-        # Evaluations carry their own namespace ("eval/...", "final/..."): log them at their step.
-        namespaced = {k: v for k, v in metrics.items() if "/" in k}
+        # Evaluations carry their own namespace ("eval/...", "final/..."): log them at their step;
+        # the evaluation before unlearning at step 0. Timings go to the run's timings.json instead.
+        namespaced = {k: v for k, v in metrics.items() if "/" in k and not k.startswith(TIMING_PREFIXES)}
         if self.constraint is not None:  # each point's feasibility, logged with the point itself
             namespaced.update(self.constraint.judge_evaluation(metrics))
+        before = {k: v for k, v in namespaced.items() if k.startswith("before/")}
+        if before:
+            self._add(before, 0)
+        rest = {k: v for k, v in namespaced.items() if k not in before}
+        if rest:
+            self._add(rest, int(metrics.get("step", 0)))
         if namespaced:
-            self._add(namespaced, int(metrics.get("step", 0)))
             self._wake.set()
 
     def close(self) -> None:

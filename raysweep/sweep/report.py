@@ -44,7 +44,7 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
                              "checkpoint_uri": tags.get(checkpoint_tag(step))})
         if any(v is None for v in final):
             continue
-        rows.append({**base, "step": final_step if final_step is not None else _final_step(m),
+        rows.append({**base, "step": final_step if final_step is not None else _final_step(m, tags),
                      "final": True, "objectives": dict(zip(objectives, final)),
                      "feasible": recorded_feasible(m.get("feasible"), constrained),
                      "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
@@ -69,9 +69,10 @@ def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict
     return {s: {k: hist[k][s] for k in objectives} for s in steps}, feasible
 
 
-def _final_step(m: dict):
-    v = m.get("train/step", m.get("step"))
-    return int(v) if v is not None else None
+def _final_step(m: dict, tags: dict):
+    """The step of a trial's final evaluation (runs of older versions logged it as a metric)."""
+    v = tags.get("raysweep.final_step", m.get("train/step", m.get("step")))
+    return int(float(v)) if v is not None else None
 
 
 def per_trial_fronts(rows: list[dict], objectives: dict[str, str]) -> dict[str, list[dict]]:

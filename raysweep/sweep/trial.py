@@ -90,6 +90,7 @@ def sweep_trial(config: dict, ctx: dict) -> None:
         return
     node = ray.get_runtime_context().get_node_id()
     tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name, "raysweep.node": node,
+            "raysweep.model": job.model.base,
             **tracking.objective_tags(job.sweep.objectives)}
     # Shared hyperparameters under one flat name too (``alpha``): one MLflow column across methods.
     params = {**SearchSpace(ctx["space"], ctx["space_source"]).flat_params(config), **config}
@@ -167,6 +168,10 @@ def record_point(c, job: JobSpec, run_id: str, step: int, checkpoint: Optional[s
     return uri
 
 
+FINAL_STEP_TAG = "raysweep.final_step"
+TIMING_KEYS = ("step_seconds_median", "steps_timed", "unlearn_seconds")
+
+
 def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Optional[str], target: dict,
                  entered: float) -> dict[str, Any]:
     """Log the final metrics, objectives and checkpoint to the child run; the result for Tune."""
@@ -179,13 +184,16 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     constraint = retention_constraint(job, target)
     judged = constraint.judge(final) if constraint is not None else {}
     report.update(judged)
+    # The worker's MLflow sink logged final/* at the last step; the objectives and the verdict go
+    # beside them, at the same step. Timings are one file, not charts.
+    last_step = int(metrics.get("step", job.unlearn.steps))
     tracking.log_metrics(c, run_id, {
-        **{f"final/{k}": v for k, v in final.items()},
         **{f"objective/{m}": v for m, v in report.items() if m in objectives},
         **judged,  # a NaN margin is not logged; its feasible 0 is
-        **{k: v for k, v in metrics.items() if k.startswith(("startup/", "eval_seconds/"))},
-        **({"step_seconds_median": metrics["step_seconds_median"]} if "step_seconds_median" in metrics else {}),
-    })
+    }, step=last_step)
+    c.set_tag(run_id, FINAL_STEP_TAG, str(last_step))
+    timings = {k: v for k, v in metrics.items() if k.startswith(("startup/", "eval_seconds/")) or k in TIMING_KEYS}
+    c.log_dict(run_id, {**timings, "trial_seconds": report["trial_seconds"]}, "timings.json")
     if any(k.startswith("eval/") for k in metrics):  # the trajectory's last point
         step = int(metrics.get("step", job.unlearn.steps))
         # Inline trials recorded it when Tune took the checkpoint (TuneReporter.on_checkpoint).

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from raysweep.sweep import tracking
-from raysweep.sweep.front_marks import FRONT_FILTER, front_filter, mark_children, publish
+from raysweep.sweep.front_marks import FRONT_FILTER, front_filter, mark_children, publish, sweep_filter
 from raysweep.sweep.report import pareto_report
 
 from .made_sweep import FRONT, OBJECTIVES, make_sweep
@@ -56,11 +56,24 @@ def test_the_front_filter_finds_exactly_the_front_runs_with_their_ranks(made):
     assert {r.data.tags["raysweep.trial_id"] for r in found} == {"t1", "t2", "t4"}
     kids = _children(c, parent)
     assert kids["t2"].data.tags["raysweep.pareto.steps"] == "2"  # its mid-run point, not its final one
-    assert kids["t3"].data.tags["raysweep.pareto"] == "dominated" and kids["t3"].data.metrics["pareto/rank"] >= 1
+    # the shared view: every candidate run (front and dominated; not the parent, not the failed
+    # trial), sorted by the first objective, with one dot per run in its scatter
+    everyone = c.search_runs([parent.info.experiment_id], filter_string=sweep_filter("made"))
+    assert {r.data.tags["raysweep.trial_id"] for r in everyone} == {"t1", "t2", "t3", "t4", "t5"}
+    state = json.loads(c.get_experiment(parent.info.experiment_id).tags["mlflow.sharedViewState.raysweep-front-made"])
+    first, second = report["objectives"]
+    assert state["orderByKey"] == f"metrics.`objective/{first}`" and state["orderByAsc"] is True
+    assert state["useGroupedValuesInCharts"] is False and state["runsHiddenMode"] == "SHOW_ALL"
+    (chart,) = state["compareRunCharts"]
+    assert (chart["type"], chart["xaxis"]["key"], chart["yaxis"]["key"]) == \
+        ("SCATTER", f"objective/{first}", f"objective/{second}")
+    assert {"tags.`raysweep.method`", "tags.`raysweep.model`"} <= set(state["selectedColumns"])
+    assert kids["t3"].data.tags["raysweep.pareto"] == "dominated" and int(kids["t3"].data.tags["raysweep.pareto.rank"]) >= 1
     # infeasible: ranked after every feasible point although it is best on both objectives
     assert kids["t5"].data.tags["raysweep.pareto"] == "dominated"
-    assert kids["t5"].data.metrics["pareto/rank"] > kids["t3"].data.metrics["pareto/rank"]
-    assert kids["t1"].data.metrics["pareto/rank"] == 0 and kids["t1"].data.metrics["pareto/on_front"] == 1
+    rank = {t: int(k.data.tags["raysweep.pareto.rank"]) for t, k in kids.items() if "raysweep.pareto.rank" in k.data.tags}
+    assert rank["t5"] > rank["t3"] and rank["t1"] == 0
+    assert not any(k.startswith("pareto/") for kid in kids.values() for k in kid.data.metrics)  # marks are tags
     assert "raysweep.pareto" not in kids["t6"].data.tags  # failed: no candidate point
 
 
@@ -77,8 +90,7 @@ def test_marks_are_refreshed_when_a_new_trial_moves_the_front(tmp_path, tofu_dir
     kids = _children(c, parent)
     assert kids["t4"].data.tags["raysweep.pareto"] == "dominated"
     assert kids["t7"].data.tags["raysweep.pareto"] == "front"
-    history = c.get_metric_history(kids["t4"].info.run_id, "pareto/on_front")
-    assert [m.value for m in sorted(history, key=lambda m: m.step)] == [1.0, 0.0]
+    assert kids["t4"].data.tags["raysweep.pareto.rank"] == "1" and kids["t7"].data.tags["raysweep.pareto.rank"] == "0"
 
 
 def test_parent_gets_front_files_hypervolume_history_description_and_logged_models(made):

@@ -64,13 +64,24 @@ def finished_sweep(launched):
     return tmp, job, pareto_report(tracking.client(uri), uri, "constrained")
 
 
+def test_launch_ends_with_the_front_link_and_the_report_command(launched):
+    """Issue 25, item 1: what `make quickstart` prints last is where to look: the front's MLflow
+    view (the model-training view) and the command that writes the HTML report."""
+    tmp, job, res = launched
+    last = res.stdout.strip().splitlines()[-2:]
+    assert last[0].startswith("front in MLflow: ") and "workflowType=machine_learning" in last[0], last
+    assert "viewStateShareKey=raysweep-front-constrained" in last[0], last
+    assert last[1] == f"report: raysweep report constrained --tracking-uri {job.sweep.tracking_uri}", last
+
+
 # Lines that come with time, not with events: a trial's progress (every 10 s) and the sweep's
 # summary (every 30 s). How many there are depends on the machine's speed, so the bound leaves them out.
 PERIODIC_LINE = re.compile(r"^\[[^]]*\] (trial (\d+/\d+ )?\S+ step \d|sweep \S+: )")
 # The start (prepare, target, sweep lines), per trial its start and its result, the final summary,
-# the Pareto table (title, header, rule, <= 3 rows, hypervolume, plot): 3 + 6 + 1 + 8. The
+# the Pareto table (title, header, rule, <= 3 rows, hypervolume, plot), the front link and the
+# report command: 3 + 6 + 1 + 8 + 2. The
 # pre-rework console printed about 70 lines per trial.
-CONSOLE_EVENT_LINE_BOUND = 18
+CONSOLE_EVENT_LINE_BOUND = 20
 
 
 def test_console_is_one_line_per_trial_event(launched):
