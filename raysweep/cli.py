@@ -91,24 +91,37 @@ def cmd_eval(args) -> int:
     benchmarks = []
     for b in args.benchmark:
         benchmarks += ["wmdp_bio", "wmdp_cyber"] if b == "wmdp" else [b]
+    overrides = _parse_overrides(args.set)
     if args.job:
-        job = load_job(args.job, _parse_overrides(args.set))
+        job = load_job(args.job, overrides)
     else:
+        from raysweep.spec import set_dotted
+
         root = Path(args.data)
         bench = "muse" if "muse" in benchmarks else "tofu"
+        # The model evaluated is the job's model, so that --set model.template=... is checked against it.
         raw = {"data": {"benchmark": bench, "path": str(root / ("muse_news" if bench == "muse" else "tofu"))},
+               "model": {"base": str(args.model)},
                "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
                "eval": {"mcq_data": str(root)}}
+        for dotted, value in overrides.items():
+            set_dotted(raw, dotted, value)
         job = parse_job(raw)
     data = preflight.check_data(job)
     from raysweep.data.collate import QACollator
     from raysweep.evaluation.suite import Evaluator
     from raysweep.models.build import load_causal_lm, load_tokenizer
-    from raysweep.models.prepare import prepare
+    from raysweep.models.prepare import cached_preparation
 
     reference = Path(args.reference) if args.reference else None
-    if reference is None and args.job and {"tofu", "muse"} & set(benchmarks):
-        reference = prepare(job, data).retain_reference
+    if reference is None and args.job and job.prepare.retain_reference and {"tofu", "muse"} & set(benchmarks):
+        # Only a prepared reference from the cache: evaluation never trains one.
+        prepared = cached_preparation(job, data)
+        if prepared is None or prepared.retain_reference is None:
+            raise InputError("--reference: missing (the job's retain reference is not prepared in "
+                             f"'{job.cache_dir}' and eval never trains; allowed: --reference DIR, or run "
+                             "`raysweep prepare` on the job first)")
+        reference = prepared.retain_reference
     tok = load_tokenizer(args.model)
     model = load_causal_lm(args.model, job.model.dtype)
     evaluator = Evaluator(job, data, tok, QACollator.for_job(job, tok), reference, benchmarks)
@@ -116,8 +129,11 @@ def cmd_eval(args) -> int:
     metrics = evaluator(model, progress=True)
     print(_metric_table(metrics))
     out = Path(args.out) if args.out else Path(args.model) / f"eval_{'_'.join(benchmarks)}.json"
+    fmt, e = evaluator.collator.prompt, job.eval
+    settings = {"template": fmt.name, "system_prompt": fmt.system_prompt, "reference": str(reference or ""),
+                "max_questions": e.max_questions, "max_length": e.max_length, "max_new_tokens": e.max_new_tokens}
     out.write_text(json.dumps({"model": str(args.model), "benchmarks": benchmarks, "metrics": metrics,
-                               "seconds": time.time() - t0}, indent=2))
+                               "settings": settings, "seconds": time.time() - t0}, indent=2))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -368,8 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("model", help="a model directory (save_pretrained layout)")
     e.add_argument("--benchmark", action="append", required=True,
                    choices=["qa", "tofu", "muse", "wmdp", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu"])
-    e.add_argument("--job", help="take data, subset and eval settings (and the retain reference) from a job")
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a job field")
+    e.add_argument("--job", help="take data, subset and eval settings (and the prepared retain reference, "
+                   "never trained here) from a job")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a job field (of --job, else of the built-in evaluation job)")
     e.add_argument("--data", default=os.environ.get("RAYSWEEP_DATA", "../shared/data"),
                    help="data root with tofu/, muse_news/, wmdp/, mmlu/ (without --job)")
     e.add_argument("--reference", help="retain reference model directory (TOFU forget quality, MUSE privleak)")

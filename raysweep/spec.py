@@ -112,16 +112,17 @@ class ModelSpec(_Strict):
     tiny: TinyModelSpec = TinyModelSpec()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: Optional[LoraSpec] = None  # issue 10
-    # Prompt format in prepare, unlearning and evaluation alike (raysweep/data/prompts.py):
-    # auto = the tokenizer's chat template when it has one, else plain "Question: ... Answer:".
-    template: Literal["auto", "plain", "chat", "llama2", "llama3"] = "auto"
+    # Prompt format in prepare, unlearning and evaluation alike (raysweep/data/prompts.py): auto =
+    # open-unlearning's chat prompt (system prompt, fixed date) when the tokenizer has a chat
+    # template, else plain "Question: ... Answer:"; phi15 is open-unlearning's phi-1.5 format.
+    template: Literal["auto", "plain", "phi15", "chat", "llama2", "llama3"] = "auto"
     system_prompt: Optional[str] = None
 
     @model_validator(mode="after")
     def _tiny_has_no_chat_template(self):
         if self.base == "tiny-llama" and self.template in ("chat", "llama3"):
             raise ValueError(f"@model.template: {self.template!r} is not allowed with model.base 'tiny-llama' "
-                             "(its trained tokenizer has no chat template; allowed: auto, plain, llama2)")
+                             "(its trained tokenizer has no chat template; allowed: auto, plain, phi15, llama2)")
         return self
 
 

@@ -20,14 +20,17 @@ if TYPE_CHECKING:
     from raysweep.data.collate import QACollator
 from raysweep.data.tofu import UnlearnData
 from raysweep.evaluation.batching import LOCAL, Shard, evaluating, model_context
+from raysweep.models.prepare import data_fingerprint
 from raysweep.spec import JobSpec
 
 
-def evaluation_key(job: JobSpec, benchmarks: list[str]) -> str:
-    """Everything that changes a cached evaluation of a fixed model (reference, target)."""
+def evaluation_key(job: JobSpec, benchmarks: list[str], data: UnlearnData, probe: str) -> str:
+    """Everything that changes a cached evaluation of a fixed model (reference, target): the
+    settings, the rows evaluated (``data``) and the prompt as rendered (``probe``: the evaluation's
+    ``PromptFormat.probe``), so a cache made on other rows or with another prompt is never read."""
     e = job.eval
     payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": e.max_length,
-               "tokens": e.max_new_tokens, "prompt": [job.model.template, job.model.system_prompt], "v": 2}
+               "tokens": e.max_new_tokens, "prompt": probe, "rows": data_fingerprint(data), "v": 3}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -86,7 +89,7 @@ class Evaluator:
 
     # ---- the retain reference, cached on disk ------------------------------------------------
     def _reference_key(self) -> str:
-        return evaluation_key(self.job, self.benchmarks)
+        return evaluation_key(self.job, self.benchmarks, self.data, self.collator.prompt.probe(self.tok))
 
     def reference(self) -> dict:
         if self._reference is not None:

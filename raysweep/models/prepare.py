@@ -4,6 +4,7 @@ the model config and the training config. A second call reuses them and says so.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -66,13 +67,43 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
         "prepare": _prepare_fields(job),
         "version": 1,
     }
-    # The prompt format changes what is fine-tuned. A tiny model's tokenizer has no chat template, so
-    # "auto" is the plain format it always had (its cache key is unchanged); any other model was
-    # prepared with the plain format before prompt formats existed, so its key moves.
-    m = job.model
-    if m.base != TINY or m.template not in ("auto", "plain") or m.system_prompt is not None:
-        payload["prompt"] = [m.template, m.system_prompt]
+    # The prompt changes what is fine-tuned: the key holds the probe pair as rendered. The plain
+    # format renders as it always did, so the tiny models' keys are those from before the probe.
+    probe = job_probe(job)
+    if probe != _PLAIN_PROBE:
+        payload["prompt"] = probe
     return _hash(payload)
+
+
+# PromptFormat("plain").probe() when prompt formats joined the key, written out: a change of the
+# plain format moves the key too.
+_PLAIN_PROBE = json.dumps({"format": "plain", "full": "Question: What genre is the author Jaime Vasquez known for?"
+                           "\nAnswer: Jaime Vasquez is known for his work in the true crime genre.",
+                           "prompt": "Question: What genre is the author Jaime Vasquez known for?\nAnswer:"},
+                          sort_keys=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(base: str, template: str, system_prompt: str | None, cache_dir: Path) -> str:
+    from raysweep.data.prompts import resolve_prompt_format
+
+    # A tiny model's trained tokenizer has no chat template (the job cannot ask for one), so its
+    # formats render without it; any other model's template comes from its tokenizer.
+    tok = None if base == TINY else _base_tokenizer(base, cache_dir)
+    return resolve_prompt_format(tok, template, system_prompt).probe(tok)
+
+
+def job_probe(job: JobSpec) -> str:
+    """The job's prompt format rendered on :data:`raysweep.data.prompts.PROBE` (cache keys)."""
+    m = job.model
+    return _probe(m.base, m.template, m.system_prompt, Path(job.cache_dir))
+
+
+def _base_tokenizer(base: str, cache_dir: Path):
+    from raysweep.models.build import SMOLLM2, load_tokenizer, smollm2_tokenizer
+
+    # SmolLM2's tokenizer alone: converting the whole model only to read its template is minutes.
+    return smollm2_tokenizer(cache_dir) if base == SMOLLM2 else load_tokenizer(base)
 
 
 def _prepare_fields(job: JobSpec) -> dict:

@@ -189,15 +189,16 @@ def target_metrics(job: JobSpec) -> dict:
     """The target's metrics (for 'fraction of target' constraints), evaluated once and cached;
     also computes the retain-reference quantities before any trial needs them."""
     from raysweep.evaluation.suite import evaluation_key
-    from raysweep.models.prepare import cached_preparation, load_job_data, prepare
+    from raysweep.models.prepare import cached_preparation, job_probe, load_job_data, prepare
 
     data = load_job_data(job)
     benchmarks = list(job.eval.benchmarks or [job.data.benchmark])
     cached = cached_preparation(job, data)
-    if cached is not None:  # the usual case: answered without importing torch or transformers
-        hit = cached.target.parent / f"target_eval_{evaluation_key(job, benchmarks)}.json"
+    if cached is not None:  # the usual case: answered without torch (nor transformers for a tiny model)
+        key = evaluation_key(job, benchmarks, data, job_probe(job))
+        hit = cached.target.parent / f"target_eval_{key}.json"
         if hit.exists() and (cached.retain_reference is None or not {"tofu", "muse"} & set(benchmarks)
-                             or (cached.retain_reference.parent / f"reference_eval_{evaluation_key(job, benchmarks)}.json").exists()):
+                             or (cached.retain_reference.parent / f"reference_eval_{key}.json").exists()):
             return json.loads(hit.read_text())
     from raysweep.data.collate import QACollator
     from raysweep.evaluation.suite import Evaluator

