@@ -94,7 +94,8 @@ def launch_trials(db: Path) -> tuple[list[float], list[float]]:
     c = mlflow.tracking.MlflowClient(f"sqlite:///{db}")
     runs = [r for r in c.search_runs([e.experiment_id for e in c.search_experiments()])
             if "raysweep.trial_id" in r.data.tags]
-    return ([r.data.metrics["step_seconds_median"] for r in runs if "step_seconds_median" in r.data.metrics],
+    timings = [json.loads(Path(c.download_artifacts(r.info.run_id, "timings.json")).read_text()) for r in runs]
+    return ([t["step_seconds_median"] for t in timings if "step_seconds_median" in t],
             [(r.info.end_time - r.info.start_time) / 1000 for r in runs if r.info.end_time])
 
 

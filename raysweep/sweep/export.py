@@ -75,7 +75,7 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
         raise tracking.TrackingError(f"export: trial {trial} recorded no checkpoint (status {run.info.status})")
     _confine(uri, run, parent, sweep)
 
-    trial_spec = trial_job_of(c, parent, run.data.params)
+    trial_spec = trial_job_of(c, parent, tracking.trial_config(run))
 
     out = Path(out_dir).expanduser()
     with tempfile.TemporaryDirectory(prefix="raysweep-export-") as scratch:
@@ -89,7 +89,7 @@ def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:
             meta = {"sweep": sweep, "trial": trial, "step": step, "mlflow_run_id": run.info.run_id,
                     "checkpoint": uri, "method": run.data.tags.get("raysweep.method"),
                     "forget": run.data.tags.get("raysweep.forget"), "lora": trial_spec.model.lora is not None,
-                    "hyperparameters": dict(run.data.params), "objectives": _objectives_at(c, run, objectives, step),
+                    "hyperparameters": tracking.trial_config(run), "objectives": _objectives_at(c, run, objectives, step),
                     "directions": objectives, "tracking_uri": tracking.redact(tracking_uri)}
             (staging / CARD).write_text(_card(meta))
             meta["files"] = sorted([p.name for p in staging.iterdir()] + [EXPORT_MANIFEST])
@@ -139,7 +139,7 @@ def trial_job_of(c, parent, params: dict):
     job_raw = Path(c.download_artifacts(parent.info.run_id, "job.json")).read_text()
     job = JobSpec.model_validate_json(job_raw)
     ctx = {"space": _space(c, parent), "space_source": str(job.sweep.search_space), "job_json": job_raw}
-    return trial_job({k: _typed(v) for k, v in params.items()}, ctx)
+    return trial_job({k: _typed(v) if isinstance(v, str) else v for k, v in params.items()}, ctx)
 
 
 def _space(c, parent) -> dict:

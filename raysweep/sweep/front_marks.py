@@ -137,20 +137,24 @@ def front_records(report: dict) -> list[dict]:
     return out
 
 
-CSV_FIXED = ["run_id", "trial_id", "step", "final", "method", "forget"]
+CSV_LEAD, CSV_TAIL = ["trial_id", "method"], ["step", "final", "forget"]
 
 
 def _csv(records: list[dict], objectives: dict) -> str:
-    """One row per front point: fixed columns, one per objective (``objective.<name>`` when the
-    name is taken), one per hyperparameter, the checkpoint and the ``raysweep export`` argument."""
+    """One row per front point, what a person reads first on the left (MLflow's preview is
+    narrow): trial, method, one column per objective (``objective.<name>`` when the name is
+    taken); then step, whether it is the final evaluation, the forget loss, one column per
+    hyperparameter, the checkpoint, the ``raysweep export`` argument and the run id."""
     hp = sorted({k for rec in records for k in rec["hyperparameters"]})
-    obj_cols = [f"objective.{k}" if k in CSV_FIXED else k for k in objectives]
+    taken = {*CSV_LEAD, *CSV_TAIL, "run_id", "checkpoint", "export"}
+    obj_cols = [f"objective.{k}" if k in taken else k for k in objectives]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow([*CSV_FIXED, *obj_cols, *hp, "checkpoint", "export"])
+    w.writerow([*CSV_LEAD, *obj_cols, *CSV_TAIL, *hp, "checkpoint", "export", "run_id"])
     for rec in records:
-        w.writerow([rec[k] for k in CSV_FIXED] + [rec["objectives"][k] for k in objectives]
-                   + [rec["hyperparameters"].get(k, "") for k in hp] + [rec["checkpoint"] or "", rec["export"]])
+        w.writerow([rec[k] for k in CSV_LEAD] + [rec["objectives"][k] for k in objectives]
+                   + [rec[k] for k in CSV_TAIL] + [rec["hyperparameters"].get(k, "") for k in hp]
+                   + [rec["checkpoint"] or "", rec["export"], rec["run_id"]])
     return buf.getvalue()
 
 

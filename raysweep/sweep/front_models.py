@@ -79,6 +79,21 @@ def _save_base(job, folder: Path) -> Path:
     return prepared.target
 
 
+def model_description(report: dict, r: dict, path: str) -> str:
+    """The logged model's description (Markdown): which point it is, where its weights are, how
+    to load or export it."""
+    objectives = ", ".join(f"{k} = {v:.4g} ({report['objectives'][k]})" for k, v in r["objectives"].items())
+    when = "final evaluation" if r["final"] else f"evaluated at step {r['step']}"
+    return "\n".join([
+        f"**Pareto-front point {point_label(r)}** of sweep `{report['sweep']}`: {r['method']} / {r['forget']}, "
+        f"{when}; {objectives}.",
+        "", f"Weights: `{path}` (checkpoint `{r['checkpoint_uri']}`).", "",
+        "Load: `mlflow.pyfunc.load_model('models:/<this model id>')` (generates answers), or a plain "
+        f"Hugging Face folder: `raysweep export {report['sweep']} {point_label(r)} OUT_DIR`, then "
+        "`AutoModelForCausalLM.from_pretrained(OUT_DIR)`.",
+    ])
+
+
 def _log_one(c, report: dict, r: dict, parent) -> str:
     import mlflow.pyfunc
 
@@ -108,6 +123,11 @@ def _log_one(c, report: dict, r: dict, parent) -> str:
         c.log_model_artifacts(model.model_id, str(Path(tmp) / "model"))
     for k, v in r["objectives"].items():  # the point's objectives, shown with the model (a key of their own)
         c.log_metric(r["run_id"], f"front/{k}", v, step=int(r["step"] or 0), model_id=model.model_id)
+    c.set_logged_model_tags(model.model_id, {"mlflow.note.content": model_description(report, r, path)})
+    from mlflow.entities import LoggedModelOutput
+
+    # the run's page lists it under "Logged models" only once it is the run's output
+    c.log_outputs(r["run_id"], [LoggedModelOutput(model.model_id, int(r["step"] or 0))])
     c.finalize_logged_model(model.model_id, "READY")
     c.set_tag(r["run_id"], f"{MODEL_TAG}{int(r['step'] or 0)}", model.model_id)
     c.set_tag(r["run_id"], PATH_TAG, path)

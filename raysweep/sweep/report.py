@@ -29,7 +29,7 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
         base = {
             "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
             "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
-            "end_time": r.info.end_time, **split_params(r.data.params),
+            "end_time": r.info.end_time, **split_params(r),
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None
@@ -51,13 +51,13 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
     return rows, objectives
 
 
-def split_params(params: dict) -> dict:
-    """A child run's searched parameters (``method.sago.alpha``, ``unlearn.lr``) apart from the
-    same values logged under flat cross-method names (``alpha``, ``lr``)."""
+def split_params(run) -> dict:
+    """A child run's searched parameters (``method.sago.alpha``, ``unlearn.lr``: its
+    ``raysweep.config``) apart from the flat cross-method names it logs as params (``alpha``, ``lr``)."""
     from raysweep.sweep.space import is_space_key
 
-    return {"params": {k: v for k, v in params.items() if is_space_key(k)},
-            "flat_params": {k: v for k, v in params.items() if not is_space_key(k)}}
+    return {"params": tracking.trial_config(run),
+            "flat_params": {k: v for k, v in run.data.params.items() if not is_space_key(k)}}
 
 
 def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, float]]:

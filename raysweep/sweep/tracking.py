@@ -210,6 +210,21 @@ def get_or_create_child(c, parent_run_id: str, experiment: str, trial_id: str, s
     return run.info.run_id
 
 
+CONFIG_TAG = "raysweep.config"
+
+
+def trial_config(run) -> dict:
+    """A child run's drawn configuration under the sampler's names (``method.sago.alpha``,
+    ``unlearn.lr``): the ``raysweep.config`` tag (JSON); runs of older versions logged it as params
+    beside the flat ones."""
+    raw = run.data.tags.get(CONFIG_TAG)
+    if raw:
+        return json.loads(raw)
+    from raysweep.sweep.space import is_space_key
+
+    return {k: v for k, v in run.data.params.items() if is_space_key(k)}
+
+
 def child_run_name(method: Optional[str], forget: Optional[str], trial_id: str) -> str:
     """``sago-npo-trial-3f2a1_00003``: what the runs table shows, readable without opening the run."""
     return "-".join([p for p in (method, forget) if p] + [f"trial-{trial_id}"])

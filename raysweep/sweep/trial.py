@@ -90,10 +90,11 @@ def sweep_trial(config: dict, ctx: dict) -> None:
         return
     node = ray.get_runtime_context().get_node_id()
     tags = {"raysweep.method": job.unlearn.method.name, "raysweep.forget": job.unlearn.forget.name, "raysweep.node": node,
-            "raysweep.model": job.model.base,
+            "raysweep.model": job.model.base, tracking.CONFIG_TAG: json.dumps(config, sort_keys=True),
             **tracking.objective_tags(job.sweep.objectives)}
-    # Shared hyperparameters under one flat name too (``alpha``): one MLflow column across methods.
-    params = {**SearchSpace(ctx["space"], ctx["space_source"]).flat_params(config), **config}
+    # Params under one flat name (``alpha``): one MLflow column across methods; the sampler's
+    # names are the raysweep.config tag.
+    params = SearchSpace(ctx["space"], ctx["space_source"]).flat_params(config)
     run_id = tracking.get_or_create_child(c, ctx["parent_run_id"], ctx["experiment_id"], trial_id, ctx["sweep"],
                                           params, tags)
     options = WorkerOptions(max_retain_loss=job.sweep.stop_if_retain_loss_above,

@@ -26,7 +26,7 @@ class _Replay:
     """Answers ``suggest_*`` from an earlier trial's recorded parameters, collecting Optuna
     distributions as the new space defines them."""
 
-    def __init__(self, recorded: dict[str, str], trial: str, sweep: str):
+    def __init__(self, recorded: dict[str, Any], trial: str, sweep: str):
         self.recorded, self.trial, self.sweep = recorded, trial, sweep
         self.params: dict[str, Any] = {}
         self.distributions: dict = {}
@@ -51,7 +51,7 @@ class _Replay:
         from optuna.distributions import CategoricalDistribution
 
         by_text = {str(c): c for c in choices}
-        return self._take(name, CategoricalDistribution(choices), lambda raw: by_text[raw] if raw in by_text else None)
+        return self._take(name, CategoricalDistribution(choices), lambda raw: by_text.get(str(raw)))
 
     def suggest_float(self, name, low, high, log=False):
         from optuna.distributions import FloatDistribution
@@ -94,7 +94,7 @@ def earlier_trials(c, tracking_uri: str, sweep: str, space: SearchSpace, objecti
         values = [m.get(f"objective/{k}") for k in objectives]
         if run.info.status != "FINISHED" or any(v is None or not math.isfinite(v) for v in values):
             continue  # failed, stopped early or unfinished: nothing measured to reuse
-        replay = _Replay(dict(run.data.params), run.data.tags.get(tracking.TRIAL_TAG, run.info.run_id), sweep)
+        replay = _Replay(tracking.trial_config(run), run.data.tags.get(tracking.TRIAL_TAG, run.info.run_id), sweep)
         space.define_by_run(replay)
         # A constrained sweep's trial without a margin (its constraint metric was NaN) is violated.
         margin = m.get(CONSTRAINT_KEY, math.inf if constrained else None)

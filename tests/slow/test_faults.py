@@ -36,8 +36,8 @@ def test_a_non_finite_trial_ends_as_diverged_off_the_front_and_the_sweep_goes_on
         ray.shutdown()
     runs = child_runs(job["sweep"]["tracking_uri"])
     assert len(runs) == 4, "the sweep reached its budget"
-    diverged = [r for r in runs if float(r.data.params["unlearn.lr"]) > 1]
-    healthy = [r for r in runs if float(r.data.params["unlearn.lr"]) < 1]
+    diverged = [r for r in runs if float(r.data.params["lr"]) > 1]
+    healthy = [r for r in runs if float(r.data.params["lr"]) < 1]
     assert diverged and healthy, "the seeded sampler must draw both learning rates"
     for r in diverged:
         assert r.info.status == "FAILED"

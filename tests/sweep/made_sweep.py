@@ -47,8 +47,9 @@ def make_sweep(tmp_path, name="made", tofu_dir=None, uri=None):
     c.log_text(pid, json.dumps(_job(tmp_path, tofu_dir)), "job.json")
     for tid, (method, forget, params, points, feasible) in TRIALS.items():
         config = {"method": method, "forget": forget, "unlearn.lr": 1e-3, **params}
-        run = tracking.get_or_create_child(c, pid, exp, tid, name, {**space.flat_params(config), **config},
+        run = tracking.get_or_create_child(c, pid, exp, tid, name, space.flat_params(config),
                                            {"raysweep.method": method, "raysweep.forget": forget,
+                                            tracking.CONFIG_TAG: json.dumps(config),
                                             **tracking.objective_tags(OBJECTIVES)})
         for step, (f, r) in points.items():
             tracking.log_metrics(c, run, {"eval/forget_rougeL_recall": f, "eval/retain_rougeL_recall": r,

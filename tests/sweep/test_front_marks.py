@@ -9,6 +9,7 @@ import json
 import pytest
 
 from raysweep.sweep import tracking
+from raysweep.sweep.report import point_label
 from raysweep.sweep.front_marks import FRONT_FILTER, front_filter, mark_children, publish, sweep_filter
 from raysweep.sweep.report import pareto_report
 
@@ -103,6 +104,8 @@ def test_parent_gets_front_files_hypervolume_history_description_and_logged_mode
                for r in front)
     rows = list(csv.DictReader(io.StringIO(open(c.download_artifacts(pid, "pareto_front.csv")).read())))
     assert {(r["trial_id"], int(r["step"])) for r in rows} == FRONT and "alpha" in rows[0]
+    header = open(c.download_artifacts(pid, "pareto_front.csv")).readline().strip().split(",")
+    assert header[:4] == ["trial_id", "method", *report["objectives"]]  # what MLflow's preview shows first
     assert {a.path for a in c.list_artifacts(pid)} >= {"pareto_front.csv", "pareto_front.json",
                                                         "hypervolume_by_trials.png"}
     hv = c.get_metric_history(pid, "pareto/hypervolume_by_trials")
@@ -119,6 +122,15 @@ def test_parent_gets_front_files_hypervolume_history_description_and_logged_mode
     assert all(m.tags["raysweep.pareto"] == "front" and m.tags["raysweep.checkpoint_path"] for m in models)
     kids = _children(c, parent)
     assert kids["t2"].data.tags["raysweep.checkpoint_path"].endswith("checkpoint_000002")
+    # each front run lists its model (the run's outputs), at the point's step; the model says
+    # what it is, where its weights are and how to load it
+    step_of = {point_label(r): int(r["step"] or 0) for r in report["front"]}
+    for m in models:
+        outputs = c.get_run(m.source_run_id).outputs.model_outputs
+        assert [o.step for o in outputs if o.model_id == m.model_id] == [step_of[m.tags["raysweep.point"]]]
+        note = m.tags["mlflow.note.content"]
+        assert f"Pareto-front point {m.tags['raysweep.point']}" in note and m.tags["raysweep.checkpoint_path"] in note
+        assert "from_pretrained" in note and f"raysweep export made {m.tags['raysweep.point']}" in note
     # registrable, as a model a user keeps
     c.create_registered_model("unlearned")
     version = c.create_model_version("unlearned", models[0].artifact_location, run_id=models[0].source_run_id,

@@ -2,6 +2,7 @@
 the front from MLflow alone, and the CLI's one-line errors."""
 
 import json
+from pathlib import Path
 import os
 import re
 import subprocess
@@ -72,6 +73,37 @@ def test_launch_ends_with_the_front_link_and_the_report_command(launched):
     assert last[0].startswith("front in MLflow: ") and "workflowType=machine_learning" in last[0], last
     assert "viewStateShareKey=raysweep-front-constrained" in last[0], last
     assert last[1] == f"report: raysweep report constrained --tracking-uri {job.sweep.tracking_uri}", last
+
+
+# What a trial's run logs as metrics (README, "The front in MLflow": "Runs"): charts a person
+# compares. Timings are its timings.json; counters and marks are tags.
+DOCUMENTED_METRIC = re.compile(r"^((train|before|eval|final|objective|front)/.+|feasible|retention_constraint)$")
+NOT_CHARTS = re.compile(r"^(startup/|eval_seconds/|pareto/|train/(step|start_step|total_steps)$|step_seconds_median$)")
+
+
+def test_a_trials_run_logs_only_the_documented_metrics_each_at_its_step(launched):
+    """Issue 25, item 4: no startup timings, counters or step-0 copies of the final evaluation."""
+    from raysweep.sweep import tracking
+
+    tmp, job, _ = launched
+    uri = job.sweep.tracking_uri
+    c = tracking.client(uri)
+    runs = tracking.child_runs(c, tracking.find_parent(c, "constrained", uri))
+    assert len(runs) == 3
+    for run in runs:
+        keys = set(run.data.metrics)
+        assert keys and all(DOCUMENTED_METRIC.match(k) for k in keys), sorted(k for k in keys if not DOCUMENTED_METRIC.match(k))
+        assert not [k for k in keys if NOT_CHARTS.match(k)]
+        if run.info.status != "FINISHED":
+            continue
+        last = job.unlearn.steps
+        for key in [k for k in keys if k.startswith(("final/", "objective/"))] + ["feasible"]:
+            assert {m.step for m in c.get_metric_history(run.info.run_id, key)} == {last}, key
+        assert run.data.tags["raysweep.final_step"] == str(last)
+        timings = json.loads(Path(c.download_artifacts(run.info.run_id, "timings.json")).read_text())
+        assert timings["startup/build"] >= 0 and timings["trial_seconds"] > 0
+        config = json.loads(run.data.tags["raysweep.config"])  # the sampler's names: a tag, not params too
+        assert "method.graddiff.alpha" in config and set(run.data.params) == {"alpha", "lr"}
 
 
 # Lines that come with time, not with events: a trial's progress (every 10 s) and the sweep's
