@@ -27,7 +27,8 @@ def evaluation_key(job: JobSpec, benchmarks: list[str]) -> str:
     """Everything that changes a cached evaluation of a fixed model (reference, target)."""
     e = job.eval
     payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": e.max_length,
-               "tokens": e.max_new_tokens, "prompt": [job.model.template, job.model.system_prompt], "v": 2}
+               "tokens": e.max_new_tokens, "prompt": [job.model.template, job.model.system_prompt],
+               "muse": e.muse_flavour, "v": 3}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -152,7 +153,8 @@ class Evaluator:
                 from raysweep.evaluation.muse import evaluate_muse
 
                 ref_auc = self.reference().get("muse_privleak_auc")
-                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard))
+                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard,
+                                         flavour=e.muse_flavour))
                 if ref_auc is None and progress and shard.rank == 0:
                     _log("  muse privleak: no retain reference - reported as muse_privleak_published_ref, relative "
                          "to the benchmark's published AUC_retrain (0.4772), not as muse_privleak")

@@ -109,7 +109,8 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
     out = {"answer_loss": answer, "prob": prob, "truth_ratio": truth_ratio(para, pert)}
     if generate:
         gen = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
-        out["rougeL_recall"] = np.array([rouge_l(r["answer"], g)["recall"] for r, g in zip(rows, gen)])
+        out["rougeL_recall"] = np.array([rouge_l(collator.reference_answer(r["question"], r["answer"]), g)["recall"]
+                                         for r, g in zip(rows, gen)])
         out["generated"] = gen
     return out
 
