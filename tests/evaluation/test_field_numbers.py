@@ -237,8 +237,6 @@ def test_muse_flavour_names_in_sweep_objectives(tofu_dir, tmp_path):
 # ---- 3. generation stops on every EOS id of the generation config ----------------------------
 
 def test_generation_stops_on_every_eos_id_of_the_generation_config(memorised):
-    from raysweep.evaluation.qa import stop_token_ids
-
     model, tok, rows, _ = memorised
     prompt = QACollator(tok, 512).prompt_ids(rows[0]["question"])
     ids = list(prompt)
@@ -251,11 +249,13 @@ def test_generation_stops_on_every_eos_id_of_the_generation_config(memorised):
     saved = model.generation_config.eos_token_id
     try:
         model.generation_config.eos_token_id = [tok.eos_token_id, stop]  # e.g. Llama-3's three ids
-        assert stop_token_ids(model, tok) == [tok.eos_token_id, stop]
         (text,) = greedy_generate(model, tok, [prompt], 12)
         # generate keeps the stop token itself (a plain token here) and nothing after it.
         assert text == tok.decode(new[:at + 1], skip_special_tokens=True)
         assert text != tok.decode(new, skip_special_tokens=True)
+        from raysweep.evaluation.qa import stop_token_ids
+
+        assert stop_token_ids(model, tok) == [tok.eos_token_id, stop]
         model.generation_config.eos_token_id = None
         assert stop_token_ids(model, tok) == [tok.eos_token_id]  # the tokenizer's when the config has none
     finally:
