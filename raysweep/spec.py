@@ -194,6 +194,9 @@ class UnlearnSpec(_Strict):
 
 
 BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "corpus")
+MUSE_FLAVOURS = ("open-unlearning", "muse")
+# How a MUSE ROUGE metric's name says which flavour computed it (eval.muse_flavour).
+MUSE_FLAVOUR_SUFFIX = {"open-unlearning": "_ou", "muse": ""}
 
 
 class EvalSpec(_Strict):
@@ -213,6 +216,10 @@ class EvalSpec(_Strict):
     mmlu_shots: int = Field(0, ge=0, le=5)
     mcq_seed: int = 0
     mcq_data: Optional[Path] = None
+    # MUSE KnowMem/VerbMem as open-unlearning reports them (ROUGE-L F1 with stemming, VerbMem
+    # against its whole ground truth, 0-1; metric names end in "_ou") or as muse_bench does (no
+    # stemming, VerbMem against its first 128 tokens, x 100; the MUSE paper's names).
+    muse_flavour: Literal[MUSE_FLAVOURS] = "open-unlearning"
 
     @field_validator("mcq_questions")
     @classmethod
@@ -258,15 +265,24 @@ class TrainSpec(_Strict):
 # Metrics each benchmark produces, for validating a sweep's objectives at load time.
 _SPLIT_METRICS = ("answer_loss", "prob", "rougeL_recall", "truth_ratio")
 BENCHMARK_METRICS = {
-    "qa": [f"{s}_{m}" for s in ("forget", "retain") for m in ("answer_loss", "answer_prob", "rougeL_recall")],
+    "qa": [f"{s}_{m}" for s in ("forget", "retain")
+           for m in ("answer_loss", "answer_prob", "rougeL_recall", "truncated_inputs")],
     "tofu": [f"{s}_{m}" for s in ("forget", "retain", "real_authors", "world_facts") for m in _SPLIT_METRICS]
     + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc", "mia_min_k_auc", "privleak",
        "extraction_strength", "truncated_inputs"],
-    "muse": ["muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget", "muse_privleak_auc", "muse_privleak",
-             "muse_privleak_published_ref"],
+    "muse": ["muse_privleak_auc", "muse_privleak", "muse_privleak_published_ref", "muse_extraction_strength"],
     **{b: [f"{b}_acc"] for b in ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")},
     "corpus": ["forget_heldout_ppl", "retain_heldout_ppl", "forget_heldout_loss", "retain_heldout_loss"],
 }
+
+MUSE_ROUGE_METRICS = ("muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget")
+
+
+def benchmark_metrics(benchmark: str, muse_flavour: str = "open-unlearning") -> list[str]:
+    """The metrics ``benchmark`` produces; MUSE's ROUGE ones are named after their flavour."""
+    if benchmark == "muse":
+        return [m + MUSE_FLAVOUR_SUFFIX[muse_flavour] for m in MUSE_ROUGE_METRICS] + BENCHMARK_METRICS["muse"]
+    return BENCHMARK_METRICS[benchmark]
 
 
 class ConstraintSpec(_Strict):
@@ -390,13 +406,15 @@ class JobSpec(_Strict):
         if self.sweep is None:
             return self
         benches = self.eval.benchmarks or [self.data.benchmark]
-        known = [m for b in benches for m in BENCHMARK_METRICS[b]]
+        known = [m for b in benches for m in benchmark_metrics(b, self.eval.muse_flavour)]
         names = list(self.sweep.objectives) + ([self.sweep.constraint.metric] if self.sweep.constraint else [])
         names += list(self.sweep.reference_point or {})
         for name in names:
             if name not in known:
+                flavour = next((f for f in MUSE_FLAVOURS if "muse" in benches and name in benchmark_metrics("muse", f)), None)
                 raise ValueError(
                     f"@sweep: metric {name!r} is not allowed (metrics of eval.benchmarks {benches}: {', '.join(known)})"
+                    f"{'; it is the name with eval.muse_flavour ' + repr(flavour) if flavour else ''}"
                     f"{'; did you mean ' + repr(_close(name, known)) + '?' if _close(name, known) else ''}")
         needs_ref = {"forget_quality", "log10_forget_quality", "privleak", "muse_privleak"} & set(names)
         if needs_ref and not self.prepare.retain_reference:
@@ -405,7 +423,7 @@ class JobSpec(_Strict):
             raise ValueError("@sweep.reference_point: give one value for every objective")
         if self.eval.every:
             during = self.eval.during_benchmarks or benches
-            known_during = {m for b in during for m in BENCHMARK_METRICS[b]}
+            known_during = {m for b in during for m in benchmark_metrics(b, self.eval.muse_flavour)}
             missing = [n for n in names if n not in known_during]
             if missing:
                 raise ValueError(f"@eval.during_benchmarks: {during} is not allowed (the sweep's metric "

@@ -54,12 +54,30 @@ class QACollator:
             hit = self._encoded[key] = self._encode(question, answer)
         return hit
 
+    def reference_answer(self, question: str, answer: str) -> str:
+        """What a generated answer is scored against: the answer, or for a cut pair the part of
+        it that survived the cap (decoded from its label tokens), as open-unlearning's
+        ``eval_text_similarity`` takes its ground truth from the cut labels."""
+        if not self.truncated(question, answer):
+            return answer
+        ids, labels = self.encode(question, answer)
+        kept = [t for t in labels if t != IGNORE_INDEX]
+        return self.tok.decode(kept, skip_special_tokens=True).strip()
+
     def _encode(self, question: str, answer: str) -> tuple[list[int], list[int], bool]:
+        """open-unlearning's ``preprocess_chat_instance`` rule: a pair longer than ``max_length``
+        is cut to ``max_length`` tokens and then gets its EOS back (``max_length + 1`` tokens), so
+        a cut answer still ends in EOS, which the probability scores and Min-K% / extraction
+        strength drop - never a real answer token."""
         full, n_prompt = self.prompt.pair_ids(self.tok, question, answer)
+        cut = len(full) > self.max_length
         ids = full[: self.max_length]
-        n_prompt = min(n_prompt, len(ids))
+        eos = getattr(self.tok, "eos_token_id", None)
+        if cut and eos is not None and ids[-1] != eos:
+            ids = ids + [eos]
+        n_prompt = min(n_prompt, self.max_length)
         labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
-        return ids, labels, len(full) > self.max_length
+        return ids, labels, cut
 
     def encode_text(self, text: str) -> tuple[list[int], list[int]]:
         """Raw text (WMDP/MUSE corpora): every non-pad token is a label (spec 1)."""
@@ -71,16 +89,7 @@ class QACollator:
         return self.encode_text(row["text"]) if "text" in row else self.encode(row["question"], row["answer"])
 
     def pad(self, seqs: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(ids) for ids, _ in seqs)
-        pad = self.tok.pad_token_id
-        input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-        attn = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, (ids, lab) in enumerate(seqs):
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, : len(lab)] = torch.tensor(lab)
-            attn[i, : len(ids)] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attn}
+        return right_pad(seqs, self.tok.pad_token_id)
 
     def __call__(self, rows: Sequence[dict], indices: Sequence[int], with_idk: bool = False, epoch: int = 0):
         batch = self.pad([self.encode_row(r) for r in rows])
@@ -101,6 +110,19 @@ class QACollator:
     def prompts(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded prompts for batched greedy generation."""
         return left_pad([self.prompt_ids(q) for q in questions], self.tok.pad_token_id)
+
+
+def right_pad(seqs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """(ids, labels) pairs as one right-padded batch; padding labels -100."""
+    width = max(len(ids) for ids, _ in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(seqs):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attn[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attn}
 
 
 def left_pad(seqs: Sequence[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -30,7 +30,8 @@ def evaluation_key(job: JobSpec, benchmarks: list[str], data: UnlearnData, probe
     ``PromptFormat.probe``), so a cache made on other rows or with another prompt is never read."""
     e = job.eval
     payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": e.max_length,
-               "tokens": e.max_new_tokens, "prompt": probe, "rows": data_fingerprint(data), "v": 3}
+               "tokens": e.max_new_tokens, "prompt": probe, "rows": data_fingerprint(data),
+               "muse": e.muse_flavour, "v": 4}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -155,7 +156,8 @@ class Evaluator:
                 from raysweep.evaluation.muse import evaluate_muse
 
                 ref_auc = self.reference().get("muse_privleak_auc")
-                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard))
+                out.update(evaluate_muse(model, self.tok, self.muse_sets, auc_reference=ref_auc, shard=shard,
+                                         flavour=e.muse_flavour))
                 if ref_auc is None and progress and shard.rank == 0:
                     _log("  muse privleak: no retain reference - reported as muse_privleak_published_ref, relative "
                          "to the benchmark's published AUC_retrain (0.4772), not as muse_privleak")

@@ -11,7 +11,9 @@ Conventions where the paper and the reference code differ (stated, as the spec a
   tokenizer's chat template when it has one, plain ``Question: ... Answer:`` for the tiny models.
 * **Lengths**: greedy generation up to ``eval.max_new_tokens`` (200, open-unlearning's generation
   default); every scored pair is capped at ``eval.max_length`` (512), and the pairs cut by that cap
-  are counted (``truncated_inputs``) and named in a warning line, never silently dropped.
+  are counted (``truncated_inputs``) and named in a warning line, never silently dropped. A cut
+  pair is scored as open-unlearning scores it: EOS appended after the cut (probability includes
+  it, Min-K% / extraction strength drop it), ROUGE against the kept part of the answer.
 * **Extra metrics** open-unlearning's TOFU config reports: ``privleak`` (Min-K% with K = 40% on
   forget vs holdout answers, relative to the retain reference: ``(1-AUC - (1-AUC_ref)) / (1-AUC_ref)
   x 100``; absent without a reference) and ``extraction_strength`` (mean over the forget answers),
@@ -109,7 +111,8 @@ def score_split(model, collator: QACollator, rows: Sequence[dict], *, normalise_
     out = {"answer_loss": answer, "prob": prob, "truth_ratio": truth_ratio(para, pert)}
     if generate:
         gen = greedy_answers(model, collator, questions, max_new_tokens, batch_size, shard)
-        out["rougeL_recall"] = np.array([rouge_l(r["answer"], g)["recall"] for r, g in zip(rows, gen)])
+        out["rougeL_recall"] = np.array([rouge_l(collator.reference_answer(r["question"], r["answer"]), g)["recall"]
+                                         for r, g in zip(rows, gen)])
         out["generated"] = gen
     return out
 
