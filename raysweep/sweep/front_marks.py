@@ -95,7 +95,7 @@ def save_front_view(c, report: dict) -> None:
             "xaxis": {"key": f"objective/{names[0]}", "type": "METRIC"},
             "yaxis": {"key": f"objective/{names[-1]}", "type": "METRIC"},
         }],
-        "isAccordionReordered": False,
+        "isAccordionReordered": True,  # our section first; MLflow appends its generated ones
     }
     c.set_experiment_tag(report["experiment_id"], f"{SHARED_VIEW_TAG}{view_key(report['sweep'])}", json.dumps(state))
 

@@ -1,8 +1,15 @@
-"""The front in MLflow's own UI (issue 11, item 5), seen in a real headless Chromium against a
-real `mlflow server` on loopback: the link raysweep writes opens the model-training view (not the
-GenAI one) with the runs table showing exactly the front's runs, named by method."""
+"""The front in MLflow's own UI (issue 11, item 5; issue 25, items 2-3), seen in a real headless
+Chromium against a real `mlflow server` on loopback: the link raysweep prints opens the
+model-training view in chart mode, the sweep's runs grouped into front and dominated, and the
+objectives' scatter with one dot per evaluated run; a front run's page lists its logged model, and
+the logged model's page shows its description.
 
+With RAYSWEEP_UPDATE_SCREENSHOTS=1 the view's screenshot is saved as docs/img/mlflow_front.png
+(the README shows it)."""
+
+import os
 import re
+import shutil
 
 import pytest
 
@@ -10,26 +17,52 @@ from raysweep.sweep.front_marks import front_runs_link, publish
 from raysweep.sweep.report import pareto_report
 
 from ..browser import dump_dom, not_blank, screenshot
+from ..conftest import REPO
 from .made_sweep import make_sweep
 
 
-@pytest.mark.slow  # the server's start and the UI's first render take ~40 s here
+def _section(dom: str, title: str) -> str:
+    """The DOM of one chart section of the runs page, from its header to the next one."""
+    header = 'data-testid="experiment-view-compare-runs-section-header"'
+    start = dom.index(f"> {title} (")
+    end = dom.find(header, start + 100)
+    return dom[start:end if end > 0 else len(dom)]
+
+
+@pytest.mark.slow  # the server's start and the UI's renders take ~2 min here
 def test_front_view_in_the_mlflow_ui(mlflow_server, tmp_path, tofu_dir):
     c, uri, parent = make_sweep(tmp_path, name="ui", tofu_dir=tofu_dir, uri=mlflow_server)
     report = pareto_report(c, uri, "ui")
-    publish(c, report, models=False)
+    publish(c, report)
     url = front_runs_link(report["experiment_id"], "ui", mlflow_server + "/")
-    png = screenshot(url, tmp_path / "mlflow_front.png", size=(1600, 1000), budget_ms=20000)
+    png = screenshot(url, tmp_path / "mlflow_front.png", size=(1600, 1000), budget_ms=40000)
     colours, ink = not_blank(png)
-    dom = dump_dom(url, tmp_path / "profile", budget_ms=20000, size=(1600, 1000))
+    dom = dump_dom(url, tmp_path / "profile", budget_ms=40000, size=(1600, 1000))
     shown = set(re.findall(r"[a-z_]+-[a-z]+-trial-t\d", dom))
-    assert shown == {"sago-npo-trial-t1", "graddiff-ga-trial-t2", "ngdiff-ga-trial-t4"}, shown
-    assert "Group: front" in dom
+    runs = {r["run_id"] for r in report["trials"]}
+    assert shown == {"sago-npo-trial-t1", "graddiff-ga-trial-t2", "graddiff-npo-trial-t3", "ngdiff-ga-trial-t4",
+                     "sago-ga-trial-t5"}, shown
+    assert "Group: front" in dom and "Group: dominated" in dom
+    # the objectives' scatter: one rendered dot per evaluated run, not one per group
+    scatter = _section(dom, "Pareto front")
+    assert scatter.count('class="point plotly-customdata"') == len(runs) == 5
     # the model-training view: its side bar ("Runs"), not the GenAI one ("Overview", "Training runs")
     assert ">Runs<" in dom and ">Overview<" not in dom and ">Training runs<" not in dom
+    # a front run's page lists its logged model; the model's page says what it is and how to load it
+    models = c.search_logged_models([report["experiment_id"]])
+    model = next(m for m in models if m.tags["raysweep.point"] == "t1")
+    run_page = dump_dom(f"{mlflow_server}/#/experiments/{report['experiment_id']}/runs/{model.source_run_id}"
+                        "?workflowType=machine_learning", tmp_path / "profile", budget_ms=20000, size=(1600, 1000))
+    assert f"models/{model.model_id}" in run_page
+    model_page = dump_dom(f"{mlflow_server}/#/experiments/{report['experiment_id']}/models/{model.model_id}"
+                          "?workflowType=machine_learning", tmp_path / "profile", budget_ms=20000, size=(1600, 1000))
+    assert "Pareto-front point t1" in model_page and "from_pretrained" in model_page
     # control: the same page without raysweep's parameter opens in the GenAI view (MLflow 3.x's
     # default for a fresh browser, whatever the experiment's mlflow.experimentKind tag says)
     c.set_experiment_tag(report["experiment_id"], "mlflow.experimentKind", "custom_model_development")
     genai = dump_dom(url.replace("&workflowType=machine_learning", ""), tmp_path / "profile2", budget_ms=20000)
     assert ">Overview<" in genai and ">Training runs<" in genai
+    if os.environ.get("RAYSWEEP_UPDATE_SCREENSHOTS"):
+        (REPO / "docs" / "img").mkdir(exist_ok=True)
+        shutil.copy(png, REPO / "docs" / "img" / "mlflow_front.png")
     print(f"MLflow UI screenshot: {png} ({colours} colours)")
