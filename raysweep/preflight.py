@@ -128,38 +128,18 @@ def check_data(job):
 
 
 def check_lm_eval(job) -> None:
-    """``eval.lm_eval``: every task exists and loads its data, and each sweep metric of a task is
-    one its metric_list names (lm-eval's index is read only when the job names lm_eval)."""
-    spec = job.eval.lm_eval
-    if spec is None:
+    """``eval.lm_eval``: every task exists and loads its data; a sweep metric of a task is one it
+    produces (lm-eval is imported only when the job names it)."""
+    if job.eval.lm_eval is None:
         return
-    from raysweep.evaluation.harness import local_tasks, task_manager
+    from raysweep.evaluation.harness import check_tasks
 
-    root = job.eval.mcq_data or Path(job.data.path).parent
-    tm = task_manager(spec, root)
-    for i, name in enumerate(spec.tasks):
-        if name not in tm.all_tasks:
-            known = tm.all_tasks if len(tm.all_tasks) > len(local_tasks()) else task_manager(spec, root, True).all_tasks
-            raise InputError(f"eval.lm_eval.tasks[{i}]: {name!r} is not allowed (not an lm-eval task: raysweep's "
-                             f"local {', '.join(local_tasks())}, eval.lm_eval.include_path's, or lm-eval's own)"
-                             f"{did_you_mean(name, known)}")
+    metrics = list(job.sweep.objectives) + ([job.sweep.constraint.metric] if job.sweep.constraint else []) \
+        if job.sweep else []
     try:
-        loaded = tm.load(list(spec.tasks))["tasks"]
-    except Exception as err:  # noqa: BLE001 - lm-eval or datasets: missing files, no hub
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"eval.lm_eval.tasks: {list(spec.tasks)} is not allowed (a task's data did not load "
-                         f"from {str(root)!r}: {first})") from None
-    if job.sweep is None:
-        return
-    from raysweep.spec import subset_label
-
-    produced = {f"lm_eval/{task}/{m['metric']}{stderr}{subset_label(spec.limit)}" for task, obj in loaded.items()
-                for m in (obj.config.metric_list or []) for stderr in ("", "_stderr")}
-    names = list(job.sweep.objectives) + ([job.sweep.constraint.metric] if job.sweep.constraint else [])
-    for name in names:
-        if name.startswith("lm_eval/") and name not in produced:
-            raise InputError(f"sweep: metric {name!r} is not allowed (the lm-eval tasks produce "
-                             f"{', '.join(sorted(produced))}){did_you_mean(name, sorted(produced))}")
+        check_tasks(job.eval.lm_eval, job.eval.mcq_data or Path(job.data.path).parent, metrics)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def check_job(job, *, address: Optional[str] = None, data: bool = True, model: bool = True):

@@ -41,6 +41,33 @@ def task_manager(spec: LmEvalSpec, data_root: Path, defaults: Optional[bool] = N
     return TaskManager(include_path=include, include_defaults=defaults is not False, metadata=meta)
 
 
+def check_tasks(spec: LmEvalSpec, data_root: Path, metrics: list[str]) -> None:
+    """One-line ValueError unless every task exists (with a "did you mean"), loads its data, and
+    each ``lm_eval/...`` name of ``metrics`` is one the tasks produce."""
+    from raysweep.validation import did_you_mean
+
+    tm = task_manager(spec, data_root)
+    for i, name in enumerate(spec.tasks):
+        if name not in tm.all_tasks:
+            known = tm.all_tasks if len(tm.all_tasks) > len(local_tasks()) else task_manager(spec, data_root, True).all_tasks
+            raise ValueError(f"eval.lm_eval.tasks[{i}]: {name!r} is not allowed (not an lm-eval task: raysweep's "
+                             f"local {', '.join(local_tasks())}, eval.lm_eval.include_path's, or lm-eval's own)"
+                             f"{did_you_mean(name, known)}")
+    try:
+        loaded = tm.load(list(spec.tasks))["tasks"]
+    except Exception as err:  # noqa: BLE001 - lm-eval or datasets: missing files, no hub
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"eval.lm_eval.tasks: {list(spec.tasks)} is not allowed (a task's data did not load "
+                         f"from {str(data_root)!r}: {first})") from None
+    produced = sorted({f"lm_eval/{task}/{m['metric']}{stderr}{subset_label(spec.limit)}"
+                       for task, obj in loaded.items() for m in (obj.config.metric_list or [])
+                       for stderr in ("", "_stderr")})
+    for name in metrics:
+        if name.startswith("lm_eval/") and name not in produced:
+            raise ValueError(f"sweep: metric {name!r} is not allowed (the lm-eval tasks produce "
+                             f"{', '.join(produced)}){did_you_mean(name, produced)}")
+
+
 def metric_name(task: str, key: str, limit: Optional[int]) -> Optional[str]:
     """``acc,none`` of ``task`` -> ``lm_eval/<task>/acc`` (None for lm-eval's non-metric keys)."""
     if "," not in key:

@@ -138,3 +138,14 @@ def test_an_unknown_lm_eval_task_is_one_line_before_anything_starts(target, tmp_
     # A benchmark named without its task list is the spec's own one-line error.
     with pytest.raises(JobSpecError, match="eval.lm_eval: missing"):
         load_job(path, {"eval.benchmarks": ["lm_eval"]})
+    # A sweep metric the task does not produce (its metric_list has acc only).
+    from raysweep.preflight import check_lm_eval
+    from raysweep.validation import InputError
+
+    space = tmp_path / "space.yaml"
+    space.write_text("method: {graddiff: {}}\n")
+    job = load_job(path, {"eval.benchmarks": ["lm_eval"], "eval.lm_eval": {"tasks": ["raysweep_mmlu"]},
+                          "sweep": {"search_space": str(space), "objectives": {"lm_eval/raysweep_mmlu/acc_norm": "max"}}})
+    with pytest.raises(InputError, match="metric 'lm_eval/raysweep_mmlu/acc_norm' is not allowed .*"
+                                         "did you mean 'lm_eval/raysweep_mmlu/acc'"):
+        check_lm_eval(job)
