@@ -17,8 +17,9 @@ Settings taken from lm-eval's task files (``lm_eval/tasks/wmdp``, ``lm_eval/task
   tokenizer's own (a BOS on Llama-family tokenizers), as later versions do by default.
 ``eval.mcq_questions`` is ``all`` (the final evaluation's default) or a fixed seeded subset.
 The same questions run through lm-eval itself as raysweep's local tasks (``lm_eval_tasks/``,
-``harness.py``); this scorer stays for evaluation along the run, where it is faster
-(benchmarks/mcq_vs_lm_eval.py).
+``harness.py``), with the same log-likelihoods. This scorer is the one that splits across ranks
+and takes seeded subsets and per-subject MMLU shots; it is not the faster one: it runs one forward
+per letter where lm-eval runs one per question (benchmarks/mcq_vs_lm_eval.py: 3x on CPU).
 """
 
 from __future__ import annotations
