@@ -103,10 +103,11 @@ def cmd_eval(args) -> int:
         raw = {"data": {"benchmark": bench, "path": str(root / ("muse_news" if bench == "muse" else "tofu"))},
                "model": {"base": str(args.model)},
                "unlearn": {"forget": {"name": "ga"}, "retain": {"name": "nll"}},
-               "eval": {"mcq_data": str(root)}}
+               "eval": {"mcq_data": str(root), **({"benchmarks": ["lm_eval"]} if "lm_eval" in benchmarks else {})}}
         for dotted, value in overrides.items():
             set_dotted(raw, dotted, value)
         job = parse_job(raw)
+    preflight.check_lm_eval(job)
     data = preflight.check_data(job)
     from raysweep.data.collate import QACollator
     from raysweep.evaluation.suite import Evaluator
@@ -383,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("eval", help="evaluate a model directory on a benchmark; writes JSON, prints a table")
     e.add_argument("model", help="a model directory (save_pretrained layout)")
     e.add_argument("--benchmark", action="append", required=True,
-                   choices=["qa", "tofu", "muse", "wmdp", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu"])
+                   choices=["qa", "tofu", "muse", "wmdp", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "lm_eval"],
+                   help="lm_eval: the tasks of eval.lm_eval (--set 'eval.lm_eval={tasks: [raysweep_mmlu]}')")
     e.add_argument("--job", help="take data, subset and eval settings (and the prepared retain reference, "
                    "never trained here) from a job")
     e.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -127,6 +127,21 @@ def check_data(job):
     return data
 
 
+def check_lm_eval(job) -> None:
+    """``eval.lm_eval``: every task exists and loads its data; a sweep metric of a task is one it
+    produces (lm-eval is imported only when the job names it)."""
+    if job.eval.lm_eval is None:
+        return
+    from raysweep.evaluation.harness import check_tasks
+
+    metrics = list(job.sweep.objectives) + ([job.sweep.constraint.metric] if job.sweep.constraint else []) \
+        if job.sweep else []
+    try:
+        check_tasks(job.eval.lm_eval, job.eval.mcq_data or Path(job.data.path).parent, metrics)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 def check_job(job, *, address: Optional[str] = None, data: bool = True, model: bool = True):
     """Everything about one job beyond its schema; returns the loaded data (or None)."""
     check_finite(job)
@@ -135,6 +150,7 @@ def check_job(job, *, address: Optional[str] = None, data: bool = True, model: b
     check_writable_dir(job.cache_dir, "cache_dir")
     if model:
         check_model_base(job)
+    check_lm_eval(job)
     return check_data(job) if data else None
 
 

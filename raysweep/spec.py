@@ -193,10 +193,37 @@ class UnlearnSpec(_Strict):
         return self
 
 
-BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "corpus")
+BENCHMARKS = ("qa", "tofu", "muse", "wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu", "corpus", "lm_eval")
+MCQ_BENCHMARKS = ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")
 MUSE_FLAVOURS = ("open-unlearning", "muse")
 # How a MUSE ROUGE metric's name says which flavour computed it (eval.muse_flavour).
 MUSE_FLAVOUR_SUFFIX = {"open-unlearning": "_ou", "muse": ""}
+QuestionCount = Union[int, Literal["all"]]
+
+
+def subset_label(n: Optional[Union[int, str]]) -> str:
+    """The suffix of a metric measured on a subset of a benchmark's questions ("_sub200"): a
+    subset's number is never mistaken for, or ranked against, the whole benchmark's."""
+    return "" if n is None or n == "all" else f"_sub{n}"
+
+
+class LmEvalSpec(_Strict):
+    """lm-eval-harness tasks run on the trial's model (``eval.benchmarks: [lm_eval]``); each task's
+    metrics are logged as ``lm_eval/<task>/<metric>`` (``_sub<limit>`` with a limit)."""
+
+    # raysweep's local tasks (raysweep/evaluation/lm_eval_tasks: raysweep_wmdp_bio, raysweep_mmlu, ...,
+    # over eval.mcq_data), tasks in include_path, or lm-eval's own (they need their hub data).
+    tasks: list[str] = Field(min_length=1)
+    num_fewshot: Optional[int] = Field(None, ge=0)
+    limit: Optional[int] = Field(None, gt=0)  # the first N documents of each task
+    include_path: Optional[Path] = None  # a folder of one's own lm-eval task YAMLs
+
+    @field_validator("include_path")
+    @classmethod
+    def _folder(cls, v):
+        if v is not None and not v.is_dir():
+            raise ValueError("folder does not exist (a folder of lm-eval task YAMLs)")
+        return v
 
 
 class EvalSpec(_Strict):
@@ -210,9 +237,10 @@ class EvalSpec(_Strict):
     batch_size: int = Field(64, gt=0)
     # Cap on rows per evaluation split (None = every row, the open-unlearning convention).
     max_questions: Optional[int] = Field(None, gt=0)
-    # WMDP/MMLU: a fixed seeded subset of this many questions ("all": every question), from this
-    # data root; MMLU with this many dev-set exemplars per subject (lm-eval first_n; SAGO uses 5).
-    mcq_questions: Union[int, Literal["all"]] = 200
+    # WMDP/MMLU: every question ("all"), or a fixed seeded subset of this many, whose accuracy is
+    # named <benchmark>_acc_sub<N>; from this data root; MMLU with this many dev-set exemplars per
+    # subject (lm-eval first_n; SAGO uses 5).
+    mcq_questions: QuestionCount = "all"
     mmlu_shots: int = Field(0, ge=0, le=5)
     mcq_seed: int = 0
     mcq_data: Optional[Path] = None
@@ -220,11 +248,16 @@ class EvalSpec(_Strict):
     # against its whole ground truth, 0-1; metric names end in "_ou") or as muse_bench does (no
     # stemming, VerbMem against its first 128 tokens, x 100; the MUSE paper's names).
     muse_flavour: Literal[MUSE_FLAVOURS] = "open-unlearning"
+    # Whether MCQ scoring (built-in and lm_eval) adds the tokenizer's special tokens (a BOS on
+    # Llama-family tokenizers), as lm-eval's HFLM add_bos_token: False is lm-eval <= 0.4.9.1 (the
+    # 0.4.8 that open-unlearning pins), which adds none.
+    mcq_add_bos: bool = False
+    lm_eval: Optional[LmEvalSpec] = None
 
-    @field_validator("mcq_questions")
+    @field_validator("mcq_questions", "during_mcq_questions")
     @classmethod
     def _positive(cls, v):
-        if v != "all" and v <= 0:
+        if v is not None and v != "all" and v <= 0:
             raise ValueError("a positive number of questions, or 'all'")
         return v
     # G-effect (spec 8.1) every K optimizer steps; 0 = off.
@@ -232,10 +265,20 @@ class EvalSpec(_Strict):
     geffect_block_groups: int = Field(3, gt=0)
     # Evaluation along the trajectory: every K steps (0 = only the final evaluation), each a
     # candidate (trial, step) on the sweep's Pareto front with its own checkpoint. A cheaper set of
-    # benchmarks and row cap may be used during the run (default: the final ones).
+    # benchmarks, row cap and MCQ subset may be used during the run (default: the final ones).
     every: int = Field(0, ge=0)
     during_benchmarks: list[Literal[BENCHMARKS]] = []
     during_max_questions: Optional[int] = Field(None, gt=0)
+    during_mcq_questions: Optional[QuestionCount] = None
+
+    @model_validator(mode="after")
+    def _lm_eval_section(self):
+        wanted = "lm_eval" in self.benchmarks or "lm_eval" in self.during_benchmarks
+        if wanted and self.lm_eval is None:
+            raise ValueError("@eval.lm_eval: missing (required by eval.benchmarks lm_eval; {tasks: [...]})")
+        if self.lm_eval is not None and not wanted:
+            raise ValueError("@eval.lm_eval: a task list is not allowed without lm_eval in eval.benchmarks")
+        return self
 
 
 class TrainSpec(_Strict):
@@ -271,18 +314,28 @@ BENCHMARK_METRICS = {
     + ["model_utility", "forget_quality", "log10_forget_quality", "mia_loss_auc", "mia_min_k_auc", "privleak",
        "extraction_strength", "truncated_inputs"],
     "muse": ["muse_privleak_auc", "muse_privleak", "muse_privleak_published_ref", "muse_extraction_strength"],
-    **{b: [f"{b}_acc"] for b in ("wmdp_bio", "wmdp_cyber", "wmdp_chem", "mmlu")},
     "corpus": ["forget_heldout_ppl", "retain_heldout_ppl", "forget_heldout_loss", "retain_heldout_loss"],
 }
+# lm-eval's metric names (lm_eval/api/metrics.py) a task's metric_list may name; preflight checks
+# an objective against its task's own list.
+LM_EVAL_METRICS = ("acc", "acc_norm", "acc_mutual_info", "acc_stderr", "acc_norm_stderr", "exact_match",
+                   "f1", "mcc", "brier_score", "likelihood", "perplexity", "word_perplexity",
+                   "byte_perplexity", "bits_per_byte", "bleu", "chrf", "ter")
+
+
+def benchmark_metrics(bench: str, e: "EvalSpec", mcq_questions: Optional[QuestionCount] = None) -> list[str]:
+    """The metric names ``bench`` produces under ``e`` (an MCQ subset labelled in the name)."""
+    if bench in MCQ_BENCHMARKS:
+        return [f"{bench}_acc{subset_label(mcq_questions or e.mcq_questions)}"]
+    if bench == "lm_eval":
+        label = subset_label(e.lm_eval.limit) if e.lm_eval else ""
+        return [f"lm_eval/{t}/{m}{label}" for t in (e.lm_eval.tasks if e.lm_eval else []) for m in LM_EVAL_METRICS]
+    if bench == "muse":  # its ROUGE metrics are named after their flavour
+        return [m + MUSE_FLAVOUR_SUFFIX[e.muse_flavour] for m in MUSE_ROUGE_METRICS] + BENCHMARK_METRICS["muse"]
+    return BENCHMARK_METRICS[bench]
+
 
 MUSE_ROUGE_METRICS = ("muse_knowmem_forget", "muse_knowmem_retain", "muse_verbmem_forget")
-
-
-def benchmark_metrics(benchmark: str, muse_flavour: str = "open-unlearning") -> list[str]:
-    """The metrics ``benchmark`` produces; MUSE's ROUGE ones are named after their flavour."""
-    if benchmark == "muse":
-        return [m + MUSE_FLAVOUR_SUFFIX[muse_flavour] for m in MUSE_ROUGE_METRICS] + BENCHMARK_METRICS["muse"]
-    return BENCHMARK_METRICS[benchmark]
 
 
 class ConstraintSpec(_Strict):
@@ -406,12 +459,12 @@ class JobSpec(_Strict):
         if self.sweep is None:
             return self
         benches = self.eval.benchmarks or [self.data.benchmark]
-        known = [m for b in benches for m in benchmark_metrics(b, self.eval.muse_flavour)]
+        known = [m for b in benches for m in benchmark_metrics(b, self.eval)]
         names = list(self.sweep.objectives) + ([self.sweep.constraint.metric] if self.sweep.constraint else [])
         names += list(self.sweep.reference_point or {})
         for name in names:
             if name not in known:
-                flavour = next((f for f in MUSE_FLAVOURS if "muse" in benches and name in benchmark_metrics("muse", f)), None)
+                flavour = next((f for f in MUSE_FLAVOURS if "muse" in benches and name in benchmark_metrics("muse", self.eval.model_copy(update={"muse_flavour": f}))), None)
                 raise ValueError(
                     f"@sweep: metric {name!r} is not allowed (metrics of eval.benchmarks {benches}: {', '.join(known)})"
                     f"{'; it is the name with eval.muse_flavour ' + repr(flavour) if flavour else ''}"
@@ -423,8 +476,13 @@ class JobSpec(_Strict):
             raise ValueError("@sweep.reference_point: give one value for every objective")
         if self.eval.every:
             during = self.eval.during_benchmarks or benches
-            known_during = {m for b in during for m in benchmark_metrics(b, self.eval.muse_flavour)}
+            known_during = {m for b in during for m in benchmark_metrics(b, self.eval, self.eval.during_mcq_questions)}
             missing = [n for n in names if n not in known_during]
+            if missing and self.eval.during_mcq_questions is not None and \
+                    any(missing[0] in benchmark_metrics(b, self.eval) for b in MCQ_BENCHMARKS):
+                raise ValueError(f"@eval.during_mcq_questions: {self.eval.during_mcq_questions!r} is not allowed "
+                                 f"(the sweep's metric {missing[0]!r} is measured on eval.mcq_questions="
+                                 f"{self.eval.mcq_questions!r}; a subset's accuracy is another metric)")
             if missing:
                 raise ValueError(f"@eval.during_benchmarks: {during} is not allowed (the sweep's metric "
                                  f"{missing[0]!r} must be evaluated during the run too)")
@@ -510,9 +568,10 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
                 p = Path(os.path.expandvars(sw[key])).expanduser()
                 sw[key] = p if p.is_absolute() else (base / p).resolve()
     ev = raw.get("eval")
-    if isinstance(ev, dict) and isinstance(ev.get("mcq_data"), str):
-        p = Path(os.path.expandvars(ev["mcq_data"])).expanduser()
-        ev["mcq_data"] = p if p.is_absolute() else (base / p).resolve()
+    for node, key in ((ev, "mcq_data"), (ev.get("lm_eval") if isinstance(ev, dict) else None, "include_path")):
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            p = Path(os.path.expandvars(node[key])).expanduser()
+            node[key] = p if p.is_absolute() else (base / p).resolve()
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("base"), str):
         b = model["base"]

@@ -58,6 +58,7 @@ FIELD_ROWS: dict[str, str] = {
     "model.lora.target_modules": "lora",
     "train.gradient_checkpointing": "gradient_checkpointing",
     "eval.every": "eval_every", "eval.during_benchmarks": "eval_every", "eval.during_max_questions": "eval_every",
+    "eval.during_mcq_questions": "eval_every",
     "sweep.scheduler.name": "scheduler", "sweep.scheduler.grace_period": "scheduler",
     "sweep.scheduler.reduction_factor": "scheduler", "sweep.scheduler.tie_break": "scheduler",
     "unlearn.method.name": "method", "unlearn.preset": "method",
@@ -83,7 +84,9 @@ _NOT_AXES = {
         "unlearn.seed", "seed"],
     "what evaluation measures (the same evaluator on every strategy; FSDP runs it on all ranks alike)": [
         "eval.benchmarks", "eval.max_new_tokens", "eval.max_length", "eval.batch_size", "eval.max_questions",
-        "eval.mcq_questions", "eval.mmlu_shots", "eval.mcq_seed", "eval.mcq_data", "eval.geffect_every",
+        "eval.mcq_questions", "eval.mmlu_shots", "eval.mcq_seed", "eval.mcq_data", "eval.mcq_add_bos",
+        "eval.lm_eval.tasks", "eval.lm_eval.num_fewshot", "eval.lm_eval.limit", "eval.lm_eval.include_path",
+        "eval.geffect_every",
         "eval.geffect_block_groups"],
     "resources (how many CPUs/GPUs, not which code runs)": [
         "train.use_gpu", "train.cpus_per_worker", "train.threads_per_worker", "sweep.trial_cpus",

@@ -11,9 +11,15 @@ Settings taken from lm-eval's task files (``lm_eval/tasks/wmdp``, ``lm_eval/task
   each followed by " <letter>", joined by blank lines (SAGO's scripts run MMLU 5-shot);
 * the letter is scored as lm-eval's ``_encode_pair``: trailing spaces of the context move to the
   continuation, context + continuation are encoded together and split at the length of the
-  context's own encoding; the tokenizer adds its special tokens as it does by default; the input is
-  left-cut to the model's context (``_loglikelihood_tokens``).
-``eval.mcq_questions`` picks a fixed seeded subset, or ``all``.
+  context's own encoding; the input is left-cut to the model's context (``_loglikelihood_tokens``);
+* no special tokens (``add_bos=False``, ``eval.mcq_add_bos``), as lm-eval <= 0.4.9.1 encodes for a
+  causal model (``add_bos_token=False``; open-unlearning pins 0.4.8); ``add_bos=True`` adds the
+  tokenizer's own (a BOS on Llama-family tokenizers), as later versions do by default.
+``eval.mcq_questions`` is ``all`` (the final evaluation's default) or a fixed seeded subset.
+The same questions run through lm-eval itself as raysweep's local tasks (``lm_eval_tasks/``,
+``harness.py``), with the same log-likelihoods. This scorer is the one that splits across ranks
+and takes seeded subsets and per-subject MMLU shots; it is not the faster one: it runs one forward
+per letter where lm-eval runs one per question (benchmarks/mcq_vs_lm_eval.py: 3x on CPU).
 """
 
 from __future__ import annotations
@@ -80,27 +86,27 @@ def load_mcq(data_root: Path, benchmark: str, n: Optional[int] = None, seed: int
     return rows
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, add_bos: bool = False) -> tuple[list[int], list[int]]:
     """lm-eval ``_encode_pair`` for a causal model: encode together, split at the context's length."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer(context + continuation)["input_ids"]
-    ctx = tokenizer(context)["input_ids"]
+    whole = tokenizer(context + continuation, add_special_tokens=add_bos)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=add_bos)["input_ids"]
     return ctx, whole[len(ctx):]
 
 
 @torch.no_grad()
 def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: int = 32,
-                          shard: Shard = LOCAL, max_length: Optional[int] = None) -> torch.Tensor:
+                          shard: Shard = LOCAL, max_length: Optional[int] = None, add_bos: bool = False) -> torch.Tensor:
     """[n, 4] summed log-probs of ``" <letter>"`` given the formatted question. ``max_length``:
     the model's context; longer inputs keep their last tokens, as lm-eval does."""
     items = []
     for row in rows:
         context = format_question(row)
         for letter in LETTERS:
-            ctx, cont = encode_pair(tokenizer, context, " " + letter)
+            ctx, cont = encode_pair(tokenizer, context, " " + letter, add_bos)
             if max_length is not None and len(ctx) + len(cont) > max_length + 1:
                 ctx = ctx[len(ctx) + len(cont) - max_length - 1:]
             items.append((ctx, cont))
@@ -126,8 +132,8 @@ def choice_loglikelihoods(model, tokenizer, rows: Sequence[dict], batch_size: in
 
 
 def mcq_accuracy(model, tokenizer, rows: Sequence[dict], batch_size: int = 32, shard: Shard = LOCAL,
-                 max_length: Optional[int] = None) -> float:
+                 max_length: Optional[int] = None, add_bos: bool = False) -> float:
     model.eval()
-    ll = choice_loglikelihoods(model, tokenizer, rows, batch_size, shard, max_length)
+    ll = choice_loglikelihoods(model, tokenizer, rows, batch_size, shard, max_length, add_bos)
     answers = torch.tensor([r["answer"] for r in rows])
     return float((ll.argmax(-1) == answers).float().mean())

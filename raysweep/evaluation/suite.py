@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 from raysweep.data.tofu import UnlearnData
 from raysweep.evaluation.batching import LOCAL, Shard, evaluating, model_context
 from raysweep.models.prepare import data_fingerprint
-from raysweep.spec import JobSpec
+from raysweep.spec import JobSpec, benchmark_metrics
 
 
 def evaluation_key(job: JobSpec, benchmarks: list[str], data: UnlearnData, probe: str) -> str:
@@ -31,7 +31,8 @@ def evaluation_key(job: JobSpec, benchmarks: list[str], data: UnlearnData, probe
     e = job.eval
     payload = {"b": sorted(benchmarks), "max_q": e.max_questions, "len": e.max_length,
                "tokens": e.max_new_tokens, "prompt": probe, "rows": data_fingerprint(data),
-               "muse": e.muse_flavour, "v": 4}
+               "muse": e.muse_flavour, "mcq": [e.mcq_questions, e.mcq_add_bos, e.mmlu_shots, e.mcq_seed],
+               "lm_eval": e.lm_eval.model_dump(mode="json") if e.lm_eval is not None else None, "v": 4}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -40,7 +41,8 @@ def during_job(job: JobSpec) -> JobSpec:
     ``eval.during_max_questions``); its own cache key follows from the changed fields."""
     e = job.eval
     update = {"benchmarks": list(e.during_benchmarks or e.benchmarks),
-              "max_questions": e.during_max_questions or e.max_questions}
+              "max_questions": e.during_max_questions or e.max_questions,
+              "mcq_questions": e.during_mcq_questions or e.mcq_questions}
     return job.model_copy(update={"eval": e.model_copy(update=update)})
 
 
@@ -78,13 +80,17 @@ class Evaluator:
             self._muse_sets = load_muse_eval(self.data.data_dir, self.job.eval.max_questions)
         return self._muse_sets
 
+    @property
+    def mcq_root(self) -> Path:
+        """The data root of WMDP/MMLU and of raysweep's local lm-eval tasks."""
+        return self.job.eval.mcq_data or Path(self.job.data.path).parent
+
     def mcq_rows(self, name: str) -> list:
         from raysweep.evaluation.mcq import load_mcq
 
         if name not in self._mcq:
-            root = self.job.eval.mcq_data or Path(self.job.data.path).parent
             n = None if self.job.eval.mcq_questions == "all" else self.job.eval.mcq_questions
-            self._mcq[name] = load_mcq(root, name, n, self.job.eval.mcq_seed,
+            self._mcq[name] = load_mcq(self.mcq_root, name, n, self.job.eval.mcq_seed,
                                        shots=self.job.eval.mmlu_shots if name == "mmlu" else 0)
         return self._mcq[name]
 
@@ -169,11 +175,18 @@ class Evaluator:
                     rows = rows[: e.max_questions] if e.max_questions else rows
                     ppl, loss = heldout_perplexity(model, self.collator, rows, e.batch_size, shard)
                     out[f"{split}_heldout_ppl"], out[f"{split}_heldout_loss"] = ppl, loss
+            elif bench == "lm_eval":
+                from raysweep.evaluation.harness import evaluate_lm_eval
+
+                # Every rank runs every task (the same forwards on each: FSDP needs all ranks in each).
+                out.update(evaluate_lm_eval(model, self.tok, e.lm_eval, self.mcq_root, batch_size=e.batch_size,
+                                            add_bos=e.mcq_add_bos, max_length=model_context(model)))
             else:
                 from raysweep.evaluation.mcq import mcq_accuracy
 
-                out[f"{bench}_acc"] = mcq_accuracy(model, self.tok, self.mcq_rows(bench), e.batch_size, shard,
-                                                   max_length=model_context(model))
+                out[benchmark_metrics(bench, e)[0]] = mcq_accuracy(
+                    model, self.tok, self.mcq_rows(bench), e.batch_size, shard, max_length=model_context(model),
+                    add_bos=e.mcq_add_bos)
             if progress and shard.rank == 0:
                 _log(f"  evaluated {bench} in {time.time() - t0:.1f}s")
         return out

@@ -83,7 +83,7 @@ def test_corpus_trial_reports_mcq_and_heldout_perplexity(tmp_path, shared_cache)
         for split in ("forget", "retain"):
             assert out[f"{when}/{split}_heldout_ppl"] == pytest.approx(math.exp(out[f"{when}/{split}_heldout_loss"]))
             assert 1.0 < out[f"{when}/{split}_heldout_ppl"] < 1e6
-        assert 0.0 <= out[f"{when}/wmdp_bio_acc"] <= 1.0
+        assert 0.0 <= out[f"{when}/wmdp_bio_acc_sub8"] <= 1.0  # an 8-question subset, named as one
     # pure gradient ascent (alpha 0) on forget text raises the loss on held-out text of the same source
     assert out["final/forget_heldout_loss"] > out["before/forget_heldout_loss"]
 

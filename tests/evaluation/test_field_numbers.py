@@ -215,9 +215,11 @@ def test_muse_flavours_and_extraction_strength_on_a_model(memorised):
 def test_muse_flavour_names_in_sweep_objectives(tofu_dir, tmp_path):
     from raysweep.spec import JobSpecError, benchmark_metrics, parse_job
 
-    assert "muse_verbmem_forget_ou" in benchmark_metrics("muse")
-    assert "muse_verbmem_forget" in benchmark_metrics("muse", "muse")
-    assert "muse_extraction_strength" in benchmark_metrics("muse", "muse")
+    from raysweep.spec import EvalSpec
+
+    assert "muse_verbmem_forget_ou" in benchmark_metrics("muse", EvalSpec())
+    assert "muse_verbmem_forget" in benchmark_metrics("muse", EvalSpec(muse_flavour="muse"))
+    assert "muse_extraction_strength" in benchmark_metrics("muse", EvalSpec(muse_flavour="muse"))
     space = tmp_path / "space.yaml"
     space.write_text("method: {graddiff: {}}\n")
 
