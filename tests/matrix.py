@@ -84,7 +84,7 @@ _NOT_AXES = {
         "unlearn.seed", "seed"],
     "what evaluation measures (the same evaluator on every strategy; FSDP runs it on all ranks alike)": [
         "eval.benchmarks", "eval.max_new_tokens", "eval.max_length", "eval.batch_size", "eval.max_questions",
-        "eval.mcq_questions", "eval.mmlu_shots", "eval.mcq_seed", "eval.mcq_data", "eval.mcq_add_bos",
+        "eval.mcq_questions", "eval.mmlu_shots", "eval.mcq_seed", "eval.mcq_data", "eval.mcq_add_bos", "eval.muse_flavour",
         "eval.lm_eval.tasks", "eval.lm_eval.num_fewshot", "eval.lm_eval.limit", "eval.lm_eval.include_path",
         "eval.geffect_every",
         "eval.geffect_block_groups"],
