@@ -24,7 +24,7 @@ from .made_sweep import make_sweep
 def _section(dom: str, title: str) -> str:
     """The DOM of one chart section of the runs page, from its header to the next one."""
     header = 'data-testid="experiment-view-compare-runs-section-header"'
-    start = dom.index(f">{title} (")
+    start = dom.index(f">{title}<")
     end = dom.find(header, start + 100)
     return dom[start:end if end > 0 else len(dom)]
 
