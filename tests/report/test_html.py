@@ -104,10 +104,11 @@ def test_charts_at_1600px_full_width_with_legends_and_axis_labels(built, dom):
     png = screenshot((out / "report.html").as_uri(), tmp / "report.png", size=(1600, 5200))
     colours, ink = not_blank(png)
     if os.environ.get("RAYSWEEP_UPDATE_SCREENSHOTS") == "1":
-        from PIL import Image
+        from PIL import Image, ImageChops
 
-        img = Image.open(png)
-        img.crop((0, 0, img.width, min(img.height, 3000))).save(REPO / "docs" / "img" / "report.png", optimize=True)
+        img = Image.open(png).convert("RGB")
+        bottom = ImageChops.difference(img, Image.new("RGB", img.size, "white")).getbbox()[3]
+        img.crop((0, 0, img.width, bottom + 24)).save(REPO / "docs" / "img" / "report.png", optimize=True)
     charts = svgs(dom)
     for cid, svg in charts.items():
         legend = [el for el in svg.iter("g") if el.get("class") == "legend"]
