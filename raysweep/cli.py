@@ -320,12 +320,17 @@ def _front_link_line(report: dict, uri: str) -> str:
 
 def cmd_report(args) -> int:
     from raysweep.report.html import write_report
+    from raysweep.sweep.importance import log_importance, param_importances, search_space
     from raysweep.sweep.report import pareto_report
     from raysweep.preflight import check_output_dir
 
     check_output_dir(args.out, "--out")
     c, uri = _tracking_client(args)
     report = pareto_report(c, uri, args.sweep)
+    report["importance"] = param_importances(report["trials"], report["objectives"],
+                                             search_space(c, report["parent_run_id"]))
+    if not args.no_log:
+        log_importance(c, report["parent_run_id"], report["importance"])
     # Links into the MLflow UI only when it is a server a browser can open.
     base = uri.rstrip("/") + "/" if uri.startswith(("http://", "https://")) else None
     from raysweep.sweep.tracking import redact
@@ -442,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("sweep")
     rp.add_argument("--out", help="folder to write report.html, report.md and the SVGs to (default: report_<sweep>)")
     rp.add_argument("--tracking-uri")
+    rp.add_argument("--no-log", action="store_true",
+                    help="do not log the hyperparameter importance (importance.json) to the sweep's parent run")
     rp.set_defaults(func=cmd_report)
 
     st = sub.add_parser("status", help="trials of a sweep and their states")

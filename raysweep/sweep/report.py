@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -29,7 +30,7 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
         base = {
             "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
             "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
-            "end_time": r.info.end_time, **split_params(r),
+            "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None
@@ -137,16 +138,37 @@ def per_method_fronts(rows: list[dict], objectives: dict[str, str], ref_point) -
     return out
 
 
+def _trial_order(rows: list[dict]) -> list[tuple[str, tuple]]:
+    """(run id, (end time, trial id)) of each finished trial, in the order they finished."""
+    return sorted({r["run_id"]: (r.get("end_time") or 0, r["trial_id"] or "") for r in rows}.items(),
+                  key=lambda kv: kv[1])
+
+
 def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point) -> list[dict]:
     """Hypervolume of the front of the first k finished trials (by end time), k = 1..n: how the
     search progressed, against the final reference point."""
-    order = sorted({r["run_id"]: (r.get("end_time") or 0, r["trial_id"] or "") for r in rows}.items(),
-                   key=lambda kv: kv[1])
+    order = _trial_order(rows)
     out, seen = [], set()
     for k, (run_id, (_, trial)) in enumerate(order, start=1):
         seen.add(run_id)
         out.append({"trials": k, "trial_id": trial,
                     "hypervolume": _front_hv([r for r in rows if r["run_id"] in seen], objectives, ref_point)})
+    return out
+
+
+def fronts_over_time(rows: list[dict], objectives: dict[str, str], ref_point,
+                     fractions=(0.25, 0.5, 0.75, 1.0)) -> list[dict]:
+    """The front after the first 25/50/75/100% of finished trials (by end time; ceil of the share,
+    at least one trial): where the search had got to, to overlay on one chart."""
+    order = [run_id for run_id, _ in _trial_order(rows)]
+    out = []
+    for frac in fractions:
+        k = max(1, math.ceil(frac * len(order) - 1e-9))
+        seen = set(order[:k])
+        mine = [r for r in rows if r["run_id"] in seen]
+        front = [r for r, keep in zip(mine, _front_mask(mine, objectives)) if keep]
+        out.append({"fraction": frac, "trials": k, "front": front,
+                    "hypervolume": _front_hv(mine, objectives, ref_point)})
     return out
 
 
@@ -181,6 +203,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         "front": [r for r in rows if r["pareto"]], "trials": rows, "per_trial": trial_fronts,
         "per_method": per_method_fronts(rows, objectives, ref_point),
         "hypervolume_history": hypervolume_history(rows, objectives, ref_point),
+        "fronts_over_time": fronts_over_time(rows, objectives, ref_point),
         "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
     }
     if log_plot or plot_path:
