@@ -7,7 +7,8 @@ computes nothing itself) and writes
 * on every finished child run: tag ``raysweep.pareto=front|dominated`` (so
   ``tags.raysweep.pareto = 'front'`` filters the runs table to the front), tag
   ``raysweep.pareto.steps`` (its steps on the front) and tag ``raysweep.pareto.rank`` (its best
-  non-domination rank, 0 = front);
+  non-domination rank, 0 = front), and ``mlflow.runColor`` (red on the front, grey dominated:
+  how MLflow's UI draws the run in its table and charts);
 * on the experiment: a shared view of the sweep's runs, front and dominated, with the objectives'
   scatter (:func:`save_front_view`), opened by :func:`front_runs_link`;
 * on the parent (``full=True``, at the end and on ``raysweep pareto``): ``pareto_front.csv`` and
@@ -35,6 +36,7 @@ from raysweep.sweep.report import plot_hypervolume_history, point_label
 FRONT, DOMINATED = "front", "dominated"
 PARETO_TAG = "raysweep.pareto"
 RANK_TAG = "raysweep.pareto.rank"
+RUN_COLOUR_TAG, FRONT_COLOUR, DOMINATED_COLOUR = "mlflow.runColor", "#d62728", "#aaaaaa"
 FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
 
 
@@ -73,7 +75,7 @@ def save_front_view(c, report: dict) -> None:
     view state cannot unfold it), sorted by the first objective; method, model, objectives, flat
     hyperparameters and the checkpoint as columns; one chart: the objectives' scatter with one dot
     per run (``useGroupedValuesInCharts`` off, else a group is one averaged dot; every run shown,
-    not MLflow's first 10), coloured by group."""
+    not MLflow's first 10), front runs red and dominated grey (their ``mlflow.runColor``)."""
     names = list(report["objectives"])
     first = names[0]
     flat = sorted({k for r in report["trials"] for k in r.get("flat_params", {})})
@@ -120,7 +122,9 @@ def mark_children(c, report: dict) -> int:
         on_front = any(r["pareto"] for r in rows)
         on += on_front
         tags = {PARETO_TAG: FRONT if on_front else DOMINATED, f"{PARETO_TAG}.steps": ",".join(front_steps),
-                RANK_TAG: str(min(r["rank"] for r in rows)), **tracking.objective_tags(report["objectives"])}
+                RANK_TAG: str(min(r["rank"] for r in rows)), **tracking.objective_tags(report["objectives"]),
+                # the colour MLflow's UI draws the run in (table dot, every chart): front vs dominated
+                RUN_COLOUR_TAG: FRONT_COLOUR if on_front else DOMINATED_COLOUR}
         c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     save_front_view(c, report)
     return on

@@ -74,6 +74,8 @@ def test_the_front_filter_finds_exactly_the_front_runs_with_their_ranks(made):
     assert kids["t5"].data.tags["raysweep.pareto"] == "dominated"
     rank = {t: int(k.data.tags["raysweep.pareto.rank"]) for t, k in kids.items() if "raysweep.pareto.rank" in k.data.tags}
     assert rank["t5"] > rank["t3"] and rank["t1"] == 0
+    colours = {t: k.data.tags.get("mlflow.runColor") for t, k in kids.items() if t != "t6"}
+    assert colours == {"t1": "#d62728", "t2": "#d62728", "t4": "#d62728", "t3": "#aaaaaa", "t5": "#aaaaaa"}
     assert not any(k.startswith("pareto/") for kid in kids.values() for k in kid.data.metrics)  # marks are tags
     assert "raysweep.pareto" not in kids["t6"].data.tags  # failed: no candidate point
 

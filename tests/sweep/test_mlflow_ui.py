@@ -46,6 +46,10 @@ def test_front_view_in_the_mlflow_ui(mlflow_server, tmp_path, tofu_dir):
     # the objectives' scatter: one rendered dot per evaluated run, not one per group
     scatter = _section(dom, "Pareto front")
     assert scatter.count('class="point plotly-customdata"') == len(runs) == 5
+    # front red, dominated grey
+    fills = re.findall(r'class="point plotly-customdata"[^>]*fill: (rgb\([^)]*\))', scatter)
+    front_runs = {r["run_id"] for r in report["front"]}
+    assert sorted(fills) == sorted(["rgb(214, 39, 40)"] * len(front_runs) + ["rgb(170, 170, 170)"] * (5 - len(front_runs)))
     # the model-training view: its side bar ("Runs"), not the GenAI one ("Overview", "Training runs")
     assert ">Runs<" in dom and ">Overview<" not in dom and ">Training runs<" not in dom
     # a front run's page lists its logged model; the model's page says what it is and how to load it
