@@ -225,22 +225,26 @@ def methods_svg(report: dict, palette: dict[str, str], *, width=WIDTH, height=52
            *_frame(box, ax, ay, f"{x} ({BETTER[objectives[x]]})", f"{y} ({BETTER[objectives[y]]})")]
     for r in rows:
         col = palette[r["method"] or "?"]
-        out.append(f'<circle class="point" cx="{ax(r["objectives"][x]):.1f}" cy="{ay(r["objectives"][y]):.1f}" r="3.5" '
-                   f'fill="{col if r["feasible"] else "none"}" stroke="{col}" fill-opacity="0.3" stroke-opacity="0.5">'
-                   f'<title>{esc(hover(r, list(objectives)))}</title></circle>')
+        out.append(_marker("point", r, ax, ay, x, y, 3.5, f'fill="{col if r["feasible"] else "none"}" stroke="{col}" '
+                           'fill-opacity="0.3" stroke-opacity="0.5"', hover(r, list(objectives))))
     items = []
     for m, v in report["per_method"].items():
         col = palette[m]
         out.append(_polyline(staircase(v["front"], objectives), ax, ay, stroke=col, stroke_width="2.5",
                              **{"class": "staircase"}))
         for r in v["front"]:
-            out.append(f'<circle class="front" cx="{ax(r["objectives"][x]):.1f}" cy="{ay(r["objectives"][y]):.1f}" '
-                       f'r="6" fill="{col}" stroke="#000" stroke-width="1.5"><title>{esc(hover(r, list(objectives)))}'
-                       f'</title></circle>')
+            out.append(_marker("front", r, ax, ay, x, y, 6, f'fill="{col}" stroke="#000" stroke-width="1.5"',
+                               hover(r, list(objectives))))
         items.append((f"{m}: HV {v['hypervolume']:.4g}", "line", col))
     items.append(("other points of the method", "open", "#888"))
     out += [_legend(items, box[1] + 24, box[2] + 10), "</svg>"]
     return "\n".join(o for o in out if o)
+
+
+def _marker(cls: str, r: dict, ax, ay, x: str, y: str, radius: float, style: str, title: str = "") -> str:
+    """One point of a front chart at its two objectives, with its hover text."""
+    head = f'<circle class="{cls}" cx="{ax(r["objectives"][x]):.1f}" cy="{ay(r["objectives"][y]):.1f}" r="{radius:g}" {style}'
+    return f"{head}><title>{esc(title)}</title></circle>" if title else f"{head}/>"
 
 
 def time_svg(report: dict, *, width=WIDTH, height=520) -> str:
@@ -251,8 +255,7 @@ def time_svg(report: dict, *, width=WIDTH, height=520) -> str:
     out = [_open("time-chart", "Fronts over time", width, height),
            *_frame(box, ax, ay, f"{x} ({BETTER[objectives[x]]})", f"{y} ({BETTER[objectives[y]]})")]
     for r in rows:
-        out.append(f'<circle class="point" cx="{ax(r["objectives"][x]):.1f}" cy="{ay(r["objectives"][y]):.1f}" r="3" '
-                   f'fill="#bbb" fill-opacity="0.5"/>')
+        out.append(_marker("point", r, ax, ay, x, y, 3, 'fill="#bbb" fill-opacity="0.5"'))
     shades = ["#c6dbef", "#6baed6", "#2171b5", "#08306b"]
     fronts = report.get("fronts_over_time", [])
     items = []
@@ -262,9 +265,8 @@ def time_svg(report: dict, *, width=WIDTH, height=520) -> str:
         out.append(_polyline(staircase(f["front"], objectives), ax, ay, stroke=col,
                              stroke_width=f"{2 + 2.5 * (len(fronts) - 1 - i):g}", **{"class": "staircase"}))
         for r in f["front"]:
-            out.append(f'<circle class="front" cx="{ax(r["objectives"][x]):.1f}" cy="{ay(r["objectives"][y]):.1f}" '
-                       f'r="5" fill="{col}" stroke="#333"><title>{esc(point_label(r))} on the front after '
-                       f'{f["trials"]} trials</title></circle>')
+            out.append(_marker("front", r, ax, ay, x, y, 5, f'fill="{col}" stroke="#333"',
+                               f'{point_label(r)} on the front after {f["trials"]} trials'))
         items.append((f"after {f['fraction']:.0%} ({f['trials']} trials): HV {f['hypervolume']:.4g}", "line", col))
     items.append(("every evaluated point", "dot", "#bbb"))
     out += [_legend(items, box[1] + 24, box[2] + 10), "</svg>"]
