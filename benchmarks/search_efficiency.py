@@ -1,31 +1,36 @@
-"""Multi-objective early stopping pays for itself (issue 11): hypervolume reached vs unlearning
-steps spent, with and without MO-ASHA, on the quickstart job, over several seeds.
+"""Search that pays (issue 26, part 1): hypervolume reached vs unlearning steps spent, with and
+without early stopping, on a sweep of real shape (quickstart job, 24 trials x 32 steps, 2 at a
+time, evaluated every 4 steps), over several seeds.
 
-    python benchmarks/search_efficiency.py [--job jobs/quickstart.yaml] [--seeds 0 1 2] [--trials 8]
-                                           [--steps 32] [--every 8] [--reduction-factor 3]
-                                           [--plot benchmarks/search_efficiency.png]
+    python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 24] [--steps 32] [--every 4]
+                                           [--work DIR] [--validate ARM] [--plot PNG]
 
-Each (seed, condition) is one ``raysweep launch`` (fresh process, its own sqlite MLflow) with the
-same sampler and seed, ``eval.every`` on in both conditions so both see every trajectory point as a
-front candidate; the only difference is ``sweep.scheduler: mo_asha`` (grace period = eval.every,
-``--reduction-factor``). From MLflow alone, each evaluation event in time order adds the steps its
-trial spent since its previous evaluation; the hypervolume of every point evaluated so far (the
-job's reference point) is recorded against that running total.
+How: one real FIFO sweep per seed (``raysweep launch``, the random sampler, its own sqlite MLflow;
+kept in ``--work`` so a second call reuses it) records every trial's whole trajectory. With the
+random sampler a trial's configuration depends only on the seed and its number, and a trial's
+steps are bit-identical however often it is evaluated or whether others stop
+(``tests/sweep/test_trajectory.py``), so what a scheduler would see is exactly that recording cut
+short. Each arm then replays the sweep: two workers take the trials in order, each evaluation
+is an event at its step count, and the arm's real rung logic (``MOASHARungs``, the class the Tune
+scheduler asks) answers continue or stop there; a stopped trial frees its worker at once. Steps
+spent = the steps the trials trained; hypervolume = that of every evaluated point (the sweep's
+front candidates), at the job's reference point. ``--validate ARM`` runs the arm for real on the
+first seed (``sweep.scheduler`` in the job) and prints the replay's and the real sweep's numbers
+side by side: the replay ignores evaluation time in the workers' order, nothing else.
 
-Printed: final hypervolume per seed and condition, total steps, and the steps the scheduler needed
-to reach 99% of the no-scheduler sweep's final hypervolume of the same seed - target: the same
-final hypervolume within the seeds' spread for at most half the steps.
+Printed per seed and arm: steps spent and their ratio to FIFO's, final hypervolume and its ratio to
+FIFO's, steps until 99% of FIFO's final hypervolume; then the mean and the worst seed. Target: final
+hypervolume >= 0.99 of FIFO's on every seed for <= 0.5 of FIFO's steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,51 +40,109 @@ sys.path.insert(0, str(REPO))
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
 
+# name -> MO-ASHA settings (None: FIFO, no early stopping)
+ARMS = {
+    "FIFO": None,
+    "MO-ASHA g4 rf2 last": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last"},
+    "MO-ASHA g8 rf2 last": {"grace_period": 8, "reduction_factor": 2, "rank_by": "last"},
+    "MO-ASHA g4 rf3 last": {"grace_period": 4, "reduction_factor": 3, "rank_by": "last"},
+    "MO-ASHA g4 rf2 trajectory": {"grace_period": 4, "reduction_factor": 2, "rank_by": "trajectory"},
+    "MO-ASHA g8 rf2 trajectory": {"grace_period": 8, "reduction_factor": 2, "rank_by": "trajectory"},
+    "MO-ASHA g4 rf3 trajectory": {"grace_period": 4, "reduction_factor": 3, "rank_by": "trajectory"},
+    "MO-ASHA g8 rf3 trajectory": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory"},
+    "MO-ASHA g4 rf2 trajectory crowding": {"grace_period": 4, "reduction_factor": 2, "rank_by": "trajectory",
+                                           "tie_break": "crowding"},
+}
 
-def run_sweep(args, seed: int, scheduler: bool, work: Path) -> Path:
-    db = work / f"{'asha' if scheduler else 'fifo'}-{seed}.db"
-    sets = {"sweep.seed": seed, "sweep.num_trials": args.trials, "sweep.max_concurrent": 1,
-            "unlearn.steps": args.steps, "eval.every": args.every, "eval.max_questions": args.questions,
-            "train.checkpoint_every": args.every}
+
+def sweep_settings(args, seed: int, scheduler: dict | None) -> dict:
+    sets = {"sweep.seed": seed, "sweep.sampler": "random", "sweep.num_trials": args.trials,
+            "sweep.max_concurrent": 2, "unlearn.steps": args.steps, "eval.every": args.every,
+            "eval.max_questions": args.questions, "train.checkpoint_every": args.every}
     if scheduler:
-        sets["sweep.scheduler"] = json.dumps({"name": "mo_asha", "grace_period": args.every,
-                                              "reduction_factor": args.reduction_factor})
-    cmd = [sys.executable, "-m", "raysweep.cli", "launch", args.job, "--name", db.stem,
+        sets["sweep.scheduler"] = json.dumps({"name": "mo_asha", **scheduler})
+    return sets
+
+
+def run_sweep(args, name: str, sets: dict, work: Path) -> Path:
+    db = work / f"{name}.db"
+    if db.exists() and (work / f"{name}.done").exists():
+        return db
+    db.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "raysweep.cli", "launch", args.job, "--name", name,
            "--tracking-uri", f"sqlite:///{db}", "--storage", str(work / "runs")]
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO)
     if res.returncode != 0:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{res.stderr[-3000:]}")
-    print(f"  {db.stem}: done", flush=True)
+    (work / f"{name}.done").write_text("")
+    print(f"  {name}: done", flush=True)
     return db
 
 
-def curve(db: Path, sweep: str) -> tuple[list[int], list[float]]:
-    """(cumulative steps, hypervolume so far) after each evaluation event of the sweep."""
+def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[float]]:
+    """Every trial's evaluations in trial order: [(step, values, feasible)], the objectives and
+    the job's reference point; read from MLflow alone."""
+    from raysweep.reporting.constraint import recorded_feasible
     from raysweep.sweep import tracking
-    from raysweep.sweep.pareto import hypervolume
 
     c = tracking.client(f"sqlite:///{db}")
     parent = tracking.find_parent(c, sweep, f"sqlite:///{db}")
     objectives = tracking.parent_objectives(parent)
     ref = json.loads(parent.data.tags["raysweep.reference_point"])
-    names, dirs = list(objectives), list(objectives.values())
-    events = []
-    for run in tracking.child_runs(c, parent):
-        hist = {k: {m.step: m for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in names}
-        for step in sorted(set.intersection(*(set(h) for h in hist.values()))):
-            events.append((max(hist[k][step].timestamp for k in names), run.info.run_id, step,
-                           [hist[k][step].value for k in names]))
-    events.sort()
-    spent, last_step, pts, xs, ys = 0, {}, [], [], []
-    for _, run_id, step, values in events:
-        spent += step - last_step.get(run_id, 0)
-        last_step[run_id] = step
-        pts.append(values)
+    constrained = tracking.parent_constrained(parent)
+    out = []
+    runs = sorted(tracking.child_runs(c, parent), key=lambda r: r.data.tags[tracking.TRIAL_TAG])
+    for run in runs:
+        hist = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in objectives]
+        feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
+        steps = sorted(set.intersection(*(set(h) for h in hist)))
+        out.append([(s, tuple(h[s] for h in hist), recorded_feasible(feasible.get(s), constrained)) for s in steps])
+    return out, objectives, [ref[k] for k in objectives]
+
+
+def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
+           max_steps: int, workers: int = 2) -> tuple[list[int], list[float], int, float]:
+    """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
+    final hypervolume."""
+    from raysweep.sweep.pareto import hypervolume
+    from raysweep.sweep.schedulers.mo_asha import STOP, MOASHARungs
+
+    rungs = MOASHARungs(dict(objectives), max_steps=max_steps, **arm) if arm else None
+    dirs = list(objectives.values())
+    events: list = []  # (time, tie, trial, index of the evaluation)
+    queue = iter(range(len(trials)))
+    seq = 0
+
+    def start(trial: int, now: float):
+        nonlocal seq
+        if trials[trial]:
+            heapq.heappush(events, (now + trials[trial][0][0], seq, trial, 0))
+            seq += 1
+
+    for _ in range(workers):
+        t = next(queue, None)
+        if t is not None:
+            start(t, 0.0)
+    spent, pts, xs, ys = 0, [], [], []
+    while events:
+        now, _, trial, i = heapq.heappop(events)
+        step, values, feasible = trials[trial][i]
+        spent += step - (trials[trial][i - 1][0] if i else 0)
+        if feasible:
+            pts.append(values)
         xs.append(spent)
-        ys.append(hypervolume(np.array(pts), dirs, [ref[k] for k in names]))
-    return xs, ys
+        ys.append(hypervolume(np.array(pts), dirs, ref) if pts else 0.0)
+        stop = rungs is not None and rungs.on_result(str(trial), step, values, feasible) == STOP
+        if not stop and i + 1 < len(trials[trial]):
+            heapq.heappush(events, (now + trials[trial][i + 1][0] - step, seq, trial, i + 1))
+            seq += 1
+        else:
+            nxt = next(queue, None)
+            if nxt is not None:
+                start(nxt, now)
+    return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
 def steps_to_reach(xs: list[int], ys: list[float], target: float) -> float:
@@ -93,58 +156,80 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--job", default=str(REPO / "jobs" / "quickstart.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--trials", type=int, default=8)
+    ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--every", type=int, default=8)
+    ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--questions", type=int, default=40, help="eval.max_questions (each evaluation)")
-    ap.add_argument("--reduction-factor", type=float, default=3.0)
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "raysweep" / "search_efficiency"),
+                    help="where the recorded FIFO sweeps are kept (reused by a second call)")
+    ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on the first seed")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
+    if args.validate and args.validate not in ARMS:
+        raise SystemExit(f"--validate: {args.validate!r} is not allowed ({', '.join(ARMS)})")
 
-    work = Path(tempfile.mkdtemp(prefix="raysweep-search-eff-"))
-    results = {}
+    work = Path(args.work) / f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
+    work.mkdir(parents=True, exist_ok=True)
+    recorded = {}
     for seed in args.seeds:
-        for scheduler in (False, True):
-            db = run_sweep(args, seed, scheduler, work)
-            results[(seed, scheduler)] = curve(db, db.stem)
+        name = f"fifo-{seed}"
+        run_sweep(args, name, sweep_settings(args, seed, None), work)
+        recorded[seed] = trajectories(work / f"{name}.db", name)
 
-    final = {k: (v[0][-1], v[1][-1]) for k, v in results.items()}
-    fifo_hv = [final[(s, False)][1] for s in args.seeds]
-    asha_hv = [final[(s, True)][1] for s in args.seeds]
-    target = statistics.mean(fifo_hv)
-    spread = (max(fifo_hv) - min(fifo_hv)) if len(fifo_hv) > 1 else 0.0
-    print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, eval every {args.every}, seeds {args.seeds}")
-    print(f"MO-ASHA: grace period {args.every}, reduction factor {args.reduction_factor:g}")
-    print(f"{'seed':>4}  {'FIFO steps':>10}  {'FIFO HV':>8}  {'MO-ASHA steps':>13}  {'MO-ASHA HV':>10}  "
-          f"{'steps to 99% of FIFO HV: FIFO, MO-ASHA':>38}")
-    for s in args.seeds:
-        goal = 0.99 * final[(s, False)][1]
-        r_fifo = steps_to_reach(*results[(s, False)], goal)
-        r_asha = steps_to_reach(*results[(s, True)], goal)
-        print(f"{s:>4}  {final[(s, False)][0]:>10}  {final[(s, False)][1]:>8.4f}  {final[(s, True)][0]:>13}  "
-              f"{final[(s, True)][1]:>10.4f}  {r_fifo:>30}, {r_asha}")
-    fifo_steps = statistics.mean(final[(s, False)][0] for s in args.seeds)
-    asha_steps = statistics.mean(final[(s, True)][0] for s in args.seeds)
-    print(f"mean final HV: FIFO {target:.4f} (spread {spread:.4f}), MO-ASHA {statistics.mean(asha_hv):.4f}")
-    print(f"mean steps spent: FIFO {fifo_steps:.0f}, MO-ASHA {asha_steps:.0f} = {asha_steps / fifo_steps:.2f} of FIFO")
-    within = statistics.mean(asha_hv) >= target - spread
-    print(f"MO-ASHA final HV within the seeds' spread of FIFO's: {'yes' if within else 'no'}; "
-          f"steps ratio {asha_steps / fifo_steps:.2f} (target <= 0.5)")
+    results = {}  # (arm, seed) -> (xs, ys, spent, hv)
+    for arm, settings in ARMS.items():
+        for seed, (trials, objectives, ref) in recorded.items():
+            results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
+
+    print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
+          f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
+    print(f"{'arm':<36} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
+          + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8}")
+    summary = {}
+    for arm in ARMS:
+        cells, steps_r, hv_r = [], [], []
+        for s in args.seeds:
+            xs, ys, spent, hv = results[(arm, s)]
+            _, _, f_spent, f_hv = results[("FIFO", s)]
+            reach = steps_to_reach(xs, ys, 0.99 * f_hv)
+            steps_r.append(spent / f_spent)
+            hv_r.append(hv / f_hv if f_hv else 0.0)
+            cells.append(f"{spent:>5} ({steps_r[-1]:.2f}) {hv:.4f} ({hv_r[-1]:.3f}) {reach:>5}")
+        summary[arm] = (float(np.mean(steps_r)), float(np.mean(hv_r)), max(steps_r), min(hv_r))
+        print(f"{arm:<36} " + "  ".join(f"{c:>28}" for c in cells)
+              + f"  {summary[arm][0]:>10.2f} {summary[arm][1]:>8.3f} {summary[arm][2]:>11.2f} {summary[arm][3]:>8.3f}")
+    met = [a for a, (_, _, worst_steps, worst_hv) in summary.items() if a != "FIFO" and worst_steps <= 0.5
+           and worst_hv >= 0.99]
+    print("cells: steps (ratio to FIFO) HV (ratio to FIFO) steps-to-99%-of-FIFO's-HV")
+    print(f"target (every seed: steps <= 0.5 of FIFO's and HV >= 0.99 of FIFO's) met by: {', '.join(met) or 'none'}")
+
+    if args.validate:
+        seed = args.seeds[0]
+        name = f"{args.validate.replace(' ', '-')}-{seed}"
+        db = run_sweep(args, name, sweep_settings(args, seed, ARMS[args.validate]), work)
+        trials, objectives, ref = trajectories(db, name)
+        real_steps = sum(t[-1][0] for t in trials if t)
+        real_hv = replay(trials, objectives, ref, None, args.steps)[3]  # every point it evaluated
+        _, _, sim_steps, sim_hv = results[(args.validate, seed)]
+        print(f"validation, {args.validate}, seed {seed}: replay {sim_steps} steps HV {sim_hv:.4f}; "
+              f"real sweep {real_steps} steps HV {real_hv:.4f}")
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for (s, sched), (xs, ys) in sorted(results.items()):
-        ax.step(xs, ys, where="post", color="tab:orange" if sched else "tab:blue", alpha=0.8,
-                label=("MO-ASHA" if sched else "FIFO (no early stopping)") if s == args.seeds[0] else None)
-    ax.axhline(target, color="gray", ls="--", lw=1, label="FIFO mean final HV")
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    colours = plt.get_cmap("tab10")
+    for k, arm in enumerate(ARMS):
+        for s in args.seeds:
+            xs, ys, _, _ = results[(arm, s)]
+            ax.step(xs, ys, where="post", color=colours(k % 10), alpha=0.75, lw=1.2,
+                    label=arm if s == args.seeds[0] else None)
     ax.set_xlabel("unlearning steps spent (all trials)")
     ax.set_ylabel("hypervolume of evaluated points")
-    ax.set_title(f"quickstart, {args.trials} trials, {len(args.seeds)} seeds")
-    ax.legend(fontsize=8)
+    ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(args.plot)
     print(f"plot: {args.plot}")

@@ -361,6 +361,9 @@ class SchedulerSpec(_Strict):
     grace_period: int = Field(8, gt=0)      # steps before the first rung
     reduction_factor: float = Field(2.0, gt=1)
     tie_break: Literal["hypervolume", "crowding"] = "hypervolume"
+    # What a rung ranks: the trial's evaluation there ("last", ASHA's rule) or every point it has
+    # been evaluated at so far ("trajectory": unlearning trajectories are not monotone).
+    rank_by: Literal["last", "trajectory"] = "last"
 
 
 DEFAULT_TRIALS = 8

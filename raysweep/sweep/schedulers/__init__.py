@@ -16,5 +16,6 @@ def make_scheduler(job, constraint=None):
     from raysweep.sweep.schedulers.mo_asha import MOASHARungs, tune_scheduler
 
     rungs = MOASHARungs(job.sweep.objectives, max_steps=job.unlearn.steps, grace_period=spec.grace_period,
-                        reduction_factor=spec.reduction_factor, tie_break=spec.tie_break)
+                        reduction_factor=spec.reduction_factor, tie_break=spec.tie_break,
+                        rank_by=spec.rank_by)
     return tune_scheduler(rungs, constraint=constraint)

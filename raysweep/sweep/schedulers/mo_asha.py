@@ -12,6 +12,13 @@ ASHA). Ranking, best first:
 3. within a rank, larger hypervolume contribution (or crowding distance) first;
 4. then arrival order.
 
+``rank_by`` says what of a trial is ranked. ``last``: its evaluation at the rung, as ASHA does.
+``trajectory``: every feasible point it has been evaluated at so far - each one is a candidate
+on the sweep's front (evaluation along the run), and unlearning trajectories are not monotone, so
+a trial whose best trade-off came earlier is not judged by a worse last point. A trial's rank is
+the best non-domination rank of its points among all points of the trials at the rung; ties go to
+the larger loss of hypervolume were its points removed.
+
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_scheduler`` adapts it to
 Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE or STOP).
 """
@@ -25,8 +32,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from raysweep.reporting.constraint import RetentionConstraint
-from raysweep.sweep.pareto import (crowding_distances, hypervolume_contributions, nondominated_ranks,
-                                   to_maximise)
+from raysweep.sweep.pareto import (crowding_distances, hypervolume, hypervolume_contributions,
+                                   nondominated_ranks, to_maximise)
 
 CONTINUE, STOP = "CONTINUE", "STOP"
 
@@ -46,7 +53,9 @@ class MOASHARungs:
     grace_period: int = 8
     reduction_factor: float = 2.0
     tie_break: str = "hypervolume"
+    rank_by: str = "last"                        # "last" | "trajectory"
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
+    history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
     stopped: dict = field(default_factory=dict)  # trial -> rung step where it was stopped
     _arrivals: int = 0
@@ -74,14 +83,19 @@ class MOASHARungs:
         (``decide=False`` only records: rebuilding the rungs from MLflow on resume)."""
         if trial in self.stopped:
             return STOP
+        self.history.setdefault(trial, []).append((tuple(float(v) for v in values), bool(feasible)))
         decision = CONTINUE
         for rung in self.milestones:
             if rung > step or rung <= self.reached.get(trial, 0):
                 continue
             self.reached[trial] = rung
             self._arrivals += 1
-            self.rungs.setdefault(rung, []).append(_Entry(trial, tuple(float(v) for v in values), bool(feasible),
-                                                          self._arrivals))
+            if self.rank_by == "trajectory":  # the feasible points so far, fixed as of this rung
+                kept = tuple(v for v, ok in self.history[trial] if ok and all(math.isfinite(x) for x in v))
+                entry = _Entry(trial, kept, bool(kept), self._arrivals)
+            else:
+                entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals)
+            self.rungs.setdefault(rung, []).append(entry)
             if decide and not self._promotable(rung, trial):
                 self.stopped[trial] = rung
                 decision = STOP
@@ -93,6 +107,8 @@ class MOASHARungs:
         entries = self.rungs.get(rung, [])
         if not entries:
             return []
+        if self.rank_by == "trajectory":
+            return self._trajectory_ranking(entries)
         pts = np.array([e.values for e in entries], dtype=np.float64)
         finite = np.all(np.isfinite(pts), axis=1)
         feasible = np.array([e.feasible for e in entries]) & finite
@@ -111,15 +127,38 @@ class MOASHARungs:
         keys = [(int(rank[i]), -float(spread[i]), e.order) for i, e in enumerate(entries)]
         return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
 
-    def _spread(self, members: np.ndarray, all_pts: np.ndarray) -> np.ndarray:
-        if self.tie_break == "crowding":
-            return crowding_distances(members, self.directions)
-        # reference: a little beyond the worst recorded value of each objective
+    def _trajectory_ranking(self, entries: list) -> list[str]:
+        """Trials by the best rank of their feasible points among all such points at the rung, then
+        by the hypervolume their points alone add; trials with no feasible point last."""
+        owners = [i for i, e in enumerate(entries) for _ in e.values]
+        if not owners:
+            return [e.trial for e in sorted(entries, key=lambda e: e.order)]
+        pts = np.array([v for e in entries for v in e.values], dtype=np.float64)
+        point_rank = nondominated_ranks(pts, self.directions)
+        owners = np.array(owners)
+        ref = self._reference(pts)
+        whole = hypervolume(pts, self.directions, ref)
+        keys = []
+        for i, e in enumerate(entries):
+            mine = owners == i
+            if not mine.any():
+                keys.append((np.iinfo(np.int64).max, 0.0, e.order))
+                continue
+            alone = whole - (hypervolume(pts[~mine], self.directions, ref) if (~mine).any() else 0.0)
+            keys.append((int(point_rank[mine].min()), -alone, e.order))
+        return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
+
+    def _reference(self, all_pts: np.ndarray) -> list[float]:
+        """A little beyond the worst recorded value of each objective, in its own direction."""
         worst = to_maximise(all_pts, self.directions).min(axis=0)
         span = to_maximise(all_pts, self.directions).max(axis=0) - worst
         ref_max = worst - np.where(span > 0, 0.1 * span, 1.0)
-        ref = ref_max * np.array([1.0 if d == "max" else -1.0 for d in self.directions])
-        return hypervolume_contributions(members, self.directions, ref)
+        return list(ref_max * np.array([1.0 if d == "max" else -1.0 for d in self.directions]))
+
+    def _spread(self, members: np.ndarray, all_pts: np.ndarray) -> np.ndarray:
+        if self.tie_break == "crowding":
+            return crowding_distances(members, self.directions)
+        return hypervolume_contributions(members, self.directions, self._reference(all_pts))
 
     def _promotable(self, rung: int, trial: str) -> bool:
         order = self.ranking(rung)

@@ -117,3 +117,63 @@ def test_pareto_helpers_against_their_definitions():
     # scale: a front at 1e-8 and at 1e8 ranks the same
     for scale in (1e-8, 1e8):
         assert list(nondominated_ranks(pts * scale, dirs)) == [0, 1, 0, 0, 2]
+
+
+def test_ranking_by_trajectory_keeps_a_trial_whose_best_point_came_earlier():
+    """Issue 26: a trial evaluated at steps 4 and 8 whose step-4 point dominates everything, but
+    whose step-8 point (at the rung) is dominated: ranked by its last point it stops, ranked by its
+    trajectory it continues - its step-4 point is on the sweep's front either way."""
+    for rank_by, expected in (("last", STOP), ("trajectory", CONTINUE)):
+        r = rungs(grace_period=8, reduction_factor=2, rank_by=rank_by)
+        assert r.on_result("steady", 4, [0.5, 0.5]) == CONTINUE   # below the rung: recorded only
+        assert r.on_result("steady", 8, [0.6, 0.4]) == CONTINUE   # first at the rung
+        assert r.on_result("early", 4, [0.95, 0.05]) == CONTINUE
+        assert r.on_result("early", 8, [0.3, 0.7]) == expected, rank_by
+
+
+def test_trajectory_ranking_worked_example():
+    """Three trials at the rung, each with its feasible points so far: the best rank of a trial's
+    points among all of them, then the hypervolume its points alone add, then arrival; a trial with
+    no feasible point last."""
+    r = rungs(grace_period=8, reduction_factor=2, rank_by="trajectory")
+    r.on_result("a", 4, [0.9, 0.5]); r.on_result("a", 8, [0.2, 0.9])   # rank 0 via its step-4 point
+    r.on_result("b", 4, [0.5, 0.1]); r.on_result("b", 8, [0.4, 0.2])   # rank 0 too (best retain)
+    r.on_result("c", 4, [0.3, 0.6], feasible=False); r.on_result("c", 8, [0.99, 0.01], feasible=False)
+    r.on_result("d", 8, [0.45, 0.55])                                  # dominated by a@4 and b@4
+    pts = np.array([[0.9, 0.5], [0.2, 0.9], [0.5, 0.1], [0.4, 0.2], [0.45, 0.55]])
+    ref = [0.2 - 0.1 * 0.7, 0.9 + 0.1 * 0.8]  # 10% beyond the worst of each (max, min)
+    whole = hypervolume(pts, ["max", "min"], ref)
+    alone = {t: whole - hypervolume(np.delete(pts, idx, axis=0), ["max", "min"], ref)
+             for t, idx in (("a", [0, 1]), ("b", [2, 3]))}
+    first = max(alone, key=alone.get)
+    assert r.ranking(8) == [first, "b" if first == "a" else "a", "d", "c"]
+
+
+def test_the_search_efficiency_replay_counts_steps_and_points_as_a_sweep_would():
+    """benchmarks/search_efficiency.py's replay on hand-made trajectories: FIFO trains every step
+    and sees every point; an arm that stops a trial at its first rung saves exactly the steps after
+    it, keeps the point it was stopped at, and frees its worker for the next trial at once."""
+    import importlib.util
+
+    from ...conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("search_efficiency", REPO / "benchmarks" / "search_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    objectives, ref = {"forget_quality": "max", "retain_loss": "min"}, [0.0, 1.0]
+    good = [(s, (0.2 * s / 4, 0.5), True) for s in (4, 8, 12, 16)]       # better at every evaluation
+    bad = [(s, (0.1, 0.9 - 0.01 * s), True) for s in (4, 8, 12, 16)]     # dominated at the rung
+    late = [(s, (0.05, 0.95), True) for s in (4, 8, 12, 16)]
+    trials = [good, bad, late]
+    xs, ys, spent, hv = bench.replay(trials, objectives, ref, None, max_steps=16, workers=2)
+    assert spent == 48 and len(xs) == 12
+    points = np.array([v for t in trials for _, v, _ in t])
+    assert hv == pytest.approx(hypervolume(points, list(objectives.values()), ref))
+    arm = {"grace_period": 8, "reduction_factor": 2, "rank_by": "last"}
+    xs, ys, spent, hv = bench.replay(trials, objectives, ref, arm, max_steps=16, workers=2)
+    # good and bad both reach step 8 at time 8 (good first): bad is stopped there (8 steps, its
+    # step-8 point kept); late starts at time 8 on the freed worker and is stopped at its rung
+    # (step 8, behind good); good runs to 16
+    assert spent == 16 + 8 + 8
+    kept = np.array([v for v in [p for _, p, _ in good] + [p for s, p, _ in bad if s <= 8] + [p for s, p, _ in late if s <= 8]])
+    assert hv == pytest.approx(hypervolume(kept, list(objectives.values()), ref))
