@@ -65,7 +65,9 @@ def prepare_key(job: JobSpec, data: UnlearnData) -> str:
         # LoRA only changes unlearning: the target and reference are the same with or without it.
         "model": job.model.model_dump(mode="json", exclude={"lora", "template", "system_prompt"}),
         "prepare": _prepare_fields(job),
-        "version": 1,
+        # 2: a pair cut at max_length ends in EOS (open-unlearning's rule, issue 24), in
+        # fine-tuning as in evaluation: a target fine-tuned before may differ.
+        "version": 2,
     }
     # The prompt changes what is fine-tuned: the key holds the probe pair as rendered. The plain
     # format renders as it always did, so the tiny models' keys are those from before the probe.

@@ -14,11 +14,11 @@ def test_off_by_default_and_old_cache_keys_still_hit(tmp_path, tofu_dir):
     job = load_job(tiny_job(tmp_path, tofu_dir))
     assert job.prepare.prior_knowledge is False
     data = load_job_data(job)
-    # The key as computed before the option existed.
+    # The key as computed before the option existed (version 2 since cut pairs end in EOS).
     before = _hash({"data": data_fingerprint(data), "max_length": job.data.max_length,
                     "model": job.model.model_dump(mode="json", exclude={"lora", "template", "system_prompt"}),
                     "prepare": job.prepare.model_dump(mode="json", exclude={"prior_knowledge", "prior_knowledge_rows"}),
-                    "version": 1})
+                    "version": 2})
     assert prepare_key(job, data) == before
     on = load_job(tiny_job(tmp_path, tofu_dir), {"prepare.prior_knowledge": True})
     assert prepare_key(on, data) != before
