@@ -50,8 +50,8 @@ ARMS = {
     "MO-ASHA g8 rf2 trajectory": {"grace_period": 8, "reduction_factor": 2, "rank_by": "trajectory"},
     "MO-ASHA g4 rf3 trajectory": {"grace_period": 4, "reduction_factor": 3, "rank_by": "trajectory"},
     "MO-ASHA g8 rf3 trajectory": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory"},
-    "MO-ASHA g4 rf2 trajectory crowding": {"grace_period": 4, "reduction_factor": 2, "rank_by": "trajectory",
-                                           "tie_break": "crowding"},
+    "MO-ASHA g4 rf2 last crowding": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last",
+                                     "tie_break": "crowding"},
 }
 
 
