@@ -353,6 +353,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_densify(args) -> int:
+    from raysweep.sweep.densify import densify, format_summary, parse_count, parse_lambdas
+    from raysweep.sweep.export import parse_point
+    from raysweep.validation import InputError
+
+    lambdas, k = parse_lambdas(args.lambdas), parse_count(args.points)
+    if k is not None and args.point:
+        raise InputError("--points: not allowed with --point (either the K best front points or named points)")
+    for p in args.point or []:
+        parse_point(p)
+    c, uri = _tracking_client(args)
+    summary = densify(c, uri, args.sweep, lambdas, named=args.point, k=k, neighbours=args.neighbours)
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    return 0
+
+
 def cmd_status(args) -> int:
     from raysweep.sweep.report import status_report
 
@@ -442,6 +458,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="write into a folder that holds files: only files an earlier export wrote are replaced")
     ex.add_argument("--tracking-uri")
     ex.set_defaults(func=cmd_export)
+
+    dn = sub.add_parser("densify", help="evaluate weight interpolations between the target and front points "
+                        "(no training) and log them as points of the sweep")
+    dn.add_argument("sweep")
+    dn.add_argument("--points", metavar="K", help="the K front points with the largest hypervolume contribution "
+                    "(default: every front point)")
+    dn.add_argument("--point", action="append", metavar="TRIAL[@STEP]", help="interpolate towards this point "
+                    "(repeatable; instead of --points)")
+    dn.add_argument("--lambdas", nargs="+", metavar="L", help="where on each segment, strictly between 0 (the target) "
+                    "and 1 (the point) (default: 0.25 0.5 0.75)")
+    dn.add_argument("--neighbours", action="store_true",
+                    help="also between neighbouring front points that share the target (not LoRA points)")
+    dn.add_argument("--json", action="store_true", help="machine-readable output")
+    dn.add_argument("--tracking-uri")
+    dn.set_defaults(func=cmd_densify)
 
     rp = sub.add_parser("report", help="a self-contained HTML page (and Markdown) of a sweep's front, from MLflow alone")
     rp.add_argument("sweep")

@@ -163,16 +163,30 @@ def write_error(directory: Path, err: OSError) -> CheckpointError:
                            "(nothing was written; the previous checkpoint stays the last good one)")
 
 
-def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict | None = None) -> Path:
-    """Write the checkpoint under a temporary name, fsync, then rename it to ``directory``."""
-    from safetensors.torch import save_file
-
+def _write_installed(directory: Path, fill) -> Path:
+    """``fill(tmp)`` writes the checkpoint's files into a temporary folder, which is then fsynced
+    and renamed to ``directory``; whatever stops the write, no temporary folder is left behind."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_folder(directory, os.getpid())
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
+        fill(tmp)
+        install(tmp, directory)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise write_error(directory, err) from err
+        raise
+    return directory
+
+
+def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict | None = None) -> Path:
+    """Write the checkpoint under a temporary name, fsync, then rename it to ``directory``."""
+    from safetensors.torch import save_file
+
+    def fill(tmp: Path) -> None:
         inner = getattr(model, "module", model)
         from raysweep.models.lora import ADAPTER_DIR, is_peft
 
@@ -181,13 +195,20 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, engine, extra: dict
         save_file(_untie(_stored_weights(inner)), str(tmp / WEIGHTS))
         write_state(tmp, {"engine": engine.state_dict(), "rng": rng_state()})
         write_meta(tmp, {"step": engine.step_count, "format": FORMAT, "sha256": hash_files(tmp), **(extra or {})})
-        install(tmp, directory)
-    except BaseException as err:  # whatever stopped the write, no temporary folder is left behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise write_error(directory, err) from err
-        raise
-    return directory
+
+    return _write_installed(directory, fill)
+
+
+def save_weights(directory: Path, model: torch.nn.Module, extra: dict | None = None) -> Path:
+    """A weights-only checkpoint (no trainer state: nothing resumes from it; export and evaluation
+    read it): what the model stores (a LoRA model's adapters alone), written like a checkpoint."""
+    from safetensors.torch import save_file
+
+    def fill(tmp: Path) -> None:
+        save_file(_untie(_stored_weights(getattr(model, "module", model))), str(tmp / WEIGHTS))
+        write_meta(tmp, {"format": FORMAT, "weights_only": True, "sha256": hash_files(tmp), **(extra or {})})
+
+    return _write_installed(directory, fill)
 
 
 def _stored_weights(inner: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -260,8 +281,9 @@ def verify_checkpoint(directory: Path, only: Iterable[str] | None = None,
     try:
         meta = json.loads((directory / META).read_text())
         sums = meta["sha256"]
-        if required is None:
-            required = {WEIGHTS} if meta.get("strategy") == "fsdp" else {WEIGHTS, STATE_TENSORS, STATE_JSON}
+        if required is None:  # FSDP's loader names its own files; a weights-only checkpoint has no trainer state
+            required = {WEIGHTS} if meta.get("strategy") == "fsdp" or meta.get("weights_only") \
+                else {WEIGHTS, STATE_TENSORS, STATE_JSON}
         if not isinstance(sums, dict) or not set(required) <= set(sums):
             raise ValueError("file list")
     except (OSError, ValueError, KeyError, TypeError):

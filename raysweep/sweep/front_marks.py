@@ -92,7 +92,7 @@ def save_front_view(c, report: dict) -> None:
                                 "deleted": False, "isGenerated": False}],
         "compareRunCharts": [{
             "uuid": SCATTER_ID, "type": "SCATTER", "metricSectionId": SECTION_ID, "deleted": False,
-            "isGenerated": False, "runsCountToCompare": max(100, report["n_finished"]),
+            "isGenerated": False, "runsCountToCompare": max(100, report["n_finished"] + report.get("n_interpolated", 0)),
             "displayName": f"{names[0]} vs {names[1]}" if len(names) > 1 else names[0],
             "xaxis": {"key": f"objective/{names[0]}", "type": "METRIC"},
             "yaxis": {"key": f"objective/{names[-1]}", "type": "METRIC"},

@@ -31,6 +31,9 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
             "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
             "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
             "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
+            # raysweep densify's points: weights between the target and a front point, evaluated alone
+            "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
+            "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None
@@ -189,8 +192,10 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
     if ref_tag:
         ref = json.loads(ref_tag)
         ref_point, ref_note = [ref[k] for k in names], "stated in the job"
-    else:  # the nadir of every finished trial: worst value per objective
-        ref_point = nadir([[r["objectives"][k] for k in names] for r in rows], directions)
+    else:  # the nadir of every finished trial: worst value per objective. Not of the interpolated
+        # points, which lie towards the target: adding them must not move the reference point.
+        trial_rows = [r for r in rows if r["kind"] != "interpolated"] or rows
+        ref_point = nadir([[r["objectives"][k] for k in names] for r in trial_rows], directions)
         ref_note = "nadir of the finished trials"
     hv = hypervolume(pts[mask], directions, ref_point) if len(pts) else 0.0
     trial_fronts = per_trial_fronts(rows, objectives)
@@ -198,7 +203,8 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
     report = {
         "sweep": sweep, "tracking_uri": tracking.redact(tracking_uri), "objectives": objectives,
         "reference_point": dict(zip(names, ref_point)), "reference_point_source": ref_note,
-        "hypervolume": hv, "n_finished": len({r["run_id"] for r in rows}), "n_points": len(rows),
+        "hypervolume": hv, "n_finished": len({r["run_id"] for r in rows if r["kind"] != "interpolated"}),
+        "n_interpolated": sum(r["kind"] == "interpolated" for r in rows), "n_points": len(rows),
         "n_feasible": len(feasible),
         "front": [r for r in rows if r["pareto"]], "trials": rows, "per_trial": trial_fronts,
         "per_method": per_method_fronts(rows, objectives, ref_point),
@@ -289,7 +295,9 @@ def format_report(report: dict, per_trial: bool = False) -> str:
     else:
         chosen = sorted(report["front"], key=lambda r: r["objectives"][names[0]])
         title = (f"Pareto front of sweep {report['sweep']}: {len(report['front'])} of {report.get('n_points', report['n_finished'])} "
-                 f"evaluated points from {report['n_finished']} finished trials ({report['n_feasible']} feasible)")
+                 f"evaluated points from {report['n_finished']} finished trials"
+                 + (f" and {report['n_interpolated']} interpolations (raysweep densify)" if report.get("n_interpolated") else "")
+                 + f" ({report['n_feasible']} feasible)")
     lines = [line(r) for r in chosen]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *lines)] if lines else [len(h) for h in head]
     out = [title, "  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]

@@ -6,6 +6,7 @@ the metrics MLflow holds for that point."""
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -116,3 +117,81 @@ def test_a_users_file_named_like_ours_stops_the_export_before_anything_changes(l
     assert code == 2 and "README.md" in err and "nothing there was changed" in err
     assert sorted(p.name for p in out.iterdir()) == ["README.md"]
     assert (out / "README.md").read_text() == "the user's readme"
+
+
+# ---- raysweep densify on the LoRA sweep (issue 26, part 2): no sweep of its own ----------------
+@pytest.mark.matrix(strategy="inline", method="graddiff", precision="fp32", lora="on", gradient_checkpointing="on", eval_every="on", scheduler="fifo", event="uninterrupted", export="final")
+def test_densify_interpolates_a_lora_points_adapter_and_the_export_reproduces_it(lora_sweep, capsys):
+    """Target -> a LoRA point at lambda 0.5: the logged checkpoint is the point's adapters with
+    lora_B halved (lora_A kept), so the exported merged weights are the target's plus half the
+    point's delta; the point is on the recomputed front's list with the hypervolume re-derived here;
+    the export loads with from_pretrained and reproduces its logged metrics."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+    from .test_densify import hv2
+
+    tmp, path, uri, report = lora_sweep
+    before = pareto_report(tracking.client(uri), uri, "lora")
+    point = next(r for r in report["trials"] if r["final"] and r["method"] == "graddiff")
+    code, out = _cli_out(capsys, "densify", "lora", "--point", point["trial_id"], "--lambdas", "0.5", "--json",
+                         "--tracking-uri", uri)
+    assert code == 0, out
+    summary = json.loads(out)
+    assert [r["trial_id"] for r in summary["evaluated"]] == [f"i-{point['trial_id']}-l0.5"]
+
+    c = tracking.client(uri)
+    after = pareto_report(c, uri, "lora")
+    row = next(r for r in after["trials"] if r["trial_id"] == f"i-{point['trial_id']}-l0.5")
+    assert row["kind"] == "interpolated" and row["parents"] == ["target", point["trial_id"]]
+    ckpt = {}
+    for name, r in (("point", point), ("half", row)):
+        (tmp / "densify_files" / name).mkdir(parents=True)
+        inside = r["checkpoint_uri"][len("runs:/"):].partition("/")[2]  # runs:/<run>/<path>
+        ckpt[name] = load_file(c.download_artifacts(r["run_id"], f"{inside}/model.safetensors",
+                                                    str(tmp / "densify_files" / name)))
+    assert set(ckpt["half"]) == set(ckpt["point"]) and all(".lora_" in k for k in ckpt["half"])  # adapter-sized
+    for k, v in ckpt["point"].items():
+        np.testing.assert_allclose(ckpt["half"][k], v * np.float32(0.5) if ".lora_B." in k else v, rtol=0, atol=0)
+
+    names, directions = list(OBJECTIVES), list(OBJECTIVES.values())
+    ref = [before["reference_point"][n] for n in names]
+    pts = [tuple(r["objectives"][n] for n in names) for r in after["trials"] if r["feasible"]]
+    assert summary["hypervolume_after"] == pytest.approx(hv2(pts, directions, ref), rel=1e-9)
+    assert summary["hypervolume_after"] >= summary["hypervolume_before"] == pytest.approx(before["hypervolume"])
+    assert c.get_run(row["run_id"]).data.tags["raysweep.pareto"] in ("front", "dominated")
+
+    outs = {}
+    for name, r in (("point", point), ("half", row)):
+        outs[name] = tmp / f"densify_export_{name}"
+        code, err = _cli(capsys, "export", "lora", r["trial_id"], str(outs[name]), "--tracking-uri", uri)
+        assert code == 0, err[-2000:]
+    target = AutoModelForCausalLM.from_pretrained(prepare(load_job(path), quiet=True).target).state_dict()
+    half, full = (AutoModelForCausalLM.from_pretrained(outs[n]).state_dict() for n in ("half", "point"))
+    k = next(k for k in target if "q_proj" in k)
+    np.testing.assert_allclose(half[k].numpy(), (target[k] + 0.5 * (full[k] - target[k])).numpy(), rtol=0, atol=1e-6)
+    assert not np.allclose(full[k].numpy(), target[k].numpy())
+    _reproduces(tmp, path, outs["half"], row, capsys)
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--lambdas", "1.5"], "--lambdas"), (["--lambdas", "0"], "--lambdas"), (["--lambdas", "half"], "--lambdas"),
+    (["--lambdas", "0.5", "0.5"], "--lambdas"), (["--points", "0"], "--points"), (["--point", "nosuch"], "--point"),
+    (["--point", "a@b"], "TRIAL[@STEP]"), (["--points", "2", "--point", "x"], "--points"),
+])
+def test_densify_bad_lambdas_and_point_ids_exit_2_with_one_line(lora_sweep, capsys, args, field):
+    tmp, path, uri, report = lora_sweep
+    code, err = _cli(capsys, "densify", "lora", *args, "--tracking-uri", uri)
+    assert code == 2 and err.count("\n") == 1 and field in err and "not allowed" in err, err
+
+
+def _cli_out(capsys, *args):
+    from raysweep.cli import main
+
+    code = main(list(args))
+    got = capsys.readouterr()
+    return code, got.out if code == 0 else got.err
