@@ -272,7 +272,7 @@ def test_truncated_inputs_reach_the_trials_mlflow_metrics(tmp_path, tofu_dir, sh
 
     from raysweep.distributed.worker import WorkerOptions, run_worker
     from raysweep.spec import load_job
-    from raysweep.sweep.trial import finish_trial
+    from raysweep.sweep.mlflow_log import MlflowStepLogger
     from tests.conftest import tiny_job
 
     from ..distributed.workers import Recorder
@@ -302,7 +302,11 @@ def test_truncated_inputs_reach_the_trials_mlflow_metrics(tmp_path, tofu_dir, sh
             count += sum(len(whole.encode(r["question"], a)[0]) > 24 for a in answers)
     assert count > 0 and out["final/truncated_inputs"] == count
 
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # what a sweep trial's rank 0 does with the worker's last report: its MLflow sink logs final/*
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
     run_id = c.create_run(c.create_experiment("t")).info.run_id
-    finish_trial(c, job, run_id, out, None, {}, 0.0)
+    sink = MlflowStepLogger(uri, run_id)
+    sink.report(out)
+    sink.close()
     assert c.get_run(run_id).data.metrics["final/truncated_inputs"] == count
