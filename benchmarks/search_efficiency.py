@@ -52,6 +52,14 @@ ARMS = {
     "MO-ASHA g8 rf3 trajectory": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory"},
     "MO-ASHA g4 rf2 last crowding": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last",
                                      "tie_break": "crowding"},
+    "MO-ASHA g4 rf2 last keep-front": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last",
+                                       "keep_front": True},
+    "MO-ASHA g4 rf2 trajectory keep-front": {"grace_period": 4, "reduction_factor": 2, "rank_by": "trajectory",
+                                             "keep_front": True},
+    "MO-ASHA g4 rf3 trajectory keep-front": {"grace_period": 4, "reduction_factor": 3, "rank_by": "trajectory",
+                                             "keep_front": True},
+    "MO-ASHA g8 rf3 trajectory keep-front": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory",
+                                             "keep_front": True},
 }
 
 

@@ -364,6 +364,8 @@ class SchedulerSpec(_Strict):
     # What a rung ranks: the trial's evaluation there ("last", ASHA's rule) or every point it has
     # been evaluated at so far ("trajectory": unlearning trajectories are not monotone).
     rank_by: Literal["last", "trajectory"] = "last"
+    # Never stop a trial with a point on the sweep's front as it stands.
+    keep_front: bool = False
 
 
 DEFAULT_TRIALS = 8

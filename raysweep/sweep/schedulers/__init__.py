@@ -17,5 +17,5 @@ def make_scheduler(job, constraint=None):
 
     rungs = MOASHARungs(job.sweep.objectives, max_steps=job.unlearn.steps, grace_period=spec.grace_period,
                         reduction_factor=spec.reduction_factor, tie_break=spec.tie_break,
-                        rank_by=spec.rank_by)
+                        rank_by=spec.rank_by, keep_front=spec.keep_front)
     return tune_scheduler(rungs, constraint=constraint)

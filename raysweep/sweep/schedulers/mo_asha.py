@@ -17,7 +17,8 @@ ASHA). Ranking, best first:
 on the sweep's front (evaluation along the run), and unlearning trajectories are not monotone, so
 a trial whose best trade-off came earlier is not judged by a worse last point. A trial's rank is
 the best non-domination rank of its points among all points of the trials at the rung; ties go to
-the larger loss of hypervolume were its points removed.
+the larger loss of hypervolume were its points removed. ``keep_front``: a trial with a point on
+the sweep's front as it stands (every evaluation of every trial so far) always continues.
 
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_scheduler`` adapts it to
 Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE or STOP).
@@ -54,6 +55,7 @@ class MOASHARungs:
     reduction_factor: float = 2.0
     tie_break: str = "hypervolume"
     rank_by: str = "last"                        # "last" | "trajectory"
+    keep_front: bool = False                     # never stop a trial with a point on the sweep's front so far
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
@@ -163,7 +165,21 @@ class MOASHARungs:
     def _promotable(self, rung: int, trial: str) -> bool:
         order = self.ranking(rung)
         keep = max(1, math.ceil(len(order) / self.reduction_factor))
-        return trial in order[:keep]
+        return trial in order[:keep] or (self.keep_front and self._on_front(trial))
+
+    def _on_front(self, trial: str) -> bool:
+        """Whether one of ``trial``'s feasible points is non-dominated among every feasible point
+        of every trial so far: the sweep's front as it stands."""
+        owners, pts = [], []
+        for t, points in self.history.items():
+            for v, ok in points:
+                if ok and all(math.isfinite(x) for x in v):
+                    owners.append(t)
+                    pts.append(v)
+        if trial not in owners:
+            return False
+        front = nondominated_ranks(np.array(pts, dtype=np.float64), self.directions) == 0
+        return any(f and o == trial for f, o in zip(front, owners))
 
 
 def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None):

@@ -177,3 +177,17 @@ def test_the_search_efficiency_replay_counts_steps_and_points_as_a_sweep_would()
     assert spent == 16 + 8 + 8
     kept = np.array([v for v in [p for _, p, _ in good] + [p for s, p, _ in bad if s <= 8] + [p for s, p, _ in late if s <= 8]])
     assert hv == pytest.approx(hypervolume(kept, list(objectives.values()), ref))
+
+
+def test_keep_front_never_stops_a_trial_with_a_point_on_the_sweeps_front():
+    """``keep_front``: ranked out at its rung, a trial still continues while one of its points is
+    non-dominated among every point evaluated so far (any trial, any step)."""
+    for keep_front, expected in ((False, STOP), (True, CONTINUE)):
+        r = rungs(grace_period=8, reduction_factor=2, keep_front=keep_front)
+        r.on_result("a", 8, [0.9, 0.3])
+        r.on_result("b", 8, [0.8, 0.2])       # both on the front: rank 0 at the rung
+        r.on_result("c", 4, [0.1, 0.01])      # best retain of all: on the sweep's front
+        assert r.on_result("c", 8, [0.5, 0.5]) == expected, keep_front  # dominated at the rung
+    r = rungs(grace_period=8, reduction_factor=2, keep_front=True)
+    r.on_result("a", 8, [0.9, 0.3]); r.on_result("b", 8, [0.8, 0.2])
+    assert r.on_result("d", 8, [0.5, 0.5]) == STOP  # no point on the front: ranked out as before
