@@ -48,11 +48,29 @@ def non_dominated(points, directions: Sequence[str]) -> np.ndarray:
     known = _known(p)
     idx = np.flatnonzero(known)
     mask = np.zeros(len(p), dtype=bool)
+    if p.ndim == 2 and p.shape[1] == 2:
+        mask[idx] = _non_dominated_2d(p[idx])
+        return mask
     front = np.empty((0, p.shape[1] if p.ndim == 2 else 0))
     for i in idx[_lex_descending(p[idx])]:
         if not _dominated_by(front, p[i]):
             mask[i] = True
             front = np.vstack([front, p[i]])
+    return mask
+
+
+def _non_dominated_2d(p: np.ndarray) -> np.ndarray:
+    """Two objectives, vectorised: in best-first order every earlier row has x' >= x, and one that
+    is not a duplicate of the row dominates it exactly when its y' >= y. So a row is on the front
+    when its y beats the best y of all rows before its group of duplicates."""
+    order = _lex_descending(p)
+    q = p[order]
+    new_group = np.ones(len(q), dtype=bool)
+    new_group[1:] = np.any(q[1:] != q[:-1], axis=1)
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(q)), 0))
+    best_before = np.concatenate([[-np.inf], np.maximum.accumulate(q[:, 1])])[group_start]
+    mask = np.zeros(len(p), dtype=bool)
+    mask[order] = q[:, 1] > best_before
     return mask
 
 
