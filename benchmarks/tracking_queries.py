@@ -7,8 +7,9 @@ The trials are synthetic (tests/synthetic_sweep.py: what a trial with eval.every
 evaluated steps, 20 steps of train/* metrics, its tags and params), written straight into the
 store. Each command is timed as a person runs it (a new process, Python's start-up included).
 ``pareto`` is timed three ways: ``--no-log`` (the read and the computation), the first
-``pareto`` that marks every run (a request per run whose marks change), and again once the marks
-stand (as after a sweep whose refresh kept them current). The refresh: how long Tune's callback
+``pareto`` that marks every run (a request per run whose marks change; up to
+``--first-marks-up-to`` trials, beyond which the marks are written in-process first), and again
+once the marks stand (as after a sweep whose refresh kept them current). The refresh: how long Tune's callback
 holds the driver's event loop (it should not), and how long the refresh itself takes on its thread.
 """
 
@@ -38,7 +39,7 @@ def _cli(*args: str) -> float:
     return took
 
 
-def one(n: int, store: str) -> dict:
+def one(n: int, store: str, first_marks_up_to: int) -> dict:
     from tests.conftest import start_mlflow_server
     from tests.postgres import Postgres, free_port
     from tests.synthetic_sweep import synthetic_sweep
@@ -57,10 +58,19 @@ def one(n: int, store: str) -> dict:
     uri = f"http://127.0.0.1:{port}"
     try:
         out = {"n": n, "built": built, "status": _cli("status", sweep, "--tracking-uri", uri),
-               "pareto_nolog": _cli("pareto", sweep, "--no-log", "--tracking-uri", uri),
-               "pareto_first": _cli("pareto", sweep, "--tracking-uri", uri),
-               "pareto": _cli("pareto", sweep, "--tracking-uri", uri),
-               "report": _cli("report", sweep, "--no-log", "--tracking-uri", uri, "--out", str(root / "report"))}
+               "pareto_nolog": _cli("pareto", sweep, "--no-log", "--tracking-uri", uri)}
+        if n <= first_marks_up_to:
+            out["pareto_first"] = _cli("pareto", sweep, "--tracking-uri", uri)
+        else:  # the marks as the sweep's refresh leaves them, written in-process (a request per run over HTTP)
+            from raysweep.sweep import tracking
+            from raysweep.sweep.front_marks import mark_children
+            from raysweep.sweep.report import pareto_report
+
+            c = tracking.client(store_uri)
+            mark_children(c, pareto_report(c, store_uri, sweep))
+            out["pareto_first"] = float("nan")
+        out |= {"pareto": _cli("pareto", sweep, "--tracking-uri", uri),
+                "report": _cli("report", sweep, "--no-log", "--tracking-uri", uri, "--out", str(root / "report"))}
         refresh = FrontRefresh(uri, sweep, every_seconds=0)
         t = time.perf_counter()
         refresh.on_trial_complete(0, [], None)
@@ -79,6 +89,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[500, 5000])
     ap.add_argument("--store", default="sqlite", choices=["sqlite", "postgres"])
+    ap.add_argument("--first-marks-up-to", type=int, default=500,
+                    help="time the first `pareto`, which marks every run over HTTP, up to this many trials")
     args = ap.parse_args()
     print(f"store {args.store}; mlflow server --workers 2 on loopback; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
@@ -86,7 +98,7 @@ def main() -> int:
             f"{'pareto s':>9} {'report s':>9} {'refresh: callback ms':>21} {'refresh s':>10}")
     print(head + "\n" + "-" * len(head), flush=True)
     for n in args.n:
-        r = one(n, args.store)
+        r = one(n, args.store, args.first_marks_up_to)
         print(f"{r['n']:>6} {r['built']:>8.1f} {r['status']:>9.1f} {r['pareto_nolog']:>18.1f} {r['pareto_first']:>13.1f} "
               f"{r['pareto']:>9.1f} {r['report']:>9.1f} {r['refresh_callback'] * 1000:>21.1f} {r['refresh']:>10.1f}",
               flush=True)
