@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY=true
 export HF_HUB_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: install browser quickstart test test-slow bench clean
+.PHONY: install browser postgres quickstart test test-slow bench clean
 
 # torch is installed first, as the CPU wheel, so pip can never pick the CUDA build here;
 # constraints.txt pins the stack that was seen working together.
@@ -35,15 +35,27 @@ browser:
 	      >/dev/null 2>&1 || echo "make browser: could not install chromium with apt-get; browser tests will skip" >&2; \
 	  else echo "make browser: no apt-get here; browser tests will skip" >&2; fi; }
 
+# PostgreSQL (Debian's package) for the tests of cluster.yaml's tracking store: each test starts
+# its own server in a temporary folder (tests/postgres.py), so the package's own service is left
+# off. Installed when missing; tolerant like `browser` (those tests then skip, saying why).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    ( $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql \
+	      && ($$SUDO systemctl disable --now postgresql || true) ) >/dev/null 2>&1 \
+	      || echo "make postgres: could not install postgresql with apt-get; PostgreSQL tests will skip" >&2; \
+	  else echo "make postgres: no apt-get here; PostgreSQL tests will skip" >&2; fi; }
+
 quickstart: $(STAMP)
 	$(BIN)/raysweep launch jobs/quickstart.yaml
 
 # pytest exits 5 when it ran no test: that is a failure here, not a pass.
-test: $(STAMP) browser
+test: $(STAMP) browser postgres
 	@$(BIN)/python -m pytest -q --timeout=900; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test - failing" >&2; exit 1; fi; exit $$rc
 
-test-slow: $(STAMP) browser
+test-slow: $(STAMP) browser postgres
 	$(BIN)/python -m pytest -q -m slow --timeout=3600
 
 clean:

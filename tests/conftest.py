@@ -75,17 +75,22 @@ def wait_healthy(uri: str, proc, log, what: str = "mlflow server", timeout: floa
     pytest.fail(f"{what} did not become ready in {timeout:.0f} s")
 
 
-def start_mlflow_server(root: Path, port: int, log_mode: str = "w"):
-    """A real `mlflow server` on loopback (sqlite backend, local artifact folder), its own process
-    group (stopped with os.killpg); returns once /health answers."""
+def start_mlflow_server(root: Path, port: int, log_mode: str = "w", backend_store_uri: str | None = None,
+                        workers: int = 1):
+    """A real `mlflow server` on loopback (a sqlite store in ``root`` unless ``backend_store_uri``
+    names another, e.g. PostgreSQL; a local artifact folder), its own process group (stopped
+    with os.killpg); returns once /health answers."""
     import subprocess
     import sys
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+         backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
+         "--workers", str(workers),
+         # uvicorn kills a worker that misses a 5 s health ping: a busy one on a loaded machine
+         *(["--uvicorn-opts", "--timeout-worker-healthcheck 60"] if workers > 1 else [])],
         stdout=open(root / "server.log", log_mode), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     wait_healthy(f"http://127.0.0.1:{port}", proc, root / "server.log")
     return proc

@@ -27,6 +27,7 @@ import json
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from raysweep.sweep import tracking
 from raysweep.sweep.report import plot_hypervolume_history, point_label
 
 FRONT, DOMINATED = "front", "dominated"
-PARETO_TAG = "raysweep.pareto"
+PARETO_TAG = tracking.PARETO_TAG
 RANK_TAG = "raysweep.pareto.rank"
 RUN_COLOUR_TAG, FRONT_COLOUR, DOMINATED_COLOUR = "mlflow.runColor", "#d62728", "#aaaaaa"
 FRONT_FILTER = f"tags.{PARETO_TAG} = '{FRONT}'"
@@ -125,7 +126,9 @@ def mark_children(c, report: dict) -> int:
                 RANK_TAG: str(min(r["rank"] for r in rows)), **tracking.objective_tags(report["objectives"]),
                 # the colour MLflow's UI draws the run in (table dot, every chart): front vs dominated
                 RUN_COLOUR_TAG: FRONT_COLOUR if on_front else DOMINATED_COLOUR}
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        now = rows[0].get("marks", {})
+        if any(now.get(k) != v for k, v in tags.items()):  # a run whose marks stand costs no request
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     save_front_view(c, report)
     return on
 
@@ -222,17 +225,33 @@ def publish(c, report: dict, full: bool = True, models: bool = True) -> None:
 
 class FrontRefresh:
     """Build with :func:`refresh_callback`. Recomputes the front from MLflow when a trial ends
-    (at most every ``every_seconds``) and refreshes the child marks; the sweep's end does the rest."""
+    (at most every ``every_seconds``) and refreshes the child marks; the sweep's end does the rest.
+
+    The refresh runs on a thread of its own, one at a time: Tune calls its callbacks on the
+    driver's event loop, and a refresh of a 5,000-trial sweep takes seconds that would hold up
+    every trial's results and the next trials' start (issue 28)."""
 
     def __init__(self, tracking_uri: str, sweep: str, every_seconds: float = 30.0):
         self.tracking_uri, self.sweep, self.every_seconds = tracking_uri, sweep, every_seconds
         self._last = 0.0
         self._warned = False
+        self._thread: threading.Thread | None = None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if time.time() - self._last < self.every_seconds:
+        if time.time() - self._last < self.every_seconds or (self._thread is not None and self._thread.is_alive()):
             return
         self._last = time.time()
+        self._thread = threading.Thread(target=self._refresh, name="raysweep-front-refresh", daemon=True)
+        self._thread.start()
+
+    def on_experiment_end(self, trials, **info):
+        self.wait()  # the end's own publish comes after, and is the last word
+
+    def wait(self, timeout: float = 300.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _refresh(self) -> None:
         from raysweep.sweep.report import pareto_report
 
         try:

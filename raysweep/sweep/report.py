@@ -23,9 +23,11 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
     objectives = tracking.parent_objectives(parent)
     constrained = tracking.parent_constrained(parent)
     rows = []
-    for r in tracking.child_runs(c, parent):
-        if r.info.status != "FINISHED":
-            continue
+    finished = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+    # The trajectories of every trial evaluated along its run, in bulk (not per run: issue 28).
+    along = [r.info.run_id for r in finished if all(f"eval/{k}" in r.data.metrics for k in objectives)]
+    history = {k: tracking.metric_histories(c, along, f"eval/{k}") for k in [*objectives, "feasible"]} if along else {}
+    for r in finished:
         m, tags = r.data.metrics, r.data.tags
         base = {
             "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
@@ -34,11 +36,13 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
             # raysweep densify's points: weights between the target and a front point, evaluated alone
             "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
             "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
+            # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
+            "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None
         if all(f"eval/{k}" in m for k in objectives):
-            points, feasible = _trajectory(c, r.info.run_id, objectives)
+            points, feasible = _trajectory(history, r.info.run_id, objectives)
             final_step = max(points) if all(v is not None for v in final) and points else None
             for step in sorted(points):
                 if step == final_step:
@@ -64,13 +68,12 @@ def split_params(run) -> dict:
             "flat_params": {k: v for k, v in run.data.params.items() if not is_space_key(k)}}
 
 
-def _trajectory(c, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, float]]:
+def _trajectory(history: dict, run_id: str, objectives: dict) -> tuple[dict[int, dict], dict[int, float]]:
     """``eval/<objective>`` by step (steps where every objective was evaluated) and the recorded
-    ``eval/feasible`` by step."""
-    hist = {k: {x.step: x.value for x in c.get_metric_history(run_id, f"eval/{k}")} for k in objectives}
+    ``eval/feasible`` by step, from :func:`tracking.metric_histories` of each (``history``)."""
+    hist = {k: history[k].get(run_id, {}) for k in objectives}
     steps = set.intersection(*(set(h) for h in hist.values())) if hist else set()
-    feasible = {x.step: x.value for x in c.get_metric_history(run_id, "eval/feasible")}
-    return {s: {k: hist[k][s] for k in objectives} for s in steps}, feasible
+    return {s: {k: hist[k][s] for k in objectives} for s in steps}, history["feasible"].get(run_id, {})
 
 
 def _final_step(m: dict, tags: dict):
@@ -149,13 +152,19 @@ def _trial_order(rows: list[dict]) -> list[tuple[str, tuple]]:
 
 def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point) -> list[dict]:
     """Hypervolume of the front of the first k finished trials (by end time), k = 1..n: how the
-    search progressed, against the final reference point."""
-    order = _trial_order(rows)
-    out, seen = [], set()
-    for k, (run_id, (_, trial)) in enumerate(order, start=1):
-        seen.add(run_id)
-        out.append({"trials": k, "trial_id": trial,
-                    "hypervolume": _front_hv([r for r in rows if r["run_id"] in seen], objectives, ref_point)})
+    search progressed, against the final reference point. The front of k trials is the front of
+    (the front of k - 1 trials + trial k's points): one small front per step, not all k trials'
+    points again (quadratic at 5,000 trials, issue 28)."""
+    by_run: dict[str, list[dict]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(r)
+    out, front = [], []
+    for k, (run_id, (_, trial)) in enumerate(_trial_order(rows), start=1):
+        pool = front + by_run[run_id]
+        front = [r for r, keep in zip(pool, _front_mask(pool, objectives)) if keep]
+        hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
+                               list(objectives.values()), ref_point)) if front else 0.0
+        out.append({"trials": k, "trial_id": trial, "hypervolume": hv})
     return out
 
 

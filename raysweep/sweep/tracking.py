@@ -20,6 +20,7 @@ from typing import Optional
 SWEEP_TAG = "raysweep.sweep"
 ROLE_TAG = "raysweep.role"
 TRIAL_TAG = "raysweep.trial_id"
+PARETO_TAG = "raysweep.pareto"  # the front marks (sweep/front_marks.py)
 
 
 class TrackingError(RuntimeError):
@@ -179,9 +180,72 @@ def find_parent(c, sweep: str, tracking_uri: str):
     raise TrackingError(f"unknown sweep '{sweep}' at {tracking_uri} (known: {', '.join(known) or 'none'})")
 
 
+SEARCH_PAGE = 1000  # runs per search_runs request (MLflow's own default page)
+
+
+def search_all_runs(c, experiment_ids: list, filter_string: str) -> list:
+    """Every run matching a server-side filter, page by page (no silent cap at one page)."""
+    runs, token = [], None
+    while True:
+        page = c.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def child_runs(c, parent) -> list:
-    return c.search_runs([parent.info.experiment_id],
-                         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=10000)
+    return search_all_runs(c, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+
+
+# MLflow's limits for metrics/get-history-bulk (the UI's bulk history): runs per request, values
+# per request (beyond which it truncates).
+HISTORY_RUNS_PER_CALL, HISTORY_VALUES_PER_CALL = 100, 25000
+
+
+def metric_histories(c, run_ids: list[str], key: str) -> dict[str, dict[int, float]]:
+    """{run id: {step: value}} of one metric for many runs: one request (one SQL query) per 100
+    runs instead of one per run - 5,000 trials x 3 metrics were 15,000 round trips (issue 28).
+    A request that comes back full is split (one run alone: read whole with get_metric_history);
+    where the value of a step was logged twice, the later one counts."""
+    out: dict[str, dict[int, float]] = {r: {} for r in run_ids}
+    todo = [run_ids[i:i + HISTORY_RUNS_PER_CALL] for i in range(0, len(run_ids), HISTORY_RUNS_PER_CALL)]
+    while todo:
+        chunk = todo.pop()
+        points = _bulk_history(c, chunk, key)
+        if points is None or (len(points) >= HISTORY_VALUES_PER_CALL and len(chunk) == 1):
+            for r in chunk:  # no bulk API here, or one run with more values than a request holds
+                out[r] = {m.step: m.value for m in sorted(c.get_metric_history(r, key), key=lambda m: m.timestamp)}
+        elif len(points) >= HISTORY_VALUES_PER_CALL:
+            todo += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
+        else:
+            for run_id, step, value in points:  # ordered by run, timestamp, step
+                out[run_id][int(step)] = value
+    return out
+
+
+def _bulk_history(c, run_ids: list[str], key: str) -> Optional[list[tuple]]:
+    """(run id, step, value) of ``key`` for up to 100 runs in one call, or None where the store
+    offers no bulk read."""
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = c._tracking_client.store
+    if isinstance(store, SqlAlchemyStore):
+        return [(m.run_id, m.step, m.value) for m in
+                store.get_metric_history_bulk(run_ids, key, max_results=HISTORY_VALUES_PER_CALL)]
+    if not isinstance(store, RestStore):
+        return None
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    # The server's bulk history (what its UI charts with): one SQL query for the runs.
+    endpoint = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+    resp = http_request(store.get_host_creds(), endpoint, "GET",
+                        params={"run_id": run_ids, "metric_key": key, "max_results": HISTORY_VALUES_PER_CALL})
+    if resp.status_code == 404:  # a server without it
+        return None
+    verify_rest_response(resp, endpoint)
+    return [(m["run_id"], m.get("step", 0), float(m["value"])) for m in resp.json().get("metrics", [])]
 
 
 def find_child(c, parent_run_id: str, experiment: str, trial_id: str):

@@ -25,13 +25,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ..cluster_yaml import (BIN, CLUSTER, as_postgres_user, exports as _exports, here, mlflow_server_command,
+                            postgres_commands, postgres_home)
 from ..conftest import REPO
 
 pytestmark = pytest.mark.slow
-CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 NET = "10.231.77"
 ADDRESSES = {"head": f"{NET}.1", "worker": f"{NET}.2", "outsider": f"{NET}.3"}
-BIN = Path(sys.executable).parent
 
 
 def ray_dirs() -> dict[str, str]:
@@ -111,24 +111,10 @@ class Network:
         _sh("ip", "link", "del", self.bridge, check=False)
 
 
-def _exports(commands, shared: Path) -> dict:
-    """The ``echo 'export K=V ...' >> ~/.bashrc`` lines of setup commands, as an environment (the
-    shared volume moved; a ``$(cat FILE)`` value read from the file)."""
-    env = {}
-    for cmd in commands:
-        m = re.match(r"echo '(export .*)' >> ~/\.bashrc$", " ".join(cmd.split()))
-        if m:
-            for key, value in re.findall(r"(\w+)=(\$\([^)]*\)|\S+)", m.group(1)):
-                value = value.replace("/shared", str(shared))
-                read = re.fullmatch(r"\$\(cat (.+)\)", value)
-                env[key] = Path(read.group(1)).read_text().strip() if read else value
-    return env
-
-
 def _as_here(cmd: str, shared: Path, tmp: Path, role: str) -> str:
     """A cluster.yaml command on this machine: the shared volume in a temporary folder, the venv's
     binaries, Ray's files in a folder per node (the namespaces share one filesystem)."""
-    cmd = cmd.replace("/shared", str(shared)).replace("~/venv/bin/", f"{BIN}/")
+    cmd = here(cmd, shared)
     cmd = cmd.replace(" --autoscaling-config=~/ray_bootstrap_config.yaml", "")
     if "ray start" in cmd:
         cmd += f" --temp-dir={ray_dirs()[role]} --disable-usage-stats" + ("" if "--num-cpus" in cmd else " --num-cpus=4")
@@ -143,13 +129,18 @@ def cluster(tmp_path_factory):
     if probe.returncode != 0:
         pytest.skip(f"cannot create a network namespace here: {probe.stderr.strip()}")
     _sh("ip", "netns", "del", f"rsprobe{os.getpid()}", check=False)
+    from .. import postgres
+
+    if postgres.missing():  # the head's MLflow server keeps its runs in PostgreSQL
+        pytest.skip(postgres.missing())
     tmp = tmp_path_factory.mktemp("cluster")
+    pg_home = postgres_home()  # the head's home: PostgreSQL's files (~/raysweep-pg), owned by the user it runs as
     shared = tmp / "shared"
     shared.mkdir()
     net = Network()
     procs = []
     try:
-        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp / "home"),
+        env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(pg_home),
                "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
         for cmd in CLUSTER["setup_commands"]:  # the shared secrets (the venv and pip lines are this machine's)
             if "secrets" in cmd:
@@ -158,14 +149,17 @@ def cluster(tmp_path_factory):
         common = {k: v for k, v in _exports(CLUSTER["setup_commands"], shared).items() if k.startswith("RAY_AUTH")}
         node_env = {**env, **common, **_exports(CLUSTER["head_setup_commands"], shared)}
         worker_env = {**env, **common, **_exports(CLUSTER["worker_setup_commands"], shared)}
+        for cmd in postgres_commands():  # PostgreSQL's setup and start (the head's, as its user)
+            done = net.run("head", shlex.join(as_postgres_user(_as_here(cmd, shared, tmp, "head"), pg_home)), env,
+                           timeout=300)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
         for cmd in CLUSTER["head_start_ray_commands"]:
-            if cmd.strip() == "ray stop":  # would stop every Ray on this machine, not the head's
+            if cmd.strip() == "ray stop" or cmd in postgres_commands():  # ray stop: would stop every Ray here
                 continue
             here = _as_here(cmd, shared, tmp, "head")
             if "mlflow server" in here:
-                server = here.strip().lstrip("(").rstrip(")& ").replace("nohup", "exec")
-                server = server.split(" > ")[0]
-                procs.append(net.start("head", server, node_env, tmp / "mlflow.log"))
+                procs.append(net.start("head", _as_here(mlflow_server_command(), shared, tmp, "head"), node_env,
+                                       tmp / "mlflow.log"))
             else:
                 done = net.run("head", here, node_env, timeout=180)
                 assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -193,6 +187,7 @@ def cluster(tmp_path_factory):
             except ProcessLookupError:
                 pass
         net.close()
+        shutil.rmtree(pg_home, ignore_errors=True)  # its server died with the head's PID namespace
 
 
 def _outsider_ray(net, env, address: str) -> subprocess.CompletedProcess:

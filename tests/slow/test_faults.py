@@ -50,13 +50,26 @@ def test_a_non_finite_trial_ends_as_diverged_off_the_front_and_the_sweep_goes_on
     assert report["n_finished"] == len(healthy)
 
 
-def _serve(root, port):
-    return start_mlflow_server(root, port, log_mode="a")  # appended: the restarted server's log follows
+@pytest.fixture
+def store(request):
+    """The tracking server's store: its sqlite file, or a PostgreSQL of the test's own (issue 28)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from .. import postgres
+
+    if postgres.missing():
+        pytest.skip(postgres.missing())
+    pg = postgres.Postgres().start()
+    yield pg.uri
+    pg.stop()
 
 
-def test_mlflow_server_stopped_and_restarted_mid_sweep(tmp_path, tofu_dir, shared_cache):
+@pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+def test_mlflow_server_stopped_and_restarted_mid_sweep(store, tmp_path, tofu_dir, shared_cache):
     """The server goes away for 20 s while trials run: per-step metrics are buffered and retried,
-    client calls retry, and every trial ends FINISHED with all its metrics - none dropped."""
+    client calls retry, and every trial ends FINISHED with all its metrics - none dropped. On
+    either store: the server restarts on the same sqlite file or the same PostgreSQL database."""
     import ray
 
     from raysweep.models.prepare import prepare
@@ -67,6 +80,10 @@ def test_mlflow_server_stopped_and_restarted_mid_sweep(tmp_path, tofu_dir, share
     root.mkdir()
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
+
+    def _serve(root, port):  # appended log: the restarted server's log follows
+        return start_mlflow_server(root, port, log_mode="a", backend_store_uri=store)
+
     server = {"proc": _serve(root, port)}
     path, job = sweep_job(tmp_path, tofu_dir, shared_cache, n_trials=4, steps=20, tracking_uri=uri)
     prepare(load_job(path))

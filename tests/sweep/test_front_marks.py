@@ -150,6 +150,7 @@ def test_the_refresh_callback_marks_the_runs_while_the_sweep_runs(tmp_path, tofu
     c, uri, parent = make_sweep(tmp_path, tofu_dir=tofu_dir)
     refresh = FrontRefresh(uri, "made", every_seconds=3600)
     refresh.on_trial_complete(0, [], None)
+    refresh.wait()
     found = c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER)
     assert {r.data.tags["raysweep.trial_id"] for r in found} == {"t1", "t2", "t4"}
     # throttled: a second trial ending within the interval does not recompute

@@ -5,6 +5,7 @@ cluster.yaml starts really refuses anonymous clients and accepts the nodes' cred
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def auth_server(tmp_path_factory):
             cmd = cmd.replace("$(hostname -I | cut -d' ' -f1)", "127.0.0.1").replace("--port 5000", f"--port {port}")
             cmd = cmd.replace("~/venv/bin/mlflow", f"{sys.executable} -m mlflow").replace("--workers 2", "--workers 1")
             cmd = cmd.replace("nohup", "exec").strip("()& ").rstrip(" &")
+            # the store is PostgreSQL's on the cluster (tests/slow/test_cluster_postgres.py); auth is this test's
+            cmd = re.sub(r"--backend-store-uri \S+", f"--backend-store-uri sqlite:///{root}/mlflow.db", cmd)
             script.append(cmd.rstrip(" &"))
     assert len(script) == 2 and "basic-auth" in script[1]
     subprocess.run(["bash", "-c", script[0]], check=True)

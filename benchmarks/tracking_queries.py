@@ -1,0 +1,109 @@
+"""Queries at scale (issue 28): ``raysweep status``, ``pareto``, ``report`` and the front-mark
+refresh on finished sweeps of 500 and 5,000 trials, over HTTP from a real ``mlflow server``.
+
+    python benchmarks/tracking_queries.py [--n 500 5000] [--store sqlite|postgres]
+
+The trials are synthetic (tests/synthetic_sweep.py: what a trial with eval.every leaves - 4
+evaluated steps, 20 steps of train/* metrics, its tags and params), written straight into the
+store. Each command is timed as a person runs it (a new process, Python's start-up included).
+``pareto`` is timed three ways: ``--no-log`` (the read and the computation), the first
+``pareto`` that marks every run (a request per run whose marks change; up to
+``--first-marks-up-to`` trials, beyond which the marks are written in-process first), and again
+once the marks stand (as after a sweep whose refresh kept them current). The refresh: how long Tune's callback
+holds the driver's event loop (it should not), and how long the refresh itself takes on its thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def _cli(*args: str) -> float:
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "raysweep.cli", *args], capture_output=True, text=True,
+                          cwd=tempfile.mkdtemp(prefix="queries-"), env={**os.environ, "PYTHONPATH": str(REPO)})
+    took = time.perf_counter() - t
+    if done.returncode != 0:
+        raise RuntimeError(f"raysweep {' '.join(args)}: {done.stderr[-1500:]}")
+    return took
+
+
+def one(n: int, store: str, first_marks_up_to: int) -> dict:
+    from tests.conftest import start_mlflow_server
+    from tests.postgres import Postgres, free_port
+    from tests.synthetic_sweep import synthetic_sweep
+
+    from raysweep.sweep.front_marks import FrontRefresh
+
+    root = Path(tempfile.mkdtemp(prefix=f"queries-{n}-"))
+    pg = Postgres(fsync=True).start() if store == "postgres" else None
+    store_uri = pg.uri if pg else f"sqlite:///{root / 'mlflow.db'}"
+    sweep = f"syn{n}"
+    t = time.perf_counter()
+    synthetic_sweep(store_uri, sweep, n)
+    built = time.perf_counter() - t
+    port = free_port()
+    server = start_mlflow_server(root, port, backend_store_uri=store_uri, workers=2)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        out = {"n": n, "built": built, "status": _cli("status", sweep, "--tracking-uri", uri),
+               "pareto_nolog": _cli("pareto", sweep, "--no-log", "--tracking-uri", uri)}
+        if n <= first_marks_up_to:
+            out["pareto_first"] = _cli("pareto", sweep, "--tracking-uri", uri)
+        else:  # the marks as the sweep's refresh leaves them, written in-process (a request per run over HTTP)
+            from raysweep.sweep import tracking
+            from raysweep.sweep.front_marks import mark_children
+            from raysweep.sweep.report import pareto_report
+
+            c = tracking.client(store_uri)
+            mark_children(c, pareto_report(c, store_uri, sweep))
+            out["pareto_first"] = float("nan")
+        out |= {"pareto": _cli("pareto", sweep, "--tracking-uri", uri),
+                "report": _cli("report", sweep, "--no-log", "--tracking-uri", uri, "--out", str(root / "report"))}
+        refresh = FrontRefresh(uri, sweep, every_seconds=0)
+        t = time.perf_counter()
+        refresh.on_trial_complete(0, [], None)
+        out["refresh_callback"] = time.perf_counter() - t
+        refresh.wait()
+        out["refresh"] = time.perf_counter() - t
+        return out
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        if pg:
+            pg.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[500, 5000])
+    ap.add_argument("--store", default="sqlite", choices=["sqlite", "postgres"])
+    ap.add_argument("--first-marks-up-to", type=int, default=500,
+                    help="time the first `pareto`, which marks every run over HTTP, up to this many trials")
+    args = ap.parse_args()
+    print(f"store {args.store}; mlflow server --workers 2 on loopback; {os.cpu_count()} CPUs; "
+          f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    head = (f"{'trials':>6} {'build s':>8} {'status s':>9} {'pareto --no-log s':>18} {'pareto 1st s':>13} "
+            f"{'pareto s':>9} {'report s':>9} {'refresh: callback ms':>21} {'refresh s':>10}")
+    print(head + "\n" + "-" * len(head), flush=True)
+    for n in args.n:
+        r = one(n, args.store, args.first_marks_up_to)
+        print(f"{r['n']:>6} {r['built']:>8.1f} {r['status']:>9.1f} {r['pareto_nolog']:>18.1f} {r['pareto_first']:>13.1f} "
+              f"{r['pareto']:>9.1f} {r['report']:>9.1f} {r['refresh_callback'] * 1000:>21.1f} {r['refresh']:>10.1f}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

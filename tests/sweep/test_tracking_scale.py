@@ -1,0 +1,86 @@
+"""Queries that stay fast on large sweeps (issue 28), over HTTP from a real `mlflow server` on a
+synthetic finished sweep of 150 trials with evaluations along each run: the trajectories come in
+bulk (a few requests, not three per trial) and match the per-run histories; the front-mark
+refresh never holds up Tune's event loop; marks that stand cost no request.
+(benchmarks/tracking_queries.py times 500 and 5,000 trials.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from raysweep.sweep import tracking
+
+from ..conftest import _free_port, start_mlflow_server
+from ..synthetic_sweep import OBJECTIVES, synthetic_sweep
+
+N = 150
+
+
+@pytest.fixture(scope="module")
+def big_sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("big_sweep")
+    synthetic_sweep(f"sqlite:///{root / 'mlflow.db'}", "big", N)
+    port = _free_port()
+    proc = start_mlflow_server(root, port)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+class Requests:
+    """Counts the MLflow HTTP requests made while it is on (the real ones: it only counts)."""
+
+    def __init__(self, monkeypatch):
+        import mlflow.utils.rest_utils as rest
+
+        self.paths: list[str] = []
+        original = rest.http_request
+
+        def counted(host_creds, endpoint, method, *a, **kw):
+            self.paths.append(endpoint)
+            return original(host_creds, endpoint, method, *a, **kw)
+
+        monkeypatch.setattr(rest, "http_request", counted)
+
+
+def test_pareto_reads_every_trajectory_in_bulk_and_it_matches_the_per_run_histories(big_sweep, monkeypatch):
+    from raysweep.sweep.report import collect
+
+    c = tracking.client(big_sweep)
+    parent = tracking.find_parent(c, "big", big_sweep)
+    requests = Requests(monkeypatch)
+    rows, objectives = collect(c, parent)
+    print(f"{N} trials: {len(requests.paths)} requests")
+    # 1 page of runs + 3 metrics x ceil(150 / 100) bulk reads; one request per run per metric before
+    assert len(requests.paths) <= 1 + 3 * 2, sorted(set(requests.paths))
+    assert len({r["run_id"] for r in rows}) == N and len(rows) == 4 * N  # 4 evaluated steps each
+    # the reference: each run's own histories, one request per run and metric (a sample of runs)
+    for run_id in sorted({r["run_id"] for r in rows})[:12]:
+        hist = {k: {m.step: m.value for m in c.get_metric_history(run_id, f"eval/{k}")} for k in OBJECTIVES}
+        mine = {r["step"]: r["objectives"] for r in rows if r["run_id"] == run_id}
+        assert mine == {s: {k: hist[k][s] for k in OBJECTIVES} for s in hist["forget_answer_loss"]}
+
+
+def test_the_front_refresh_never_holds_up_the_sweep_and_marks_that_stand_cost_nothing(big_sweep, monkeypatch):
+    from raysweep.sweep.front_marks import FRONT_FILTER, FrontRefresh, mark_children
+    from raysweep.sweep.report import pareto_report
+
+    refresh = FrontRefresh(big_sweep, "big", every_seconds=0)
+    t = time.perf_counter()
+    refresh.on_trial_complete(0, [], None)  # what Tune calls on its event loop when a trial ends
+    held = time.perf_counter() - t
+    refresh.wait()
+    took = time.perf_counter() - t
+    print(f"refresh of {N} trials: callback {held * 1000:.1f} ms, refresh {took:.1f} s")
+    assert held < 0.25 < took, (held, took)
+    c = tracking.client(big_sweep)
+    parent = tracking.find_parent(c, "big", big_sweep)
+    assert c.search_runs([parent.info.experiment_id], filter_string=FRONT_FILTER), "the refresh marked the front"
+    report = pareto_report(c, big_sweep, "big")
+    requests = Requests(monkeypatch)
+    mark_children(c, report)  # every mark already stands: only the saved view is written
+    assert [p for p in requests.paths if "log-batch" in p] == []
