@@ -16,7 +16,7 @@ import pytest
 from raysweep.sweep.front_marks import front_runs_link, publish
 from raysweep.sweep.report import pareto_report
 
-from ..browser import dump_dom, not_blank, screenshot
+from ..browser import Browser, dump_dom, not_blank, screenshot
 from ..conftest import REPO
 from .made_sweep import make_sweep
 
@@ -66,7 +66,36 @@ def test_front_view_in_the_mlflow_ui(mlflow_server, tmp_path, tofu_dir):
     c.set_experiment_tag(report["experiment_id"], "mlflow.experimentKind", "custom_model_development")
     genai = dump_dom(url.replace("&workflowType=machine_learning", ""), tmp_path / "profile2", budget_ms=20000)
     assert ">Overview<" in genai and ">Training runs<" in genai
+    _run_opened_from_the_view(url, tmp_path / "profile3")
     if os.environ.get("RAYSWEEP_UPDATE_SCREENSHOTS"):
         (REPO / "docs" / "img").mkdir(exist_ok=True)
         shutil.copy(png, REPO / "docs" / "img" / "mlflow_front.png")
     print(f"MLflow UI screenshot: {png} ({colours} colours)")
+
+
+RUN_LINKS = "[...document.querySelectorAll('a[href*=\"/runs/\"]')]"
+SIDEBAR = "[...document.querySelectorAll('nav a, nav button')].map(e => e.textContent.trim())"
+
+
+def _open_run_from_the_view(page, url: str) -> list[str]:
+    """Click trial t1's name in the view's table, as a person does; the side bar it lands on."""
+    page.goto(url)
+    page.wait_for(f"{RUN_LINKS}.some(a => a.textContent.includes('trial-t1'))", 90, "the view's run links")
+    page.eval(f"{RUN_LINKS}.find(a => a.textContent.includes('trial-t1')).click()")
+    page.wait_for("/#\\/experiments\\/\\d+\\/runs\\/[0-9a-f]{32}/.test(location.href)", 30, "the run's page")
+    return page.wait_for(f"(s => s.length > 3 && s)({SIDEBAR})", 30, "the run page's side bar")
+
+
+def _run_opened_from_the_view(url: str, profile) -> None:
+    """Issue 25, item 3: MLflow 3.17's run links drop the view's ``workflowType``, so in a browser
+    that never chose, a run opens under the GenAI side bar (README: "one click"). After the one
+    click on "Model training" (MLflow keeps it in the browser), a run opened from the view stays
+    in the model-training view."""
+    with Browser(profile) as browser:
+        page = browser.open("about:blank")
+        first = _open_run_from_the_view(page, url)
+        assert "Overview" in first and "Runs" not in first, first  # MLflow's fallback: the GenAI side bar
+        page.eval("[...document.querySelectorAll('div[role=button]')].find(e => e.textContent.trim() == 'Model training').click()")
+        page.wait_for("localStorage.getItem('mlflow.workflowType_v1') == '\"machine_learning\"'", 20, "the stored choice")
+        after = _open_run_from_the_view(page, url)
+        assert "Runs" in after and "Models" in after and "Overview" not in after, after
