@@ -178,13 +178,19 @@ def load_muse_eval(data_dir: Path, max_rows: Optional[int] = None) -> dict[str, 
             for n in names}
 
 
+def privleak_auc(model, tokenizer, sets: dict[str, list[dict]], shard: Shard = LOCAL) -> float:
+    """Min-K% AUC of forget vs holdout texts: all a retain reference is evaluated for (no generation)."""
+    model.eval()
+    forget = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_forget"]], shard=shard)
+    holdout = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_holdout"]], shard=shard)
+    return auc(holdout, forget)
+
+
 def evaluate_muse(model, tokenizer, sets: dict[str, list[dict]], auc_reference: Optional[float] = None,
                   batch_size: int = 16, verbmem_tokens: int = 128, knowmem_tokens: int = 32,
                   shard: Shard = LOCAL, flavour: str = OPEN_UNLEARNING) -> dict[str, float]:
     model.eval()
-    forget = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_forget"]], shard=shard)
-    holdout = min_k_scores(model, tokenizer, [r["text"] for r in sets["privleak_holdout"]], shard=shard)
-    a = auc(holdout, forget)
+    a = privleak_auc(model, tokenizer, sets, shard)
     named = MUSE_FLAVOUR_SUFFIX[flavour]
     return {
         f"muse_knowmem_forget{named}": knowmem(model, tokenizer, sets["knowmem_forget_qa"], sets["knowmem_forget_qa_icl"],

@@ -122,9 +122,9 @@ class Evaluator:
             if "mia_min_k_auc" in m:
                 self._reference["tofu_mia_min_k_auc"] = m["mia_min_k_auc"]
         if "muse" in needs:
-            from raysweep.evaluation.muse import evaluate_muse
+            from raysweep.evaluation.muse import privleak_auc
 
-            self._reference["muse_privleak_auc"] = evaluate_muse(ref_model, self.tok, self.muse_sets)["muse_privleak_auc"]
+            self._reference["muse_privleak_auc"] = privleak_auc(ref_model, self.tok, self.muse_sets)
         cache.write_text(json.dumps(self._reference))
         return self._reference
 
