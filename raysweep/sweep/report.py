@@ -38,6 +38,8 @@ def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
             "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
             # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
             "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
+            # the logged models of its front points so far (sweep/front_models.py: no request per run)
+            "models": {k: v for k, v in tags.items() if k.startswith(tracking.MODEL_AT)},
         }
         final = [m.get(f"objective/{k}") for k in objectives]
         final_step = None

@@ -31,6 +31,10 @@ class TrackingError(RuntimeError):
 CHECKPOINT_AT = "raysweep.checkpoint.step."
 
 
+# The MLflow logged model of the front point at a step (sweep/front_models.py): tag key prefix.
+MODEL_AT = "raysweep.model.step."
+
+
 def checkpoint_tag(step: int) -> str:
     return f"{CHECKPOINT_AT}{int(step)}"
 

@@ -142,3 +142,27 @@ def test_resume_rebuilds_the_rungs_from_bulk_histories(big_sweep, monkeypatch, t
         for step in (5, 10):
             (entry,) = [e for e in rungs.rungs[step] if e.trial == trial]
             assert entry.values == tuple(hist[k][step] for k in OBJECTIVES) and entry.feasible
+
+
+def test_refreshing_the_front_models_costs_no_request_per_run(big_sweep, monkeypatch):
+    """``raysweep pareto`` re-tags the front's logged models from the model tags the report read
+    with the runs: no ``runs/get`` per trial (5,000 at 5,000 trials before). Real logged models,
+    one per front point, as a sweep's end leaves them."""
+    from raysweep.sweep.front_models import MODEL_TAG, log_front_models
+    from raysweep.sweep.report import pareto_report
+
+    c = tracking.client(big_sweep)
+    report = pareto_report(c, big_sweep, "big")
+    made = set()
+    for r in report["front"]:
+        model = c.create_logged_model(report["experiment_id"], name=f"m-{r['trial_id']}-{r['step']}",
+                                      source_run_id=r["run_id"])
+        c.set_tag(r["run_id"], f"{MODEL_TAG}{int(r['step'])}", model.model_id)
+        made.add(model.model_id)
+    report = pareto_report(c, big_sweep, "big")
+    requests = Requests(monkeypatch)
+    ids = log_front_models(c, report)
+    assert set(ids) == made
+    assert [p for p in requests.paths if p.endswith("/runs/get")] == []
+    assert len(requests.paths) <= 2 * len(made)  # a re-tag per model (MLflow reads the model first)
+    assert all(c.get_logged_model(m).tags["raysweep.pareto"] == "front" for m in made)
