@@ -9,6 +9,10 @@ Artifacts: ``job.yaml``, ``job.json``, ``search_space.yaml``; once the front is 
 ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``, ``raysweep.objective.<name>``,
 ``raysweep.checkpoint_uri``, ``raysweep.node``, ``raysweep.pareto`` (front|dominated); a trial
 keeps one child run across restarts.
+
+Why one module: it is the sweep's whole contract with MLflow - the layout's names, the reads every
+command shares (runs and metric histories in bulk, pages in parallel from a server: issue 28) and
+the few writes - so that no other module spells a tag key or a request of its own.
 """
 
 from __future__ import annotations
