@@ -11,6 +11,8 @@ store. Each command is timed as a person runs it (a new process, Python's start-
 ``--first-marks-up-to`` trials, beyond which the marks are written in-process first), and again
 once the marks stand (as after a sweep whose refresh kept them current). The refresh: how long Tune's callback
 holds the driver's event loop (it should not), and how long the refresh itself takes on its thread.
+Each figure comes with the requests the server logged for it (``req``) and, for ``pareto --no-log``,
+the CPU seconds the server's workers spent on it (listing full runs is most of the work).
 """
 
 from __future__ import annotations
@@ -29,14 +31,35 @@ sys.path.insert(0, str(REPO))
 os.environ.update({"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"})
 
 
-def _cli(*args: str) -> float:
-    t = time.perf_counter()
+class Server:
+    """What the tracking server did meanwhile: requests (its access log) and its workers' CPU."""
+
+    def __init__(self, proc, log: Path):
+        self.proc, self.log = proc, log
+
+    def requests(self) -> int:
+        return sum(' HTTP/1.1" ' in line for line in self.log.read_text(errors="replace").splitlines())
+
+    def cpu(self) -> float:
+        import psutil
+
+        procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    def measure(self, fn) -> tuple[float, int, float]:
+        """(wall seconds, requests, server CPU seconds) of ``fn()``."""
+        n, cpu, t = self.requests(), self.cpu(), time.perf_counter()
+        fn()
+        took = time.perf_counter() - t
+        time.sleep(0.5)  # the access log's last lines
+        return took, self.requests() - n, self.cpu() - cpu
+
+
+def _cli(*args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "raysweep.cli", *args], capture_output=True, text=True,
                           cwd=tempfile.mkdtemp(prefix="queries-"), env={**os.environ, "PYTHONPATH": str(REPO)})
-    took = time.perf_counter() - t
     if done.returncode != 0:
         raise RuntimeError(f"raysweep {' '.join(args)}: {done.stderr[-1500:]}")
-    return took
 
 
 def one(n: int, store: str, first_marks_up_to: int) -> dict:
@@ -56,11 +79,12 @@ def one(n: int, store: str, first_marks_up_to: int) -> dict:
     port = free_port()
     server = start_mlflow_server(root, port, backend_store_uri=store_uri, workers=2)
     uri = f"http://127.0.0.1:{port}"
+    srv = Server(server, root / "server.log")
     try:
-        out = {"n": n, "built": built, "status": _cli("status", sweep, "--tracking-uri", uri),
-               "pareto_nolog": _cli("pareto", sweep, "--no-log", "--tracking-uri", uri)}
+        out = {"n": n, "built": built, "status": srv.measure(lambda: _cli("status", sweep, "--tracking-uri", uri)),
+               "pareto_nolog": srv.measure(lambda: _cli("pareto", sweep, "--no-log", "--tracking-uri", uri))}
         if n <= first_marks_up_to:
-            out["pareto_first"] = _cli("pareto", sweep, "--tracking-uri", uri)
+            out["pareto_first"] = srv.measure(lambda: _cli("pareto", sweep, "--tracking-uri", uri))
         else:  # the marks as the sweep's refresh leaves them, written in-process (a request per run over HTTP)
             from raysweep.sweep import tracking
             from raysweep.sweep.front_marks import mark_children
@@ -68,15 +92,21 @@ def one(n: int, store: str, first_marks_up_to: int) -> dict:
 
             c = tracking.client(store_uri)
             mark_children(c, pareto_report(c, store_uri, sweep))
-            out["pareto_first"] = float("nan")
-        out |= {"pareto": _cli("pareto", sweep, "--tracking-uri", uri),
-                "report": _cli("report", sweep, "--no-log", "--tracking-uri", uri, "--out", str(root / "report"))}
+            out["pareto_first"] = (float("nan"), 0, float("nan"))
+        out |= {"pareto": srv.measure(lambda: _cli("pareto", sweep, "--tracking-uri", uri)),
+                "report": srv.measure(lambda: _cli("report", sweep, "--no-log", "--tracking-uri", uri,
+                                                   "--out", str(root / "report")))}
         refresh = FrontRefresh(uri, sweep, every_seconds=0)
-        t = time.perf_counter()
-        refresh.on_trial_complete(0, [], None)
-        out["refresh_callback"] = time.perf_counter() - t
-        refresh.wait()
-        out["refresh"] = time.perf_counter() - t
+        held = []
+
+        def refreshed():
+            t = time.perf_counter()
+            refresh.on_trial_complete(0, [], None)
+            held.append(time.perf_counter() - t)
+            refresh.wait()
+
+        out["refresh"] = srv.measure(refreshed)
+        out["refresh_callback"] = held[0]
         return out
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -94,13 +124,15 @@ def main() -> int:
     args = ap.parse_args()
     print(f"store {args.store}; mlflow server --workers 2 on loopback; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
-    head = (f"{'trials':>6} {'build s':>8} {'status s':>9} {'pareto --no-log s':>18} {'pareto 1st s':>13} "
-            f"{'pareto s':>9} {'report s':>9} {'refresh: callback ms':>21} {'refresh s':>10}")
+    cols = [("status", "status"), ("pareto_nolog", "pareto --no-log"), ("pareto_first", "pareto 1st"),
+            ("pareto", "pareto"), ("report", "report --no-log"), ("refresh", "refresh")]
+    head = f"{'trials':>6} {'build s':>8} " + " ".join(f"{name + ' s (req)':>{len(name) + 12}}" for _, name in cols) \
+        + f" {'server CPU s, pareto --no-log':>30} {'refresh callback ms':>20}"
     print(head + "\n" + "-" * len(head), flush=True)
     for n in args.n:
         r = one(n, args.store, args.first_marks_up_to)
-        print(f"{r['n']:>6} {r['built']:>8.1f} {r['status']:>9.1f} {r['pareto_nolog']:>18.1f} {r['pareto_first']:>13.1f} "
-              f"{r['pareto']:>9.1f} {r['report']:>9.1f} {r['refresh_callback'] * 1000:>21.1f} {r['refresh']:>10.1f}",
+        cells = " ".join(f"{f'{r[k][0]:.1f} ({r[k][1]})':>{len(name) + 12}}" for k, name in cols)
+        print(f"{r['n']:>6} {r['built']:>8.1f} {cells} {r['pareto_nolog'][2]:>30.1f} {r['refresh_callback'] * 1000:>20.1f}",
               flush=True)
     return 0
 

@@ -29,7 +29,7 @@ def _importance_section(report: dict) -> list[str]:
              "ranked over the parameters common to all trials, each method over its own trials, its own "
              "parameters included. Also logged to the parent run as <code>importance.json</code>.</p>"]
     for i, g in enumerate(imp["groups"]):
-        parts.append(f"<h3>{esc(g['name'])} <span class='muted'>({esc(g['scope'])}; {g['n_trials']} trials)</span></h3>")
+        parts.append(f"<h3>{esc(g['name'])} <span class='muted'>({esc(g['scope'])}; {_ranked_on(g)})</span></h3>")
         if g.get("skipped"):
             parts.append(f"<p class='muted'>Not ranked: {esc(g['skipped'])}.</p>")
         else:
@@ -38,6 +38,12 @@ def _importance_section(report: dict) -> list[str]:
                              f"{esc(', '.join(g['constant']))}.</p>")
             parts.append(importance_svg(g, report["objectives"], i))
     return parts
+
+
+def _ranked_on(group: dict) -> str:
+    """``125 trials``, or ``200 of 1250 trials (a seeded random sample)`` where fANOVA ranked a sample."""
+    n, used = group["n_trials"], group.get("n_sampled", group["n_trials"])
+    return f"{n} trials" if used == n else f"{used} of {n} trials (a seeded random sample)"
 
 
 class Run:
@@ -158,7 +164,7 @@ def render_markdown(report: dict, link_base: Optional[str] = None) -> str:
     imp = report.get("importance")
     importance = ["Not computed."] if not imp else [f"{imp['evaluator']}; the whole sweep over the parameters all "
                                                    "trials have, each method over its own trials."] + [
-        f"**{g['name']}** ({g['n_trials']} trials): " + (f"not ranked, {g['skipped']}." if g.get("skipped") else "\n\n"
+        f"**{g['name']}** ({_ranked_on(g)}): " + (f"not ranked, {g['skipped']}." if g.get("skipped") else "\n\n"
         + table(["parameter", *names], [[p, *[f"{g['importance'][n].get(p, 0.0):.3f}" for n in names]]
                                         for p in g["params"]])) for g in imp["groups"]]
     ref = ", ".join(f"{k}={fmt(v)}" for k, v in report["reference_point"].items())

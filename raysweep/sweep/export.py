@@ -47,12 +47,8 @@ def _objectives_at(c, run, objectives: dict, step: Optional[int]) -> dict[str, f
     final = {k: m.get(f"objective/{k}") for k in objectives}
     if step is None or (all(v is not None for v in final.values()) and step == max(_points(run) or [step])):
         return {k: v for k, v in final.items() if v is not None}
-    out = {}
-    for k in objectives:
-        at = [x.value for x in c.get_metric_history(run.info.run_id, f"eval/{k}") if x.step == step]
-        if at:
-            out[k] = at[-1]
-    return out
+    at = {k: tracking.metric_histories(c, [run.info.run_id], f"eval/{k}")[run.info.run_id] for k in objectives}
+    return {k: at[k][step] for k in objectives if step in at[k]}
 
 
 def export(c, tracking_uri: str, sweep: str, point: str, out_dir: str) -> Path:

@@ -25,7 +25,7 @@ import raysweep
 from raysweep.sweep import tracking
 from raysweep.sweep.report import point_label
 
-MODEL_TAG = "raysweep.model.step."
+MODEL_TAG = tracking.MODEL_AT
 PATH_TAG = "raysweep.checkpoint_path"
 MODEL_TYPE = "raysweep-checkpoint"
 CODE = Path(__file__).with_name("front_model_code.py")
@@ -45,10 +45,10 @@ def log_front_models(c, report: dict) -> list[str]:
     # The sweep's console stays one line per event: no download progress bars from MLflow.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     front = {(r["run_id"], int(r["step"] or 0)): r for r in report["front"] if r.get("checkpoint_uri")}
-    runs = {r["run_id"] for r in report["trials"]}
+    # each run's model tags as the report read them (not a request per run: 5,000 at 5,000 trials)
+    models = {r["run_id"]: r.get("models", {}) for r in report["trials"]}
     ids = []
-    for run_id in runs:
-        tags = c.get_run(run_id).data.tags
+    for run_id, tags in models.items():
         for key, model_id in tags.items():
             if key.startswith(MODEL_TAG):
                 step = int(key[len(MODEL_TAG):]) if key[len(MODEL_TAG):].isdigit() else -1
@@ -130,6 +130,7 @@ def _log_one(c, report: dict, r: dict, parent) -> str:
     c.log_outputs(r["run_id"], [LoggedModelOutput(model.model_id, int(r["step"] or 0))])
     c.finalize_logged_model(model.model_id, "READY")
     c.set_tag(r["run_id"], f"{MODEL_TAG}{int(r['step'] or 0)}", model.model_id)
+    r.setdefault("models", {})[f"{MODEL_TAG}{int(r['step'] or 0)}"] = model.model_id  # the report knows it too
     c.set_tag(r["run_id"], PATH_TAG, path)
     return model.model_id
 

@@ -9,6 +9,10 @@ Artifacts: ``job.yaml``, ``job.json``, ``search_space.yaml``; once the front is 
 ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``, ``raysweep.objective.<name>``,
 ``raysweep.checkpoint_uri``, ``raysweep.node``, ``raysweep.pareto`` (front|dominated); a trial
 keeps one child run across restarts.
+
+Why one module: it is the sweep's whole contract with MLflow - the layout's names, the reads every
+command shares (runs and metric histories in bulk, pages in parallel from a server: issue 28) and
+the few writes - so that no other module spells a tag key or a request of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class TrackingError(RuntimeError):
 
 # Where the checkpoint evaluated at a step along the run lives (MLflow tag keys allow no '@').
 CHECKPOINT_AT = "raysweep.checkpoint.step."
+
+
+# The MLflow logged model of the front point at a step (sweep/front_models.py): tag key prefix.
+MODEL_AT = "raysweep.model.step."
 
 
 def checkpoint_tag(step: int) -> str:
@@ -180,18 +188,69 @@ def find_parent(c, sweep: str, tracking_uri: str):
     raise TrackingError(f"unknown sweep '{sweep}' at {tracking_uri} (known: {', '.join(known) or 'none'})")
 
 
-SEARCH_PAGE = 1000  # runs per search_runs request (MLflow's own default page)
+# Runs per search_runs request: a server builds a page of 1,000 full runs in ~1.5 s of CPU, past
+# the CLI's 10 s timeout on a loaded machine; 250 keep each request short.
+SEARCH_PAGE = 250
+# Requests in flight at once to a tracking server: as many as cluster.yaml's server has workers
+# (more would queue behind them, and a queued request's wait counts against its timeout). Its
+# workers build pages in parallel while this process parses the ones that came back (issue 28).
+IN_FLIGHT = 2
+
+
+def _remote(c) -> bool:
+    """Whether ``c`` talks to a tracking server (in-process stores gain nothing from threads)."""
+    from mlflow.store.tracking.rest_store import RestStore
+
+    return isinstance(c._tracking_client.store, RestStore)
+
+
+def _offset_token(offset: int) -> str:
+    import base64
+
+    return base64.b64encode(json.dumps({"offset": offset}).encode()).decode()
+
+
+def _token_offset(token: Optional[str]) -> Optional[int]:
+    """The offset of an MLflow SQL/file store's page token ({"offset": N}, base64), or None for
+    any other kind of token (then pages are read one after another)."""
+    import base64
+
+    try:
+        decoded = json.loads(base64.b64decode(token, validate=True))
+    except (ValueError, TypeError):
+        return None
+    return decoded["offset"] if isinstance(decoded, dict) and set(decoded) == {"offset"} \
+        and isinstance(decoded["offset"], int) else None
 
 
 def search_all_runs(c, experiment_ids: list, filter_string: str) -> list:
-    """Every run matching a server-side filter, page by page (no silent cap at one page)."""
-    runs, token = [], None
-    while True:
-        page = c.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    """Every run matching a server-side filter, page by page (no silent cap at one page). From a
+    tracking server whose pages are offsets, the pages after the first are read ``IN_FLIGHT`` at
+    a time; until a page comes back last."""
+    def page(token):
+        return c.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE, page_token=token)
+
+    first = page(None)
+    runs, token = list(first), first.token
+    offset = _token_offset(token) if token and _remote(c) else None
+    if offset is not None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(IN_FLIGHT) as pool:
+            while token:
+                batch = pool.map(page, [_offset_token(offset + i * SEARCH_PAGE) for i in range(IN_FLIGHT)])
+                for p in batch:
+                    runs.extend(p)
+                    token = p.token
+                    if not token:
+                        break
+                offset += IN_FLIGHT * SEARCH_PAGE
+        return runs
+    while token:
+        p = page(token)
+        runs.extend(p)
+        token = p.token
+    return runs
 
 
 def child_runs(c, parent) -> list:
@@ -204,35 +263,49 @@ HISTORY_RUNS_PER_CALL, HISTORY_VALUES_PER_CALL = 100, 25000
 
 
 def metric_histories(c, run_ids: list[str], key: str) -> dict[str, dict[int, float]]:
-    """{run id: {step: value}} of one metric for many runs: one request (one SQL query) per 100
-    runs instead of one per run - 5,000 trials x 3 metrics were 15,000 round trips (issue 28).
-    A request that comes back full is split (one run alone: read whole with get_metric_history);
-    where the value of a step was logged twice, the later one counts."""
-    out: dict[str, dict[int, float]] = {r: {} for r in run_ids}
+    """{run id: {step: value}} of one metric for many runs (:func:`metric_points`, values only)."""
+    return {r: {s: v for s, (v, _) in points.items()} for r, points in metric_points(c, run_ids, key).items()}
+
+
+def metric_points(c, run_ids: list[str], key: str) -> dict[str, dict[int, tuple[float, int]]]:
+    """{run id: {step: (value, timestamp)}} of one metric for many runs: one request (one SQL
+    query) per 100 runs instead of one per run - 5,000 trials x 3 metrics were 15,000 round trips
+    (issue 28); from a tracking server ``IN_FLIGHT`` at a time. A request that comes back full is
+    split (one run alone: read whole with get_metric_history); where the value of a step was
+    logged twice, the later one counts."""
+    out: dict[str, dict[int, tuple[float, int]]] = {r: {} for r in run_ids}
     todo = [run_ids[i:i + HISTORY_RUNS_PER_CALL] for i in range(0, len(run_ids), HISTORY_RUNS_PER_CALL)]
-    while todo:
-        chunk = todo.pop()
+
+    def read(chunk):
         points = _bulk_history(c, chunk, key)
         if points is None or (len(points) >= HISTORY_VALUES_PER_CALL and len(chunk) == 1):
-            for r in chunk:  # no bulk API here, or one run with more values than a request holds
-                out[r] = {m.step: m.value for m in sorted(c.get_metric_history(r, key), key=lambda m: m.timestamp)}
-        elif len(points) >= HISTORY_VALUES_PER_CALL:
-            todo += [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]]
-        else:
-            for run_id, step, value in points:  # ordered by run, timestamp, step
-                out[run_id][int(step)] = value
+            # no bulk API here, or one run with more values than a request holds
+            return [], [(r, m.step, m.value, m.timestamp) for r in chunk for m in c.get_metric_history(r, key)]
+        if len(points) >= HISTORY_VALUES_PER_CALL:
+            return [chunk[:len(chunk) // 2], chunk[len(chunk) // 2:]], []
+        return [], points
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(IN_FLIGHT if _remote(c) else 1) as pool:
+        while todo:
+            done = list(pool.map(read, todo))
+            todo = [half for split, _ in done for half in split]
+            for _, points in done:
+                for run_id, step, value, ts in sorted(points, key=lambda p: (p[0], p[3], p[1])):
+                    out[run_id][int(step)] = (value, ts)
     return out
 
 
 def _bulk_history(c, run_ids: list[str], key: str) -> Optional[list[tuple]]:
-    """(run id, step, value) of ``key`` for up to 100 runs in one call, or None where the store
-    offers no bulk read."""
+    """(run id, step, value, timestamp) of ``key`` for up to 100 runs in one call, or None where
+    the store offers no bulk read."""
     from mlflow.store.tracking.rest_store import RestStore
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     store = c._tracking_client.store
     if isinstance(store, SqlAlchemyStore):
-        return [(m.run_id, m.step, m.value) for m in
+        return [(m.run_id, m.step, m.value, m.timestamp) for m in
                 store.get_metric_history_bulk(run_ids, key, max_results=HISTORY_VALUES_PER_CALL)]
     if not isinstance(store, RestStore):
         return None
@@ -245,7 +318,8 @@ def _bulk_history(c, run_ids: list[str], key: str) -> Optional[list[tuple]]:
     if resp.status_code == 404:  # a server without it
         return None
     verify_rest_response(resp, endpoint)
-    return [(m["run_id"], m.get("step", 0), float(m["value"])) for m in resp.json().get("metrics", [])]
+    return [(m["run_id"], m.get("step", 0), float(m["value"]), int(m.get("timestamp", 0)))
+            for m in resp.json().get("metrics", [])]
 
 
 def find_child(c, parent_run_id: str, experiment: str, trial_id: str):

@@ -258,3 +258,36 @@ def test_parallel_coordinates_gaps_flipped_min_axes_log_lr_method_axis(imp):
     assert len(ngdiff) == 5 and all(next(g.iter("path")).get("d").count("M") == 2 for g in ngdiff)
     others = [g for g in lines if g not in ngdiff]
     assert all(next(g.iter("path")).get("d").count("M") == 1 for g in others)
+
+
+
+def test_importance_of_a_large_group_is_ranked_on_a_bounded_seeded_sample_and_says_so():
+    """fANOVA's cost grows faster than the trials (5,000 ran for minutes, issue 28): a group of more
+    than importance.SAMPLE trials is ranked on a seeded random sample of SAMPLE, the same one each
+    time, and the report states both counts. The cause (forget = f(lr)) still ranks first."""
+    import numpy as np
+
+    from raysweep.report.html import _importance_section
+    from raysweep.sweep import importance
+
+    from .importance_sweep import OBJECTIVES, forget_of
+
+    rng = np.random.default_rng(1)
+    n = importance.SAMPLE * 5 // 2
+    rows = []
+    for i in range(n):
+        lr = float(10 ** rng.uniform(-5, -3))
+        params = {"method": "graddiff", "unlearn.lr": lr, "method.graddiff.alpha": float(rng.uniform(0.3, 3))}
+        rows.append({"trial_id": f"t{i}", "method": "graddiff", "params": params,
+                     "objectives": {"forget_rougeL_recall": forget_of(lr), "retain_rougeL_recall": float(rng.uniform())}})
+    imp = importance.param_importances(rows, OBJECTIVES)
+    (whole,) = imp["groups"]  # one method: the whole sweep only
+    assert (whole["n_trials"], whole["n_sampled"]) == (n, importance.SAMPLE)
+    forget = whole["importance"]["forget_rougeL_recall"]
+    assert max(forget, key=forget.get) == "unlearn.lr" and forget["unlearn.lr"] > 0.9, forget
+    # seeded: the same sample each time, not simply the first SAMPLE rows; a small group whole
+    assert importance.sample(rows, importance.SAMPLE) == importance.sample(rows, importance.SAMPLE)
+    assert importance.sample(rows, importance.SAMPLE) != rows[:importance.SAMPLE]
+    assert importance.sample(rows[:10], importance.SAMPLE) == rows[:10]
+    section = "\n".join(_importance_section({"importance": imp, "objectives": OBJECTIVES}))
+    assert f"{importance.SAMPLE} of {n} trials (a seeded random sample)" in section

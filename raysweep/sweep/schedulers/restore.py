@@ -12,16 +12,18 @@ def restore_rungs(rungs, c, parent, job) -> int:
     """Fill ``rungs`` (a fresh ``MOASHARungs``); returns how many evaluations were replayed."""
     events, stopped = [], {}
     constrained = job.sweep.constraint is not None
-    for run in tracking.child_runs(c, parent):
-        trial = run.data.tags.get(tracking.TRIAL_TAG)
-        if trial is None:
-            continue
-        histories = [{m.step: m for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in rungs.objectives]
-        feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
+    runs = [r for r in tracking.child_runs(c, parent) if r.data.tags.get(tracking.TRIAL_TAG) is not None]
+    # every trial's evaluations in bulk (a request per 100 runs, not one per run and metric: issue 28)
+    ids = [r.info.run_id for r in runs]
+    points = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.objectives} if ids else {}
+    feasible = tracking.metric_histories(c, ids, "eval/feasible") if ids else {}
+    for run in runs:
+        trial, run_id = run.data.tags[tracking.TRIAL_TAG], run.info.run_id
+        histories = [points[k][run_id] for k in rungs.objectives]
         for step in sorted(set.intersection(*(set(h) for h in histories)) if histories else ()):
-            logged = max(h[step].timestamp for h in histories)
-            events.append((logged, trial, step, [h[step].value for h in histories],
-                           recorded_feasible(feasible.get(step), constrained)))
+            logged = max(h[step][1] for h in histories)
+            events.append((logged, trial, step, [h[step][0] for h in histories],
+                           recorded_feasible(feasible[run_id].get(step), constrained)))
         stopped_at = run.data.tags.get("raysweep.stopped_at_rung")
         if run.data.tags.get("raysweep.stopped_by") == "mo_asha":
             stopped[trial] = int(stopped_at) if stopped_at else 0
