@@ -113,26 +113,37 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
            max_steps: int, workers: int = 2) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
-    final hypervolume."""
+    final hypervolume. With ``promotion: pause`` a trial below the cut waits on its checkpoint; a
+    free worker resumes the paused trial the rungs promote (``next_promotion``) before starting a
+    new one, and continues its recorded trajectory: resuming from a checkpoint is bit-identical to
+    not stopping on CPU (``tests/distributed/test_inline.py``, ``tests/models/test_lora.py``)."""
     from raysweep.sweep.pareto import hypervolume
-    from raysweep.sweep.schedulers.mo_asha import STOP, MOASHARungs
+    from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
     rungs = MOASHARungs(dict(objectives), max_steps=max_steps, **arm) if arm else None
     dirs = list(objectives.values())
     events: list = []  # (time, tie, trial, index of the evaluation)
     queue = iter(range(len(trials)))
+    resume_at: dict = {}  # paused trial -> index of its next evaluation
     seq = 0
 
-    def start(trial: int, now: float):
+    def run(trial: int, i: int, now: float):
         nonlocal seq
-        if trials[trial]:
-            heapq.heappush(events, (now + trials[trial][0][0], seq, trial, 0))
-            seq += 1
+        heapq.heappush(events, (now + trials[trial][i][0] - (trials[trial][i - 1][0] if i else 0), seq, trial, i))
+        seq += 1
 
-    for _ in range(workers):
-        t = next(queue, None)
-        if t is not None:
-            start(t, 0.0)
+    def next_job(now: float) -> bool:
+        promoted = rungs.next_promotion() if rungs is not None else None
+        if promoted is not None:
+            run(int(promoted), resume_at.pop(int(promoted)), now)
+            return True
+        for t in queue:
+            if trials[t]:
+                run(t, 0, now)
+                return True
+        return False
+
+    idle = sum(not next_job(0.0) for _ in range(workers))
     spent, pts, xs, ys = 0, [], [], []
     while events:
         now, _, trial, i = heapq.heappop(events)
@@ -142,14 +153,20 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
             pts.append(values)
         xs.append(spent)
         ys.append(hypervolume(np.array(pts), dirs, ref) if pts else 0.0)
-        stop = rungs is not None and rungs.on_result(str(trial), step, values, feasible) == STOP
-        if not stop and i + 1 < len(trials[trial]):
-            heapq.heappush(events, (now + trials[trial][i + 1][0] - step, seq, trial, i + 1))
-            seq += 1
+        decision = rungs.on_result(str(trial), step, values, feasible) if rungs is not None else CONTINUE
+        more = i + 1 < len(trials[trial])
+        if decision == PAUSE and more:
+            resume_at[trial] = i + 1
+        elif rungs is not None and not more:
+            rungs.ended(str(trial))
+        if decision == CONTINUE and more:
+            run(trial, i + 1, now)
         else:
-            nxt = next(queue, None)
-            if nxt is not None:
-                start(nxt, now)
+            idle += not next_job(now)
+        while idle and next_job(now):  # a report may have made a paused trial promotable
+            idle -= 1
+    if rungs is not None:
+        rungs.stop_paused()
     return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
