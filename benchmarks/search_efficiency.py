@@ -61,6 +61,18 @@ ARMS = {
     "MO-ASHA g8 rf3 trajectory keep-front": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory",
                                              "keep_front": True},
 }
+# Issue 26, the arms that can bring a trial back or see its trade-off coming: an optimistic point
+# predicted at (1 + x) times the steps (``extrapolate``), and ASHA's promotion variant (``pause``:
+# paused trials resume from their checkpoints when promoted); every combination at grace 4.
+for _promotion in ("stop", "pause"):
+    for _rf in (2, 3):
+        for _rank in ("last", "trajectory"):
+            for _x in ((1.0,) if _promotion == "stop" else (0.0, 1.0, 2.0)):
+                for _kf in (False, True):
+                    ARMS[f"MO-ASHA g4 rf{_rf} {_rank}" + (f" ex{_x:g}" if _x else "") + (" keep-front" if _kf else "")
+                         + (" pause" if _promotion == "pause" else "")] = {
+                        "grace_period": 4, "reduction_factor": _rf, "rank_by": _rank, "extrapolate": _x,
+                        "keep_front": _kf, "promotion": _promotion}
 
 
 def sweep_settings(args, seed: int, scheduler: dict | None) -> dict:
@@ -135,6 +147,7 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     def next_job(now: float) -> bool:
         promoted = rungs.next_promotion() if rungs is not None else None
         if promoted is not None:
+            rungs.resume(promoted)
             run(int(promoted), resume_at.pop(int(promoted)), now)
             return True
         for t in queue:
@@ -208,7 +221,7 @@ def main() -> None:
 
     print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
-    print(f"{'arm':<36} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
+    print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8}")
     summary = {}
     for arm in ARMS:
@@ -221,7 +234,7 @@ def main() -> None:
             hv_r.append(hv / f_hv if f_hv else 0.0)
             cells.append(f"{spent:>5} ({steps_r[-1]:.2f}) {hv:.4f} ({hv_r[-1]:.3f}) {reach:>5}")
         summary[arm] = (float(np.mean(steps_r)), float(np.mean(hv_r)), max(steps_r), min(hv_r))
-        print(f"{arm:<36} " + "  ".join(f"{c:>28}" for c in cells)
+        print(f"{arm:<44} " + "  ".join(f"{c:>28}" for c in cells)
               + f"  {summary[arm][0]:>10.2f} {summary[arm][1]:>8.3f} {summary[arm][2]:>11.2f} {summary[arm][3]:>8.3f}")
     met = [a for a, (_, _, worst_steps, worst_hv) in summary.items() if a != "FIFO" and worst_steps <= 0.5
            and worst_hv >= 0.99]
@@ -246,11 +259,17 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     colours = plt.get_cmap("tab10")
-    for k, arm in enumerate(ARMS):
+    shown = ["FIFO", *met]  # in colour; every other arm in grey, one legend entry for them all
+    for arm in ARMS:
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]
-            ax.step(xs, ys, where="post", color=colours(k % 10), alpha=0.75, lw=1.2,
-                    label=arm if s == args.seeds[0] else None)
+            if arm in shown:
+                ax.step(xs, ys, where="post", color=colours(shown.index(arm) % 10), alpha=0.85, lw=1.4, zorder=3,
+                        label=arm if s == args.seeds[0] else None)
+            else:
+                first = arm == next(a for a in ARMS if a not in shown) and s == args.seeds[0]
+                ax.step(xs, ys, where="post", color="0.6", alpha=0.25, lw=0.8,
+                        label=f"the {len(ARMS) - len(shown)} other arms" if first else None)
     ax.set_xlabel("unlearning steps spent (all trials)")
     ax.set_ylabel("hypervolume of evaluated points")
     ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}")

@@ -134,18 +134,19 @@ class MOASHARungs:
         return decision
 
     def next_promotion(self) -> Optional[str]:
-        """The paused trial to resume now: one in the best ``floor(n / reduction_factor)`` of its
-        rung (or kept by ``keep_front``), the highest rung first, then the best ranked; None if none."""
+        """The paused trial to resume next: one in the best ``floor(n / reduction_factor)`` of its
+        rung (or kept by ``keep_front``), the highest rung first, then the best ranked; None if
+        none. It stays paused until ``resume`` (Tune may still be saving it)."""
         best = None
         for trial, rung in self.paused.items():
             if self._promotable(rung, trial):
                 key = (-rung, self.ranking(rung).index(trial))
                 if best is None or key < best[0]:
                     best = (key, trial)
-        if best is None:
-            return None
-        del self.paused[best[1]]
-        return best[1]
+        return None if best is None else best[1]
+
+    def resume(self, trial: str) -> None:
+        del self.paused[trial]
 
     def ended(self, trial: str) -> None:
         """``trial`` ended by itself (its last step, or the sweep's own early stop) while paused:
@@ -265,10 +266,19 @@ class MOASHARungs:
         return bool((ranks[:len(mine)] == 0).any())
 
 
-def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None):
+def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None,
+                   max_concurrent: Optional[int] = None, num_trials: Optional[int] = None):
     """A Tune ``FIFOScheduler`` whose ``on_trial_result`` asks ``rungs``. Results carry the
     evaluation along the run as ``eval/<metric>`` at ``step``; other results pass through.
-    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible)."""
+    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible).
+
+    ``promotion: pause``: a trial below the cut gets Tune's PAUSE (Tune keeps the checkpoint of
+    that report; the trial resumes from it as after a failure) and gives its concurrency slot back
+    to the searcher (``limiter``, the sweep's ``ConcurrencyLimiter``), so a new trial starts.
+    ``choose_trial_to_run`` resumes the trial the rungs promote before any new one, within
+    ``max_concurrent``; once all ``num_trials`` exist and none runs, waits or is promotable, the
+    paused ones are stopped (and recorded as stopped by ``record.py``)."""
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class MOASHAScheduler(FIFOScheduler):
@@ -276,6 +286,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             super().__init__()
             self.rungs = rungs
             self.constraint = constraint
+            self.limiter = None  # the searcher's ConcurrencyLimiter, set by the driver
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
             keys = [f"eval/{m}" for m in self.rungs.objectives]
@@ -283,9 +294,55 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                 return TrialScheduler.CONTINUE
             feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
             decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
+            if decision == PAUSE:
+                self._slot(trial, free=True)
+                return TrialScheduler.PAUSE
             return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
 
+        def on_trial_complete(self, tune_controller, trial, result):
+            self.rungs.ended(trial.trial_id)
+            super().on_trial_complete(tune_controller, trial, result)
+
+        def _slot(self, trial, free: bool) -> None:
+            """A paused trial holds no concurrency slot; a resumed one takes its slot back (and
+            the searcher is told of its end through the slot as usual)."""
+            live = getattr(self.limiter, "live_trials", None)
+            if live is None:
+                return
+            if free and trial.trial_id in live:
+                live.discard(trial.trial_id)
+                self.limiter.num_unfinished_live_trials -= 1
+            elif not free and trial.trial_id not in live:
+                live.add(trial.trial_id)
+                self.limiter.num_unfinished_live_trials += 1
+
+        def choose_trial_to_run(self, tune_controller):
+            trials = tune_controller.get_trials()
+            if self.rungs.promotion != "pause":
+                return super().choose_trial_to_run(tune_controller)
+            by_id = {t.trial_id: t for t in trials}
+            busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+            if max_concurrent is None or busy < max_concurrent:
+                promoted = by_id.get(self.rungs.next_promotion())
+                if promoted is not None and promoted.status == Trial.PAUSED and not promoted.is_saving:
+                    self.rungs.resume(promoted.trial_id)
+                    self._slot(promoted, free=False)
+                    return promoted
+            for trial in trials:
+                if trial.status == Trial.PENDING:
+                    return trial
+            waiting = [by_id[t] for t in list(self.rungs.paused) if t in by_id]
+            all_there = num_trials is None or len(trials) >= num_trials
+            if (waiting and all_there and self.rungs.next_promotion() is None
+                    and not any(t.status in (Trial.RUNNING, Trial.PENDING) or t.is_saving for t in trials)):
+                self.rungs.stop_paused()  # nothing left can promote them: the sweep ends here
+                for trial in waiting:
+                    self._slot(trial, free=False)  # so the searcher hears of its end
+                    tune_controller.stop_trial(trial)
+            return None
+
         def debug_string(self) -> str:
-            return f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped"
+            return (f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped, "
+                    f"{len(self.rungs.paused)} paused")
 
     return MOASHAScheduler()
