@@ -270,6 +270,8 @@ def main() -> None:
                 first = arm == next(a for a in ARMS if a not in shown) and s == args.seeds[0]
                 ax.step(xs, ys, where="post", color="0.6", alpha=0.25, lw=0.8,
                         label=f"the {len(ARMS) - len(shown)} other arms" if first else None)
+    fifo_hv = [results[("FIFO", s)][3] for s in args.seeds]
+    ax.set_ylim(0.9 * min(fifo_hv), 1.01 * max(fifo_hv))  # where the arms differ, not the first steps
     ax.set_xlabel("unlearning steps spent (all trials)")
     ax.set_ylabel("hypervolume of evaluated points")
     ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}")
