@@ -324,7 +324,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
             if max_concurrent is None or busy < max_concurrent:
                 promoted = by_id.get(self.rungs.next_promotion())
-                if promoted is not None and promoted.status == Trial.PAUSED and not promoted.is_saving:
+                if promoted is not None and promoted.status == Trial.PAUSED:
                     self.rungs.resume(promoted.trial_id)
                     self._slot(promoted, free=False)
                     return promoted
@@ -334,7 +334,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             waiting = [by_id[t] for t in list(self.rungs.paused) if t in by_id]
             all_there = num_trials is None or len(trials) >= num_trials
             if (waiting and all_there and self.rungs.next_promotion() is None
-                    and not any(t.status in (Trial.RUNNING, Trial.PENDING) or t.is_saving for t in trials)):
+                    and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
                 self.rungs.stop_paused()  # nothing left can promote them: the sweep ends here
                 for trial in waiting:
                     self._slot(trial, free=False)  # so the searcher hears of its end
