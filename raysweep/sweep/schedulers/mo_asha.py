@@ -280,6 +280,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
     paused ones are stopped (and recorded as stopped by ``record.py``)."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+    from ray.tune.utils import flatten_dict
 
     class MOASHAScheduler(FIFOScheduler):
         def __init__(self):
@@ -287,6 +288,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             self.rungs = rungs
             self.constraint = constraint
             self.limiter = None  # the searcher's ConcurrencyLimiter, set by the driver
+            self.reserved = None  # the paused trial whose slot waits for it
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
             keys = [f"eval/{m}" for m in self.rungs.objectives]
@@ -295,7 +297,9 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
             decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
             if decision == PAUSE:
-                self._slot(trial, free=True)
+                self._slot(trial.trial_id, free=True)
+            self._reserve()
+            if decision == PAUSE:
                 return TrialScheduler.PAUSE
             return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
 
@@ -303,18 +307,29 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             self.rungs.ended(trial.trial_id)
             super().on_trial_complete(tune_controller, trial, result)
 
-        def _slot(self, trial, free: bool) -> None:
+        def _slot(self, trial_id: str, free: bool) -> None:
             """A paused trial holds no concurrency slot; a resumed one takes its slot back (and
             the searcher is told of its end through the slot as usual)."""
             live = getattr(self.limiter, "live_trials", None)
             if live is None:
                 return
-            if free and trial.trial_id in live:
-                live.discard(trial.trial_id)
+            if free and trial_id in live:
+                live.discard(trial_id)
                 self.limiter.num_unfinished_live_trials -= 1
-            elif not free and trial.trial_id not in live:
-                live.add(trial.trial_id)
+            elif not free and trial_id not in live:
+                live.add(trial_id)
                 self.limiter.num_unfinished_live_trials += 1
+
+        def _reserve(self) -> None:
+            """The slot of the trial the rungs promote next is kept from the searcher: promoted
+            trials go before new ones (ASHA)."""
+            want = self.rungs.next_promotion()
+            if want != self.reserved:
+                if self.reserved is not None:
+                    self._slot(self.reserved, free=True)
+                if want is not None:
+                    self._slot(want, free=False)
+                self.reserved = want
 
         def choose_trial_to_run(self, tune_controller):
             trials = tune_controller.get_trials()
@@ -322,11 +337,13 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                 return super().choose_trial_to_run(tune_controller)
             by_id = {t.trial_id: t for t in trials}
             busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+            self._reserve()
             if max_concurrent is None or busy < max_concurrent:
                 promoted = by_id.get(self.rungs.next_promotion())
                 if promoted is not None and promoted.status == Trial.PAUSED:
                     self.rungs.resume(promoted.trial_id)
-                    self._slot(promoted, free=False)
+                    self._slot(promoted.trial_id, free=False)
+                    self.reserved = None  # its slot is its own again
                     return promoted
             for trial in trials:
                 if trial.status == Trial.PENDING:
@@ -337,7 +354,9 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                     and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
                 self.rungs.stop_paused()  # nothing left can promote them: the sweep ends here
                 for trial in waiting:
-                    self._slot(trial, free=False)  # so the searcher hears of its end
+                    if self.limiter is not None:  # the searcher hears of its end with its last result
+                        self._slot(trial.trial_id, free=False)
+                        self.limiter.on_trial_complete(trial.trial_id, result=flatten_dict(trial.last_result or {}))
                     tune_controller.stop_trial(trial)
             return None
 
