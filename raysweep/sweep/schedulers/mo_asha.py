@@ -348,6 +348,11 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             for trial in trials:
                 if trial.status == Trial.PENDING:
                     return trial
+            for trial in trials:  # paused before a `raysweep resume`: its rung decides again when it gets there
+                if (trial.status == Trial.PAUSED and trial.trial_id not in self.rungs.paused
+                        and trial.trial_id not in self.rungs.stopped and busy < (max_concurrent or busy + 1)):
+                    self._slot(trial.trial_id, free=False)
+                    return trial
             waiting = [by_id[t] for t in list(self.rungs.paused) if t in by_id]
             all_there = num_trials is None or len(trials) >= num_trials
             if (waiting and all_there and self.rungs.next_promotion() is None
