@@ -61,6 +61,18 @@ ARMS = {
     "MO-ASHA g8 rf3 trajectory keep-front": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory",
                                              "keep_front": True},
 }
+# Issue 26, the arms that can bring a trial back or see its trade-off coming: an optimistic point
+# predicted at (1 + x) times the steps (``extrapolate``), and ASHA's promotion variant (``pause``:
+# paused trials resume from their checkpoints when promoted); every combination at grace 4.
+for _promotion in ("stop", "pause"):
+    for _rf in (2, 3):
+        for _rank in ("last", "trajectory"):
+            for _x in ((1.0,) if _promotion == "stop" else (0.0, 1.0, 2.0)):
+                for _kf in (False, True):
+                    ARMS[f"MO-ASHA g4 rf{_rf} {_rank}" + (f" ex{_x:g}" if _x else "") + (" keep-front" if _kf else "")
+                         + (" pause" if _promotion == "pause" else "")] = {
+                        "grace_period": 4, "reduction_factor": _rf, "rank_by": _rank, "extrapolate": _x,
+                        "keep_front": _kf, "promotion": _promotion}
 
 
 def sweep_settings(args, seed: int, scheduler: dict | None) -> dict:
@@ -113,26 +125,38 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
            max_steps: int, workers: int = 2) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
-    final hypervolume."""
+    final hypervolume. With ``promotion: pause`` a trial below the cut waits on its checkpoint; a
+    free worker resumes the paused trial the rungs promote (``next_promotion``) before starting a
+    new one, and continues its recorded trajectory: resuming from a checkpoint is bit-identical to
+    not stopping on CPU (``tests/distributed/test_inline.py``, ``tests/models/test_lora.py``)."""
     from raysweep.sweep.pareto import hypervolume
-    from raysweep.sweep.schedulers.mo_asha import STOP, MOASHARungs
+    from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
     rungs = MOASHARungs(dict(objectives), max_steps=max_steps, **arm) if arm else None
     dirs = list(objectives.values())
     events: list = []  # (time, tie, trial, index of the evaluation)
     queue = iter(range(len(trials)))
+    resume_at: dict = {}  # paused trial -> index of its next evaluation
     seq = 0
 
-    def start(trial: int, now: float):
+    def run(trial: int, i: int, now: float):
         nonlocal seq
-        if trials[trial]:
-            heapq.heappush(events, (now + trials[trial][0][0], seq, trial, 0))
-            seq += 1
+        heapq.heappush(events, (now + trials[trial][i][0] - (trials[trial][i - 1][0] if i else 0), seq, trial, i))
+        seq += 1
 
-    for _ in range(workers):
-        t = next(queue, None)
-        if t is not None:
-            start(t, 0.0)
+    def next_job(now: float) -> bool:
+        promoted = rungs.next_promotion() if rungs is not None else None
+        if promoted is not None:
+            rungs.resume(promoted)
+            run(int(promoted), resume_at.pop(int(promoted)), now)
+            return True
+        for t in queue:
+            if trials[t]:
+                run(t, 0, now)
+                return True
+        return False
+
+    idle = sum(not next_job(0.0) for _ in range(workers))
     spent, pts, xs, ys = 0, [], [], []
     while events:
         now, _, trial, i = heapq.heappop(events)
@@ -142,14 +166,20 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
             pts.append(values)
         xs.append(spent)
         ys.append(hypervolume(np.array(pts), dirs, ref) if pts else 0.0)
-        stop = rungs is not None and rungs.on_result(str(trial), step, values, feasible) == STOP
-        if not stop and i + 1 < len(trials[trial]):
-            heapq.heappush(events, (now + trials[trial][i + 1][0] - step, seq, trial, i + 1))
-            seq += 1
+        decision = rungs.on_result(str(trial), step, values, feasible) if rungs is not None else CONTINUE
+        more = i + 1 < len(trials[trial])
+        if decision == PAUSE and more:
+            resume_at[trial] = i + 1
+        elif rungs is not None and not more:
+            rungs.ended(str(trial))
+        if decision == CONTINUE and more:
+            run(trial, i + 1, now)
         else:
-            nxt = next(queue, None)
-            if nxt is not None:
-                start(nxt, now)
+            idle += not next_job(now)
+        while idle and next_job(now):  # a report may have made a paused trial promotable
+            idle -= 1
+    if rungs is not None:
+        rungs.stop_paused()
     return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
@@ -191,7 +221,7 @@ def main() -> None:
 
     print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
-    print(f"{'arm':<36} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
+    print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8}")
     summary = {}
     for arm in ARMS:
@@ -204,7 +234,7 @@ def main() -> None:
             hv_r.append(hv / f_hv if f_hv else 0.0)
             cells.append(f"{spent:>5} ({steps_r[-1]:.2f}) {hv:.4f} ({hv_r[-1]:.3f}) {reach:>5}")
         summary[arm] = (float(np.mean(steps_r)), float(np.mean(hv_r)), max(steps_r), min(hv_r))
-        print(f"{arm:<36} " + "  ".join(f"{c:>28}" for c in cells)
+        print(f"{arm:<44} " + "  ".join(f"{c:>28}" for c in cells)
               + f"  {summary[arm][0]:>10.2f} {summary[arm][1]:>8.3f} {summary[arm][2]:>11.2f} {summary[arm][3]:>8.3f}")
     met = [a for a, (_, _, worst_steps, worst_hv) in summary.items() if a != "FIFO" and worst_steps <= 0.5
            and worst_hv >= 0.99]
@@ -229,11 +259,19 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     colours = plt.get_cmap("tab10")
-    for k, arm in enumerate(ARMS):
+    shown = ["FIFO", *met]  # in colour; every other arm in grey, one legend entry for them all
+    for arm in ARMS:
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]
-            ax.step(xs, ys, where="post", color=colours(k % 10), alpha=0.75, lw=1.2,
-                    label=arm if s == args.seeds[0] else None)
+            if arm in shown:
+                ax.step(xs, ys, where="post", color=colours(shown.index(arm) % 10), alpha=0.85, lw=1.4, zorder=3,
+                        label=arm if s == args.seeds[0] else None)
+            else:
+                first = arm == next(a for a in ARMS if a not in shown) and s == args.seeds[0]
+                ax.step(xs, ys, where="post", color="0.6", alpha=0.25, lw=0.8,
+                        label=f"the {len(ARMS) - len(shown)} other arms" if first else None)
+    fifo_hv = [results[("FIFO", s)][3] for s in args.seeds]
+    ax.set_ylim(0.9 * min(fifo_hv), 1.01 * max(fifo_hv))  # where the arms differ, not the first steps
     ax.set_xlabel("unlearning steps spent (all trials)")
     ax.set_ylabel("hypervolume of evaluated points")
     ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}")

@@ -366,6 +366,12 @@ class SchedulerSpec(_Strict):
     rank_by: Literal["last", "trajectory"] = "last"
     # Never stop a trial with a point on the sweep's front as it stands.
     keep_front: bool = False
+    # Also judge a trial by the point its last two evaluations predict at (1 + extrapolate) times
+    # its steps (0: off); unlearning trade-offs often come late.
+    extrapolate: float = Field(0.0, ge=0, allow_inf_nan=False)
+    # "stop": ASHA's stopping variant; "pause": its promotion variant - a trial below the cut waits
+    # on its checkpoint and resumes from it if it enters the best 1/reduction_factor of its rung.
+    promotion: Literal["stop", "pause"] = "stop"
 
 
 DEFAULT_TRIALS = 8

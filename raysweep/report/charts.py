@@ -273,24 +273,30 @@ def time_svg(report: dict, *, width=WIDTH, height=520) -> str:
     return "\n".join(o for o in out if o)
 
 
-def history_svg(history: list[dict], *, width=WIDTH, height=300) -> str:
+def history_svg(history: list[dict], *, x: str = "trials", width=WIDTH, height=300) -> str:
+    """The hypervolume of the front so far, by finished trials (``x="trials"``) or by the
+    unlearning steps they spent (``x="steps"``: the anytime curve a scheduler is judged by)."""
     box = _box(width, height)
     left, right, top, bottom = box
-    ax = Axis([h["trials"] for h in history] or [1], left, right, 6)
+    ax = Axis([h[x] for h in history] or [1], left, right, 6)
     ay = Axis([h["hypervolume"] for h in history] or [0.0], bottom, top, 6)
-    out = [_open("hv-chart", "Hypervolume by finished trials", width, height),
-           *_frame(box, ax, ay, "finished trials (in the order they finished)", "hypervolume")]
+    chart_id, title, xlabel = {
+        "trials": ("hv-chart", "Hypervolume by finished trials", "finished trials (in the order they finished)"),
+        "steps": ("hv-steps-chart", "Hypervolume by unlearning steps spent",
+                  "unlearning steps spent by the finished trials (in the order they finished)")}[x]
+    out = [_open(chart_id, title, width, height), *_frame(box, ax, ay, xlabel, "hypervolume")]
     pts, prev = [], None
     for h in history:  # a step line: the front only changes when a trial ends
-        px, py = ax(h["trials"]), ay(h["hypervolume"])
+        px, py = ax(h[x]), ay(h["hypervolume"])
         if prev is not None:
             pts.append(f"{px:.1f},{prev:.1f}")
         pts.append(f"{px:.1f},{py:.1f}")
         prev = py
     out.append(f'<polyline points="{" ".join(pts)}" fill="none" stroke="{PALETTE[0]}" stroke-width="2"/>')
     for h in history:
-        out.append(f'<circle cx="{ax(h["trials"]):.1f}" cy="{ay(h["hypervolume"]):.1f}" r="3" fill="{PALETTE[0]}">'
-                   f'<title>{h["trials"]} trials (last: {esc(h["trial_id"])}): HV {h["hypervolume"]:.5g}</title></circle>')
+        out.append(f'<circle cx="{ax(h[x]):.1f}" cy="{ay(h["hypervolume"]):.1f}" r="3" fill="{PALETTE[0]}">'
+                   f'<title>{h["trials"]} trials, {h.get("steps", "?")} steps (last: {esc(h["trial_id"])}): '
+                   f'HV {h["hypervolume"]:.5g}</title></circle>')
     out += [_legend([("hypervolume of the front so far", "line", PALETTE[0])], right + 24, top + 10), "</svg>"]
     return "\n".join(out)
 

@@ -123,6 +123,10 @@ def render_html(report: dict, link_base: Optional[str] = None) -> str:
              "<p class='muted'>The front after the first 25, 50, 75 and 100% of the finished trials (in the order "
              "they finished): how far each stage of the search had got.</p>", time_svg(report),
              "<h2>Hypervolume by finished trials</h2>", history_svg(report["hypervolume_history"]),
+             "<h2>Hypervolume by unlearning steps spent</h2>",
+             "<p class='muted'>The anytime curve: what the search had found for the steps it had trained. An "
+             "early-stopping scheduler (sweep.scheduler) is worth its settings if it climbs faster here.</p>",
+             history_svg(report["hypervolume_history"], x="steps"),
              "<h2>Hyperparameter importance</h2>", *_importance_section(report),
              "<h2>Hyperparameters and objectives</h2>",
              "<p class='muted'>Parallel coordinates: one line per evaluated point, coloured by method; front points "
@@ -184,8 +188,10 @@ def render_markdown(report: dict, link_base: Optional[str] = None) -> str:
               [[f"{f['fraction']:.0%}", f["trials"], ", ".join(point_label(r) for r in f["front"]),
                 f"{f['hypervolume']:.5g}"] for f in report.get("fronts_over_time", [])]),
         "## Hypervolume by finished trials", "![hypervolume](hypervolume.svg)",
-        table(["trials", "last trial", "hypervolume"],
-              [[h["trials"], h["trial_id"], f"{h['hypervolume']:.5g}"] for h in report["hypervolume_history"]]),
+        "![hypervolume by unlearning steps spent](hypervolume_by_steps.svg)",
+        table(["trials", "last trial", "steps spent", "hypervolume"],
+              [[h["trials"], h["trial_id"], h["steps"], f"{h['hypervolume']:.5g}"]
+               for h in report["hypervolume_history"]]),
         "## Hyperparameter importance", *importance,
         "## Hyperparameters and objectives", "![parallel coordinates](parallel.svg)", ""])
 
@@ -198,6 +204,7 @@ def write_report(report: dict, out_dir: str | Path, link_base: Optional[str] = N
     svgs = {"front": scatter_svg(report["trials"], report["objectives"], palette),
             "methods": methods_svg(report, palette), "fronts_over_time": time_svg(report),
             "hypervolume": history_svg(report["hypervolume_history"]),
+            "hypervolume_by_steps": history_svg(report["hypervolume_history"], x="steps"),
             "parallel": parallel_svg(report["trials"], report["objectives"], palette)}
     files = {"html": out / "report.html", "markdown": out / "report.md", **{k: out / f"{k}.svg" for k in svgs}}
     files["html"].write_text(render_html(report, link_base))

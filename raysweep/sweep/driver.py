@@ -253,6 +253,8 @@ def launch(job: JobSpec, *, address: Optional[str] = None, tracking_uri: Optiona
                                                 warm_trials=tuple(warm), grid_points=sw.grid_points), max_concurrent=sw.max_concurrent)
     console = _console(name, space, job, board, summary_every_seconds)
     scheduler, recorders = _scheduling(job, ctx)
+    if scheduler is not None:
+        scheduler.limiter = searcher  # promotion: pause hands paused trials' slots back to it
     tuner = tune.Tuner(
         _trainable(ctx, job),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=sw.num_trials, reuse_actors=runs_inline(job),

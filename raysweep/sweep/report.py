@@ -153,20 +153,23 @@ def _trial_order(rows: list[dict]) -> list[tuple[str, tuple]]:
 
 
 def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point) -> list[dict]:
-    """Hypervolume of the front of the first k finished trials (by end time), k = 1..n: how the
-    search progressed, against the final reference point. The front of k trials is the front of
+    """Hypervolume of the front of the first k finished trials (by end time), k = 1..n, and the
+    unlearning steps those trials spent: how the search progressed, against the final reference point. The front of k trials is the front of
     (the front of k - 1 trials + trial k's points): one small front per step, not all k trials'
     points again (quadratic at 5,000 trials, issue 28)."""
     by_run: dict[str, list[dict]] = {}
     for r in rows:
         by_run.setdefault(r["run_id"], []).append(r)
-    out, front = [], []
+    out, front, steps = [], [], 0
     for k, (run_id, (_, trial)) in enumerate(_trial_order(rows), start=1):
         pool = front + by_run[run_id]
         front = [r for r, keep in zip(pool, _front_mask(pool, objectives)) if keep]
         hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
                                list(objectives.values()), ref_point)) if front else 0.0
-        out.append({"trials": k, "trial_id": trial, "hypervolume": hv})
+        # the anytime curve's cost (issue 26): unlearning steps the finished trials trained, a
+        # stopped trial's up to its last evaluation
+        steps += max((r["step"] or 0) for r in by_run[run_id])
+        out.append({"trials": k, "trial_id": trial, "hypervolume": hv, "steps": steps})
     return out
 
 

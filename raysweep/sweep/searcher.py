@@ -59,7 +59,7 @@ def make_searcher(space: SearchSpace, objectives: dict[str, str], sampler: str, 
             if values is None or not all(finite(v) for v in values):
                 state = TrialState.FAIL if error else TrialState.PRUNED
                 last = {m: result.get(f"eval/{m}") for m in self.metric} if result else {}
-                if state == TrialState.PRUNED and all(finite(v) for v in last.values()):
+                if state == TrialState.PRUNED and last and all(finite(v) for v in last.values()):
                     # Stopped by the scheduler: its last evaluation along the run, for the record
                     # (Optuna takes no values with PRUNED in a multi-objective study).
                     ot_trial.set_user_attr("last_values", {m: float(v) for m, v in last.items()})

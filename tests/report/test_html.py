@@ -23,7 +23,7 @@ from ..sweep.made_sweep import FRONT, OBJECTIVES, TRIALS, make_sweep
 from .importance_sweep import make_importance_sweep, trials
 
 REPO = Path(__file__).resolve().parents[2]
-CHARTS = ["front-chart", "methods-chart", "time-chart", "hv-chart", "parallel-chart"]
+CHARTS = ["front-chart", "methods-chart", "time-chart", "hv-chart", "hv-steps-chart", "parallel-chart"]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_report_is_self_contained_and_complete(built):
     # method has fewer than 4 trials here), parallel coordinates
     assert sorted(svgs(page)) == sorted(CHARTS + ["importance-chart-0"])
     for section in ("Fronts over time", "Hyperparameter importance", "Parallel coordinates",
-                    "Hypervolume by finished trials"):
+                    "Hypervolume by finished trials", "Hypervolume by unlearning steps spent"):
         assert section in page, section
     # hover text carries the configuration
     assert re.search(r"<title>t2@2: graddiff / ga \(on the front\)(?:\n.*){2}\nalpha = 1\.5", page)
@@ -186,6 +186,23 @@ def test_fronts_over_time_worked_example(built, tofu_dir, tmp_path):
     for frac, (k, _) in zip((25, 50, 75, 100), want):
         assert f"after {frac}% ({k} trials)" in legend, legend
     print(f"fronts over time: {want}")
+
+
+def test_anytime_curve_hypervolume_by_steps_spent(built):
+    """Issue 26: the sweep's own anytime curve - after each finished trial (t1..t5 finish in that
+    order), the unlearning steps the finished trials trained (each up to its last evaluation) and
+    the hypervolume of their feasible points; drawn in the report as its own chart."""
+    uri = f"sqlite:///{built[0] / 'mlflow.db'}"
+    history = pareto_report(tracking.client(uri), uri, "made")["hypervolume_history"]
+    order = sorted(TRIALS)
+    steps = [sum(max(TRIALS[t][3]) for t in order[:k]) for k in range(1, len(order) + 1)]
+    assert [h["steps"] for h in history] == steps == [4, 8, 12, 16, 20]
+    chart = svgs((built[1] / "report.html").read_text())["hv-steps-chart"]
+    dots = [c for c in chart.iter("circle")]
+    xs = [float(c.get("cx")) for c in dots]
+    assert len(dots) == len(order) and xs == sorted(xs) and len(set(xs)) == len(xs)
+    assert [t.text for t in chart.iter("text") if t.text and "steps spent" in t.text]  # its x label
+    assert "| trials | last trial | steps spent | hypervolume |" in (built[1] / "report.md").read_text()
 
 
 def test_front_table_names_runs_and_keeps_code_whole(built, tofu_dir):

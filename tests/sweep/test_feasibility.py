@@ -221,3 +221,20 @@ def test_a_trial_stopped_mid_run_has_each_evaluation_judged_in_mlflow(tmp_path, 
     assert [x.step for x in utility] == [2] and [x.step for x in feasible] == [2]
     assert feasible[0].value == float(utility[0].value >= 0.5)
     assert m["eval/retention_constraint"] == pytest.approx(0.5 - utility[0].value)
+
+
+def test_a_trial_ended_without_a_result_is_pruned_in_optuna():
+    """Tune stops a PAUSED trial (MO-ASHA ``promotion: pause``, at the sweep's end) telling the
+    searcher of its end without a result: Optuna records it PRUNED, with no last values."""
+    from optuna.trial import TrialState
+
+    from raysweep.sweep.searcher import make_searcher
+    from raysweep.sweep.space import SearchSpace
+
+    space = SearchSpace({"unlearn": {"lr": {"loguniform": [1e-4, 1e-2]}}}, "s.yaml")
+    space.validate()
+    searcher = make_searcher(space, OBJECTIVES, "random", 0, False)
+    searcher.suggest("paused")
+    searcher.on_trial_complete("paused", None)
+    (trial,) = searcher._ot_study.trials
+    assert trial.state == TrialState.PRUNED and "last_values" not in trial.user_attrs

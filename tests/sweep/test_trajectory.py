@@ -195,6 +195,8 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
     ({"eval": {"every": 2, "during_benchmarks": ["mmlu"]}}, "eval.during_benchmarks: ['mmlu'] is not allowed"),
     ({"sweep": {"scheduler": {"name": "mo_asha", "reduction_factor": 1}}}, "reduction_factor"),
     ({"sweep": {"scheduler": {"name": "hyperband"}}}, "hyperband"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "promotion": "later"}}}, "sweep.scheduler.promotion"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "extrapolate": -1}}}, "sweep.scheduler.extrapolate"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job

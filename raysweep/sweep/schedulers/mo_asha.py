@@ -20,6 +20,19 @@ the best non-domination rank of its points among all points of the trials at the
 the larger loss of hypervolume were its points removed. ``keep_front``: a trial with a point on
 the sweep's front as it stands (every evaluation of every trial so far) always continues.
 
+``extrapolate`` (issue 26, > 0): a trial is also judged by an optimistic point - the one its last
+two evaluations predict at ``(1 + extrapolate)`` times its steps, straight along their direction,
+clipped per objective to the range every evaluation so far has spanned - ranked beside the points
+it has shown (max with what it has shown). With ``keep_front`` the points a trial is ranked by at
+the rung (its last or trajectory points and the predicted one) are what must be on the front.
+
+``promotion: pause`` is ASHA's promotion variant: a trial below the cut is PAUSED (its checkpoint
+kept), not stopped, and is resumed (``next_promotion``) when it enters the best
+``floor(n / reduction_factor)`` of its rung as more trials report; paused trials are promoted
+before new trials start. When nothing is promotable and no trial is left to start, the sweep ends
+and the paused trials count as stopped (``stop_paused``). ``promotion: stop`` (the default) is
+ASHA's stopping variant, keeping ``ceil(n / reduction_factor)``.
+
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_scheduler`` adapts it to
 Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE or STOP).
 """
@@ -36,7 +49,7 @@ from raysweep.reporting.constraint import RetentionConstraint
 from raysweep.sweep.pareto import (crowding_distances, hypervolume, hypervolume_contributions,
                                    nondominated_ranks, to_maximise)
 
-CONTINUE, STOP = "CONTINUE", "STOP"
+CONTINUE, STOP, PAUSE = "CONTINUE", "STOP", "PAUSE"
 
 
 @dataclass
@@ -56,15 +69,23 @@ class MOASHARungs:
     tie_break: str = "hypervolume"
     rank_by: str = "last"                        # "last" | "trajectory"
     keep_front: bool = False                     # never stop a trial with a point on the sweep's front so far
+    extrapolate: float = 0.0                     # also judge the point predicted at (1 + x) times the steps
+    promotion: str = "stop"                      # "stop" | "pause" (ASHA's promotion variant)
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
     stopped: dict = field(default_factory=dict)  # trial -> rung step where it was stopped
+    paused: dict = field(default_factory=dict)   # trial -> rung step where it waits for promotion
+    steps: dict = field(default_factory=dict)    # trial -> the step of each evaluation in history
     _arrivals: int = 0
 
     def __post_init__(self):
         if self.reduction_factor <= 1:
             raise ValueError(f"mo_asha reduction_factor: {self.reduction_factor} is not allowed (> 1)")
+        if not (self.extrapolate >= 0 and math.isfinite(self.extrapolate)):
+            raise ValueError(f"mo_asha extrapolate: {self.extrapolate} is not allowed (a finite number >= 0)")
+        if self.promotion not in ("stop", "pause"):
+            raise ValueError(f"mo_asha promotion: {self.promotion!r} is not allowed (stop, pause)")
         steps, k = [], 0
         while True:
             s = int(round(self.grace_period * self.reduction_factor ** k))
@@ -82,34 +103,93 @@ class MOASHARungs:
     def on_result(self, trial: str, step: int, values: Sequence[float], feasible: bool = True,
                   decide: bool = True) -> str:
         """An evaluation of ``trial`` at ``step``: record it at every rung newly reached, decide
-        (``decide=False`` only records: rebuilding the rungs from MLflow on resume)."""
+        (``decide=False`` only records: rebuilding the rungs from MLflow on resume). A trial below
+        the cut is stopped (STOP) or, with ``promotion: pause``, paused (PAUSE)."""
         if trial in self.stopped:
             return STOP
+        if trial in self.paused:
+            return PAUSE
         self.history.setdefault(trial, []).append((tuple(float(v) for v in values), bool(feasible)))
+        self.steps.setdefault(trial, []).append(int(step))
         decision = CONTINUE
         for rung in self.milestones:
             if rung > step or rung <= self.reached.get(trial, 0):
                 continue
             self.reached[trial] = rung
             self._arrivals += 1
-            if self.rank_by == "trajectory":  # the feasible points so far, fixed as of this rung
-                kept = tuple(v for v, ok in self.history[trial] if ok and all(math.isfinite(x) for x in v))
+            if self.rank_by == "trajectory" or self.extrapolate:  # a set of points, fixed as of this rung
+                kept = self._judged_points(trial)
                 entry = _Entry(trial, kept, bool(kept), self._arrivals)
             else:
                 entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals)
             self.rungs.setdefault(rung, []).append(entry)
             if decide and not self._promotable(rung, trial):
-                self.stopped[trial] = rung
-                decision = STOP
+                if self.promotion == "pause":
+                    self.paused[trial] = rung
+                    decision = PAUSE
+                else:
+                    self.stopped[trial] = rung
+                    decision = STOP
                 break
         return decision
+
+    def next_promotion(self) -> Optional[str]:
+        """The paused trial to resume next: one in the best ``floor(n / reduction_factor)`` of its
+        rung (or kept by ``keep_front``), the highest rung first, then the best ranked; None if
+        none. It stays paused until ``resume`` (Tune may still be saving it)."""
+        best = None
+        for trial, rung in self.paused.items():
+            if self._promotable(rung, trial):
+                key = (-rung, self.ranking(rung).index(trial))
+                if best is None or key < best[0]:
+                    best = (key, trial)
+        return None if best is None else best[1]
+
+    def resume(self, trial: str) -> None:
+        del self.paused[trial]
+
+    def ended(self, trial: str) -> None:
+        """``trial`` ended by itself (its last step, or the sweep's own early stop) while paused:
+        there is nothing left to resume."""
+        if trial in self.paused:
+            self.stopped[trial] = self.paused.pop(trial)
+
+    def stop_paused(self) -> list[str]:
+        """The sweep is ending with nothing promotable: every paused trial is stopped where it waits."""
+        done = list(self.paused)
+        self.stopped.update(self.paused)
+        self.paused.clear()
+        return done
+
+    def _judged_points(self, trial: str) -> tuple:
+        """What ``trial`` is ranked by at a rung: its feasible points so far (``trajectory``) or its
+        last one if feasible (``last``), plus the point its last two evaluations predict."""
+        hist = self.history[trial]
+        ok = [v for v, f in hist if f and all(math.isfinite(x) for x in v)]
+        if self.rank_by == "last":
+            ok = ok[-1:] if ok and ok[-1] is hist[-1][0] else []
+        if self.extrapolate and ok and len(hist) >= 2 and hist[-1][1] and self.steps[trial][-1] > self.steps[trial][-2]:
+            ok = ok + [self._predicted(trial)]
+        return tuple(ok)
+
+    def _predicted(self, trial: str) -> tuple:
+        """The point at ``(1 + extrapolate) * step`` on the line through the last two evaluations,
+        clipped per objective to the range of every evaluation so far (no objective is promised a
+        value no trial has shown: bounded metrics stay in their bounds)."""
+        (prev, _), (last, _) = self.history[trial][-2:]
+        s0, s1 = self.steps[trial][-2:]
+        a, b = np.array(prev), np.array(last)
+        predicted = b + (b - a) * self.extrapolate * s1 / (s1 - s0)
+        seen = np.array([v for pts in self.history.values() for v, _ in pts], dtype=np.float64)
+        seen = seen[np.all(np.isfinite(seen), axis=1)]
+        return tuple(float(x) for x in np.clip(predicted, seen.min(axis=0), seen.max(axis=0)))
 
     def ranking(self, rung: int) -> list[str]:
         """The trials recorded at ``rung``, best first."""
         entries = self.rungs.get(rung, [])
         if not entries:
             return []
-        if self.rank_by == "trajectory":
+        if self.rank_by == "trajectory" or self.extrapolate:
             return self._trajectory_ranking(entries)
         pts = np.array([e.values for e in entries], dtype=np.float64)
         finite = np.all(np.isfinite(pts), axis=1)
@@ -164,35 +244,51 @@ class MOASHARungs:
 
     def _promotable(self, rung: int, trial: str) -> bool:
         order = self.ranking(rung)
-        keep = max(1, math.ceil(len(order) / self.reduction_factor))
+        if self.promotion == "pause":  # ASHA's promotion rule: the first arrival waits for company
+            keep = math.floor(len(order) / self.reduction_factor)
+        else:
+            keep = max(1, math.ceil(len(order) / self.reduction_factor))
         return trial in order[:keep] or (self.keep_front and self._on_front(trial))
 
     def _on_front(self, trial: str) -> bool:
-        """Whether one of ``trial``'s feasible points is non-dominated among every feasible point
-        of every trial so far: the sweep's front as it stands."""
-        owners, pts = [], []
-        for t, points in self.history.items():
-            for v, ok in points:
-                if ok and all(math.isfinite(x) for x in v):
-                    owners.append(t)
-                    pts.append(v)
-        if trial not in owners:
+        """Whether one of ``trial``'s feasible points (with ``extrapolate``: one it is ranked by,
+        its prediction clipped to the range seen by now) is non-dominated among every feasible
+        point of every other trial so far: the sweep's front as it stands."""
+        if self.extrapolate:
+            mine = list(self._judged_points(trial))
+        else:
+            mine = [v for v, ok in self.history.get(trial, []) if ok and all(math.isfinite(x) for x in v)]
+        if not mine:
             return False
-        front = nondominated_ranks(np.array(pts, dtype=np.float64), self.directions) == 0
-        return any(f and o == trial for f, o in zip(front, owners))
+        others = [v for t, points in self.history.items() if t != trial
+                  for v, ok in points if ok and all(math.isfinite(x) for x in v)]
+        ranks = nondominated_ranks(np.array(mine + others, dtype=np.float64), self.directions)
+        return bool((ranks[:len(mine)] == 0).any())
 
 
-def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None):
+def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None,
+                   max_concurrent: Optional[int] = None, num_trials: Optional[int] = None):
     """A Tune ``FIFOScheduler`` whose ``on_trial_result`` asks ``rungs``. Results carry the
     evaluation along the run as ``eval/<metric>`` at ``step``; other results pass through.
-    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible)."""
+    ``constraint`` judges the ``eval/*`` metrics, as the worker's MLflow sink does (None: all feasible).
+
+    ``promotion: pause``: a trial below the cut gets Tune's PAUSE (Tune keeps the checkpoint of
+    that report; the trial resumes from it as after a failure) and gives its concurrency slot back
+    to the searcher (``limiter``, the sweep's ``ConcurrencyLimiter``), so a new trial starts.
+    ``choose_trial_to_run`` resumes the trial the rungs promote before any new one, within
+    ``max_concurrent``; once all ``num_trials`` exist and none runs, waits or is promotable, the
+    paused ones are stopped (and recorded as stopped by ``record.py``)."""
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+    from ray.tune.utils import flatten_dict
 
     class MOASHAScheduler(FIFOScheduler):
         def __init__(self):
             super().__init__()
             self.rungs = rungs
             self.constraint = constraint
+            self.limiter = None  # the searcher's ConcurrencyLimiter, set by the driver
+            self.reserved = None  # the paused trial whose slot waits for it
 
         def on_trial_result(self, tune_controller, trial, result: dict) -> str:
             keys = [f"eval/{m}" for m in self.rungs.objectives]
@@ -200,9 +296,77 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                 return TrialScheduler.CONTINUE
             feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
             decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
+            if decision == PAUSE:
+                self._slot(trial.trial_id, free=True)
+            self._reserve()
+            if decision == PAUSE:
+                return TrialScheduler.PAUSE
             return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
 
+        def on_trial_complete(self, tune_controller, trial, result):
+            self.rungs.ended(trial.trial_id)
+            super().on_trial_complete(tune_controller, trial, result)
+
+        def _slot(self, trial_id: str, free: bool) -> None:
+            """A paused trial holds no concurrency slot; a resumed one takes its slot back (and
+            the searcher is told of its end through the slot as usual)."""
+            live = getattr(self.limiter, "live_trials", None)
+            if live is None:
+                return
+            if free and trial_id in live:
+                live.discard(trial_id)
+                self.limiter.num_unfinished_live_trials -= 1
+            elif not free and trial_id not in live:
+                live.add(trial_id)
+                self.limiter.num_unfinished_live_trials += 1
+
+        def _reserve(self) -> None:
+            """The slot of the trial the rungs promote next is kept from the searcher: promoted
+            trials go before new ones (ASHA)."""
+            want = self.rungs.next_promotion()
+            if want != self.reserved:
+                if self.reserved is not None:
+                    self._slot(self.reserved, free=True)
+                if want is not None:
+                    self._slot(want, free=False)
+                self.reserved = want
+
+        def choose_trial_to_run(self, tune_controller):
+            trials = tune_controller.get_trials()
+            if self.rungs.promotion != "pause":
+                return super().choose_trial_to_run(tune_controller)
+            by_id = {t.trial_id: t for t in trials}
+            busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+            self._reserve()
+            if max_concurrent is None or busy < max_concurrent:
+                promoted = by_id.get(self.rungs.next_promotion())
+                if promoted is not None and promoted.status == Trial.PAUSED:
+                    self.rungs.resume(promoted.trial_id)
+                    self._slot(promoted.trial_id, free=False)
+                    self.reserved = None  # its slot is its own again
+                    return promoted
+            for trial in trials:
+                if trial.status == Trial.PENDING:
+                    return trial
+            for trial in trials:  # paused before a `raysweep resume`: its rung decides again when it gets there
+                if (trial.status == Trial.PAUSED and trial.trial_id not in self.rungs.paused
+                        and trial.trial_id not in self.rungs.stopped and busy < (max_concurrent or busy + 1)):
+                    self._slot(trial.trial_id, free=False)
+                    return trial
+            waiting = [by_id[t] for t in list(self.rungs.paused) if t in by_id]
+            all_there = num_trials is None or len(trials) >= num_trials
+            if (waiting and all_there and self.rungs.next_promotion() is None
+                    and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
+                self.rungs.stop_paused()  # nothing left can promote them: the sweep ends here
+                for trial in waiting:
+                    if self.limiter is not None:  # the searcher hears of its end with its last result
+                        self._slot(trial.trial_id, free=False)
+                        self.limiter.on_trial_complete(trial.trial_id, result=flatten_dict(trial.last_result or {}))
+                    tune_controller.stop_trial(trial)
+            return None
+
         def debug_string(self) -> str:
-            return f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped"
+            return (f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped, "
+                    f"{len(self.rungs.paused)} paused")
 
     return MOASHAScheduler()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from raysweep.sweep.pareto import crowding_distances, hypervolume, hypervolume_contributions, nondominated_ranks
-from raysweep.sweep.schedulers.mo_asha import CONTINUE, STOP, MOASHARungs
+from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, STOP, MOASHARungs
 
 MIXED = {"forget_quality": "max", "retain_loss": "min"}
 
@@ -191,3 +191,57 @@ def test_keep_front_never_stops_a_trial_with_a_point_on_the_sweeps_front():
     r = rungs(grace_period=8, reduction_factor=2, keep_front=True)
     r.on_result("a", 8, [0.9, 0.3]); r.on_result("b", 8, [0.8, 0.2])
     assert r.on_result("d", 8, [0.5, 0.5]) == STOP  # no point on the front: ranked out as before
+
+
+FORGET_RETAIN = {"forget": "min", "retain": "max"}
+
+
+def test_extrapolate_judges_a_trial_also_by_the_point_its_last_two_evaluations_predict():
+    """Issue 26, a worked example: ``b``'s point at the rung (step 8) is dominated by ``a`` and
+    ``steady``, but it is moving fast towards less forget; the point predicted at 2x its steps
+    (extrapolate=1), clipped to the range seen so far, is on the front: it continues."""
+    decisions = {}
+    for x in (0.0, 1.0):
+        r = rungs(objectives=FORGET_RETAIN, grace_period=8, reduction_factor=2, extrapolate=x)
+        r.on_result("c", 4, [0.1, 0.2])                      # below the rung: only widens the range seen
+        r.on_result("a", 4, [0.5, 0.9]); assert r.on_result("a", 8, [0.4, 0.9]) == CONTINUE
+        r.on_result("steady", 4, [0.45, 0.9]); r.on_result("steady", 8, [0.45, 0.9])
+        r.on_result("b", 4, [0.9, 0.9])
+        decisions[x] = r.on_result("b", 8, [0.5, 0.85])
+        if x:
+            # independently: b + (b - a_) * x * 8 / (8 - 4), clipped to [min, max] of every value seen
+            seen = np.array([[0.1, 0.2], [0.5, 0.9], [0.4, 0.9], [0.45, 0.9], [0.45, 0.9], [0.9, 0.9], [0.5, 0.85]])
+            expected = np.clip(np.array([0.5, 0.85]) + (np.array([0.5, 0.85]) - np.array([0.9, 0.9])) * x * 8 / 4,
+                               seen.min(axis=0), seen.max(axis=0))
+            assert r._predicted("b") == pytest.approx(tuple(expected)) == (0.1, 0.75)
+            assert r.ranking(8)[-1] == "steady"  # a's prediction (0.2, 0.9) dominates it
+    assert decisions == {0.0: STOP, 1.0: CONTINUE}
+    with pytest.raises(ValueError, match="extrapolate"):
+        rungs(extrapolate=-0.5)
+
+
+def test_promotion_pause_pauses_below_the_cut_and_promotes_when_the_rung_fills():
+    """ASHA's promotion variant, worked: the best floor(n/2) of a rung may go on; the first arrival
+    waits (floor(1/2) = 0), is promoted once a worse trial arrives, a trial that later enters the
+    top half is promoted then, and what is left paused at the end is stopped."""
+    r = rungs(objectives=FORGET_RETAIN, grace_period=8, reduction_factor=2, promotion="pause")
+    assert r.on_result("a", 8, [0.4, 0.9]) == PAUSE and r.next_promotion() is None
+    assert r.on_result("a", 8, [0.4, 0.9]) == PAUSE          # a late report while it pauses
+    assert r.on_result("b", 8, [0.5, 0.8]) == PAUSE          # dominated by a: 2nd of 2, 1 may go on
+    assert r.next_promotion() == "a" and r.next_promotion() == "a"  # stays paused until resumed
+    r.resume("a")
+    assert r.paused == {"b": 8}
+    assert r.on_result("c", 8, [0.2, 0.95]) == CONTINUE      # dominates everything: 1st of 3, 1 may go on
+    assert r.on_result("d", 8, [0.6, 0.5]) == PAUSE          # last of 4
+    assert r.next_promotion() is None                         # top 2 of 4 are c and a, both going on
+    assert r.on_result("e", 8, [0.9, 0.1]) == PAUSE           # 5th of 5
+    assert r.on_result("f", 8, [0.95, 0.05]) == PAUSE         # 6th of 6: top 3 now takes b in
+    assert r.next_promotion() == "b"
+    r.resume("b")
+    assert r.next_promotion() is None
+    assert sorted(r.stop_paused()) == ["d", "e", "f"] and not r.paused
+    assert r.on_result("d", 16, [0.0, 1.0]) == STOP
+    r.ended("b")                                              # not paused: nothing changes
+    assert "b" not in r.stopped
+    with pytest.raises(ValueError, match="promotion"):
+        rungs(promotion="later")

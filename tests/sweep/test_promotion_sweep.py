@@ -1,0 +1,71 @@
+"""MO-ASHA's promotion variant in a real sweep (issue 26): a trial below the cut is PAUSED by Tune,
+a later one starts in its slot, the paused trial resumes from its checkpoint when promoted and
+its evaluations are the ones it makes without pausing (the same trial of a FIFO sweep); the
+sweep ends with the never-promoted ones recorded as stopped. Real local Ray, Optuna, sqlite MLflow."""
+
+import json
+
+import pytest
+import yaml
+
+from .test_sweep import raysweep
+from .test_trajectory import trajectory_job
+
+
+def _histories(uri: str, sweep: str) -> dict:
+    """trial's sampled lr -> ({step: (forget, retain)} of its evaluations, its tags)."""
+    from raysweep.sweep import tracking
+
+    c = tracking.client(uri)
+    parent = tracking.find_parent(c, sweep, uri)
+    out = {}
+    for run in tracking.child_runs(c, parent):
+        keys = ("eval/forget_answer_loss", "eval/retain_answer_loss")
+        hist = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, k)} for k in keys]
+        lr = next(v for k, v in run.data.params.items() if k.endswith("lr"))
+        out[lr] = ({s: (hist[0][s], hist[1][s]) for s in hist[0] if s in hist[1]}, run.data.tags, run.info.status)
+    return out
+
+
+@pytest.fixture(scope="module")
+def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    tmp = tmp_path_factory.mktemp("promotion")
+    got = {}
+    for name, scheduler in (("fifo", None), ("pause", {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2,
+                                                       "promotion": "pause"})):
+        path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, trials=3, scheduler=False)
+        job = yaml.safe_load(path.read_text())
+        job["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
+        if scheduler:
+            job["sweep"]["scheduler"] = scheduler
+        path.write_text(yaml.safe_dump(job))
+        prepare(load_job(path))
+        res = raysweep("launch", str(path), "--name", name, cwd=tmp)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got[name] = _histories(job["sweep"]["tracking_uri"], name)
+    return got
+
+
+@pytest.mark.slow  # two real sweeps (~105 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
+def test_a_paused_trial_resumes_from_its_checkpoint_exactly_and_the_others_end_stopped(paused_and_fifo):
+    fifo, paused = paused_and_fifo["fifo"], paused_and_fifo["pause"]
+    assert set(paused) == set(fifo) and len(fifo) == 3  # the random sampler: the same three trials
+    resumed = [lr for lr, (_, tags, _) in paused.items() if "raysweep.resumed_from_step" in tags]
+    stopped = [lr for lr, (_, tags, _) in paused.items() if tags.get("raysweep.stopped_by") == "mo_asha"]
+    # The first trial at the rung (step 2) waits for company (floor(1/2) = 0 may go on); the second,
+    # worse, promotes it: it resumes from its step-2 checkpoint (before the third trial starts),
+    # waits again at the next rung (step 4) and is stopped there at the sweep's end.
+    assert resumed and stopped, {lr: tags for lr, (_, tags, _) in paused.items()}
+    for lr, (hist, tags, status) in paused.items():
+        assert status == "FINISHED", (lr, status)
+        # every evaluation the trial made equals the same trial's in FIFO (bitwise on CPU), a
+        # resumed one's after its pause included
+        assert hist and all(hist[s] == fifo[lr][0][s] for s in hist), (lr, hist, fifo[lr][0])
+    for lr in resumed:
+        assert max(paused[lr][0]) > int(paused[lr][1]["raysweep.resumed_from_step"])
+    for lr in stopped:
+        assert max(paused[lr][0]) < max(fifo[lr][0])
+        assert json.loads(paused[lr][1]["raysweep.stopped_at_step"]) == max(paused[lr][0])
