@@ -577,7 +577,7 @@ def paired_tables(rows: list[dict]) -> None:
     hv_table = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], targets[k][0], targets[k][1], FLOOR)
                     for k in full] for m in methods}
     print(f"{'method':<10}" + "".join(f"{'o' + o + '/s' + s:>9}" for o, s in full)
-          + f"{'mean':>8}{'95% bootstrap CI':>20}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}")
+          + f"{'mean':>8}{'CI, trials':>18}{'CI, blocks':>18}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}")
     _, _, mean_ranks = friedman(np.array([[hv_table[m][i] for m in methods] for i in range(len(full))]))
     for j, m in enumerate(methods):
         trials = [(k, fq, mu) for k in full for _, fq, mu in blocks[k][m]]
@@ -589,11 +589,13 @@ def paired_tables(rows: list[dict]) -> None:
             return block_hv(by, floor)
 
         est, lo, hi = bootstrap_ci(trials, stat, n_boot=N_BOOT, seed=0)
+        _, blo, bhi = bootstrap_ci(hv_table[m], statistics.mean, n_boot=N_BOOT, seed=0)
         floor0 = stat(trials, 0.0)
         linear = statistics.mean(hv(np.array([(fq, mu) for _, fq, mu in blocks[k][m]]).reshape(-1, 2)) for k in full)
-        print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_table[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>20}"
+        print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_table[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{f'[{blo:.3f}, {bhi:.3f}]':>18}"
               f"{floor0:>9.3f}{linear:>11.4f}{mean_ranks[j]:>11.2f}")
-    print(f"(CI: {N_BOOT} resamples of the method's trials over all blocks, seed 0; floor 0: the same hypervolume "
+    print(f"(95% bootstrap CIs, {N_BOOT} resamples, seed 0: of the method's trials over all blocks, or of the blocks' "
+          "hypervolumes; floor 0: the same hypervolume "
           "with utility floor 0; linear HV: the old measure, FQ x utility against (0, 0), mean over blocks)")
     _friedman_line("blocks = (subset, seed), one hypervolume per method", hv_table, methods, friedman, nemenyi_cd)
     # Paired by lr too: one block per (subset, seed, lr), a method's single point's normalised area.
@@ -601,6 +603,7 @@ def paired_tables(rows: list[dict]) -> None:
                                    targets[k][1], FLOOR) for k in full for lr in lrs] for m in methods}
     _friedman_line("blocks = (subset, seed, lr), one point's area per method", per_point, methods, friedman,
                    nemenyi_cd)
+    _wilcoxon_line(per_point, methods)
     print()
 
 
@@ -617,6 +620,26 @@ def _friedman_line(what: str, table: dict, methods, friedman, nemenyi_cd) -> Non
     print(f"Friedman ({what}): N = {n}, chi2 = {stat:.2f}, df = {len(methods) - 1}, p = {p:.3g}; "
           f"Nemenyi CD (alpha 0.05) = {cd:.2f} ranks; mean ranks " + ", ".join(f"{m} {r:.2f}" for m, r in order)
           + "; pairs apart by more than the CD: " + (", ".join(pairs) if pairs else "none"))
+
+
+def _wilcoxon_line(per_point: dict, methods) -> None:
+    """Each method against GradDiff (the naive baseline of every claim), paired by (subset, seed, lr):
+    two-sided Wilcoxon signed-rank on the points' areas, Holm-adjusted over the comparisons."""
+    from scipy.stats import wilcoxon
+
+    from raysweep.sweep.comparison import holm
+
+    base = np.array(per_point["graddiff"]) if "graddiff" in per_point else None
+    others = [m for m in methods if m != "graddiff"]
+    if base is None or not others:
+        return
+    raw, wins = [], []
+    for m in others:
+        d = np.array(per_point[m]) - base
+        raw.append(float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0)
+        wins.append(f"{int(np.sum(d > 0))}/{int(np.sum(d < 0))}")
+    print("Wilcoxon signed-rank vs graddiff (blocks = (subset, seed, lr); better/worse blocks; Holm-adjusted p): "
+          + ", ".join(f"{m} {w} p = {p:.3g}" for m, w, p in zip(others, wins, holm(raw))))
 
 
 def tables_from_csv(path: Path) -> None:

@@ -13,6 +13,7 @@ collapse, bootstrap intervals over trials, and the Friedman test with Nemenyi's 
   ties and the tie correction (as ``scipy.stats.friedmanchisquare``), with the mean ranks.
 * ``nemenyi_cd``: the critical difference of mean ranks (Demsar 2006): two treatments differ at
   level ``alpha`` when their mean ranks differ by more than it.
+* ``holm``: Holm's step-down adjustment of several p-values (e.g. Wilcoxon tests against one baseline).
 """
 
 from __future__ import annotations
@@ -102,3 +103,16 @@ def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
         raise ValueError(f"k, n: ({k}, {n}) is not allowed (at least 2 treatments and 1 block)")
     q = float(studentized_range.ppf(1 - alpha, k, np.inf)) / math.sqrt(2)
     return q * math.sqrt(k * (k + 1) / (6.0 * n))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (capped at 1, kept monotone)."""
+    p = np.asarray(pvalues, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        adjusted[j] = running
+    return adjusted.tolist()

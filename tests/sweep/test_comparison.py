@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import friedmanchisquare
 
-from raysweep.sweep.comparison import bootstrap_ci, friedman, nemenyi_cd, normalised_hv, normalised_points, ranks
+from raysweep.sweep.comparison import (bootstrap_ci, friedman, holm, nemenyi_cd, normalised_hv, normalised_points,
+                                      ranks)
 
 
 def test_normalised_axes_log_forget_quality_and_utility_over_the_floor():
@@ -70,3 +71,11 @@ def test_nemenyi_cd_matches_demsar_table():
         assert nemenyi_cd(k, 1) == pytest.approx(q * math.sqrt(k * (k + 1) / 6), abs=2e-3)
     # The figure: 6 methods over 6 cells -> about 3.1 ranks.
     assert nemenyi_cd(6, 6) == pytest.approx(2.850 * math.sqrt(42 / 36), abs=2e-3)
+
+
+def test_holm_adjusts_step_down_in_input_order():
+    # Hand arithmetic: sorted 0.01, 0.02, 0.04, 0.30 -> x4, x3, x2, x1 = 0.04, 0.06, 0.08, 0.30.
+    assert holm([0.04, 0.01, 0.30, 0.02]) == pytest.approx([0.08, 0.04, 0.30, 0.06])
+    # Monotone: a smaller raw p never gets a larger adjusted one; capped at 1.
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])
+    assert holm([0.9, 0.6, 0.7]) == pytest.approx([1.0, 1.0, 1.0])
