@@ -8,6 +8,11 @@
 # Then:  python jobs/study/make_tables.py
 set -u
 cd "$(dirname "$0")/../.."
+# One torch thread per process: `launch` prepares the target and reference in its own process at
+# torch's default thread count, and on a shared, oversubscribed 2-core CPU two threads ran the tiny
+# model's fine-tuning 8x slower than one (0.17 vs 1.36 steps/s, 2026-12-06). Trials use
+# train.threads_per_worker (1) already.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 ROOT=$PWD
 DB=${STUDY_DB:-$ROOT/study_runs/mlflow.db}
 mkdir -p "$(dirname "$DB")" study_runs/logs
