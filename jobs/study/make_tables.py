@@ -459,9 +459,7 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
         if not m:
             continue
         pm = parent.data.metrics
-        for r in sorted(collect(c, parent)[0], key=lambda r: (int(r["trial_id"].rsplit("_", 1)[-1])
-                                                             if r["trial_id"].rsplit("_", 1)[-1].isdigit()
-                                                             else r["trial_id"], r["step"] or 0)):
+        for r in sorted(collect(c, parent)[0], key=lambda r: (float(r["params"]["unlearn.lr"]), r["step"] or 0)):
             params = r["params"]
             rows.append({"sweep": name, "trial": r["trial_id"], "step": r["step"], "method": m.group(1),
                          "forget": r["forget"] or "npo", "offset": m.group(2), "seed": m.group(3),
@@ -535,7 +533,7 @@ def _paired_blocks(rows: list[dict]) -> dict:
 
 
 def paired_tables(rows: list[dict]) -> None:
-    from raysweep.sweep.comparison import bootstrap_ci, friedman, nemenyi_cd, normalised_hv
+    from raysweep.sweep.comparison import bootstrap_ci, friedman, nemenyi_cd, normalised_hv, ranks
 
     paired = [r for r in rows if r["sweep"].startswith(PAIRED)]
     if not paired:
@@ -578,7 +576,7 @@ def paired_tables(rows: list[dict]) -> None:
                     for k in full] for m in methods}
     print(f"{'method':<10}" + "".join(f"{'o' + o + '/s' + s:>9}" for o, s in full)
           + f"{'mean':>8}{'CI, trials':>18}{'CI, blocks':>18}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}")
-    _, _, mean_ranks = friedman(np.array([[hv_table[m][i] for m in methods] for i in range(len(full))]))
+    mean_ranks = np.mean([ranks([hv_table[m][i] for m in methods]) for i in range(len(full))], axis=0)
     for j, m in enumerate(methods):
         trials = [(k, fq, mu) for k in full for _, fq, mu in blocks[k][m]]
 
@@ -610,8 +608,8 @@ def paired_tables(rows: list[dict]) -> None:
 def _friedman_line(what: str, table: dict, methods, friedman, nemenyi_cd) -> None:
     t = np.array([[table[m][i] for m in methods] for i in range(len(table[methods[0]]))])
     n = len(t)
-    if n < 2 or np.all(t == t[0]):
-        print(f"Friedman ({what}): not computable ({n} blocks)")
+    if n < 2 or len(methods) < 3 or np.all(t == t[0]):
+        print(f"Friedman ({what}): not computable ({n} blocks, {len(methods)} methods)")
         return
     stat, p, mean_ranks = friedman(t)
     cd = nemenyi_cd(len(methods), n)
