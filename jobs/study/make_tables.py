@@ -438,6 +438,7 @@ CSV_FIELDS = ["sweep", "trial", "step", "method", "forget", "offset", "seed", "l
 PAIRED = "study-paired-"
 CALIBRATION = "study-calibration-"
 METHODS = ("graddiff", "sago", "pcgrad_r", "ngdiff", "gru", "mgda")
+KEPT_LEVELS = (1e-3, 1e-2)  # above the collapsed model's forget quality (calibration: <= 2e-4)
 FLOOR = 0.5        # the stated utility floor of the normalised hypervolume (a fraction of the target's)
 N_BOOT = 2000
 
@@ -575,7 +576,8 @@ def paired_tables(rows: list[dict]) -> None:
     hv_table = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], targets[k][0], targets[k][1], FLOOR)
                     for k in full] for m in methods}
     print(f"{'method':<10}" + "".join(f"{'o' + o + '/s' + s:>9}" for o, s in full)
-          + f"{'mean':>8}{'CI, trials':>18}{'CI, blocks':>18}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}")
+          + f"{'mean':>8}{'CI, trials':>18}{'CI, blocks':>18}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}"
+          + "".join(f"{f'kept@FQ>={lv:g}':>20}" for lv in KEPT_LEVELS))
     mean_ranks = np.mean([ranks([hv_table[m][i] for m in methods]) for i in range(len(full))], axis=0)
     for j, m in enumerate(methods):
         trials = [(k, fq, mu) for k in full for _, fq, mu in blocks[k][m]]
@@ -591,10 +593,13 @@ def paired_tables(rows: list[dict]) -> None:
         floor0 = stat(trials, 0.0)
         linear = statistics.mean(hv(np.array([(fq, mu) for _, fq, mu in blocks[k][m]]).reshape(-1, 2)) for k in full)
         print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_table[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{f'[{blo:.3f}, {bhi:.3f}]':>18}"
-              f"{floor0:>9.3f}{linear:>11.4f}{mean_ranks[j]:>11.2f}")
+              f"{floor0:>9.3f}{linear:>11.4f}{mean_ranks[j]:>11.2f}"
+              + "".join(f"{_kept_cell(blocks, targets, full, m, lv):>20}" for lv in KEPT_LEVELS))
     print(f"(95% bootstrap CIs, {N_BOOT} resamples, seed 0: of the method's trials over all blocks, or of the blocks' "
           "hypervolumes; floor 0: the same hypervolume "
-          "with utility floor 0; linear HV: the old measure, FQ x utility against (0, 0), mean over blocks)")
+          "with utility floor 0; linear HV: the old measure, FQ x utility against (0, 0), mean over blocks; "
+          "kept@FQ>=L: utility / the target's at the highest-utility point with forget quality >= L, mean over the blocks "
+          "where one exists (n of N blocks))")
     _friedman_line("blocks = (subset, seed), one hypervolume per method", hv_table, methods, friedman, nemenyi_cd)
     # Paired by lr too: one block per (subset, seed, lr), a method's single point's normalised area.
     per_point = {m: [normalised_hv([(fq, mu) for l_, fq, mu in blocks[k][m] if l_ == lr], targets[k][0],
@@ -603,6 +608,12 @@ def paired_tables(rows: list[dict]) -> None:
                    nemenyi_cd)
     _wilcoxon_line(per_point, methods)
     print()
+
+
+def _kept_cell(blocks, targets, full, method, level) -> str:
+    kept = [k for b in full for k in [kept_at(np.array([(fq, mu) for _, fq, mu in blocks[b][method]]).reshape(-1, 2),
+                                              targets[b][1], level)] if k is not None]
+    return f"{_fmt(statistics.mean(kept) if kept else None, '.2f')} ({len(kept)}/{len(full)})"
 
 
 def _friedman_line(what: str, table: dict, methods, friedman, nemenyi_cd) -> None:
