@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
-#                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 4; OFFSETS="0 180")
+#                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 6; OFFSETS="0 180")
 #                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
@@ -117,7 +117,7 @@ stage() {
         for o in ${OFFSETS:-0 180}; do
           for m in $METHODS; do
             launch "study-paired-$m-o$o-s$s" --set "sweep.search_space=$SPACES/paired/$m.yaml" \
-              --set sweep.sampler=grid --set "sweep.grid_points=${LRS:-4}" --set "sweep.num_trials=${LRS:-4}" \
+              --set sweep.sampler=grid --set "sweep.grid_points=${LRS:-6}" --set "sweep.num_trials=${LRS:-6}" \
               --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set "unlearn.seed=$s"
           done
         done
