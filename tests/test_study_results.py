@@ -4,6 +4,7 @@ character for character, and the CSV names the raysweep commit of every point.""
 
 import contextlib
 import csv
+import functools
 import importlib.util
 import io
 import re
@@ -15,11 +16,12 @@ mt = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mt)
 
 
-def printed_tables(csv_path: Path) -> list[str]:
+@functools.lru_cache(maxsize=2)  # one make_tables run serves both tests (its bootstraps take seconds)
+def printed_tables(csv_path: Path) -> tuple[str, ...]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert mt.main(["--from", str(csv_path)]) == 0
-    return [t.strip("\n") for t in out.getvalue().split("\n\n") if t.strip()]
+    return tuple(t.strip("\n") for t in out.getvalue().split("\n\n") if t.strip())
 
 
 def results_tables(md: str) -> list[str]:
