@@ -1,8 +1,17 @@
-"""The study's tables and plots (issue 13), from MLflow alone.
+"""The study's tables and plots (issues 13, 27).
 
+    python jobs/study/make_tables.py --from results/study_points.csv     # every table of RESULTS.md
+    python jobs/study/make_tables.py --export results/study_points.csv --commit study-paired=<sha> ...
     python jobs/study/make_tables.py [--tracking-uri sqlite:///study_runs/mlflow.db] [--out docs/study]
                                      [--fq-level 0.001 0.03 0.3]
                                      [--only method|method2|objective|sampler|geffect|method20|objective20]
+
+RESULTS.md's tables (issue 27) come from the committed per-point CSV alone (``--from``; the test
+tests/test_study_results.py compares them with RESULTS.md): ``--export`` writes it from the MLflow
+store, one row per evaluated point of every ``study-paired-*`` sweep and per calibration model
+(jobs/study/calibrate.py), with the raysweep commit that produced it (``--commit PREFIX=SHA``, per
+sweep-name prefix). The older tables (rounds 1-3, below) still read an MLflow store directly; their
+store (study_runs/ of 2026-11-23) is gone.
 
 Sweeps are found by name (as ``jobs/study/run_all.sh`` launches them):
   study-method-<method>-o<offset>     method study (NPO forget, one synthesis method, one author subset)
@@ -167,7 +176,7 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
     offsets = sorted({o for d in by_method.values() for o in d}, key=int)
     print(f"\n== {prefix}*: method study (NPO forget; objectives forget quality, model utility; "
           f"reference point (0, 0)) ==")
-    print(f"target per subset (model utility, forget quality): " + ", ".join(
+    print("target per subset (model utility, forget quality): " + ", ".join(
         f"o{o}: ({_fmt(d[1])}, {_fmt(d[2], '.2g')})" for o in offsets for d in [next(
             (v[o] for v in by_method.values() if o in v), (None, None, None))]))
     head = "".join(f"{'HV o' + o:>10}" for o in offsets)
@@ -181,7 +190,7 @@ def method_table(c, all_sweeps, out: Path, levels: list[float], prefix: str = "s
         groups[method] = [front(d[o][0]) for o in offsets if o in d]
     targets = {o: (v[o][2], v[o][1]) for v in by_method.values() for o in v}
     _plot_fronts(groups, out / f"{prefix.strip('-').replace('study-', '')}_fronts.png",
-                 f"method study: front per method and author subset (marker = subset)", targets.values())
+                 "method study: front per method and author subset (marker = subset)", targets.values())
 
 
 ROUND3 = "study-method20-"
@@ -274,7 +283,7 @@ def objective_table(c, all_sweeps, out: Path, levels: list[float]) -> None:
     if not rows:
         print("(no study-objective-* sweeps)")
         return
-    print(f"\n== Objective study (author subset o0) ==")
+    print("\n== Objective study (author subset o0) ==")
     print(f"{'method':<10}{'forget':<8}{'trials':>7}{'HV':>9}" + "".join(f"{f'kept@FQ>={lv:g}':>14}" for lv in levels)
           + f"{'best FQ':>10}{'MU at best FQ':>15}{'max MU':>9}")
     groups = defaultdict(list)
@@ -423,6 +432,243 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
     print(f"plot: {path} ({path.stat().st_size // 1024} KB)")
 
 
+# ---- issue 27: the per-point CSV, the paired design and the calibration --------------------------
+CSV_FIELDS = ["sweep", "trial", "step", "method", "forget", "offset", "seed", "lr", "params", "forget_quality",
+              "model_utility", "target_forget_quality", "target_model_utility", "commit"]
+PAIRED = "study-paired-"
+CALIBRATION = "study-calibration-"
+METHODS = ("graddiff", "sago", "pcgrad_r", "ngdiff", "gru", "mgda")
+KEPT_LEVELS = (1e-3, 1e-2)  # above the collapsed model's forget quality (calibration: <= 2e-4)
+FLOOR = 0.5        # the stated utility floor of the normalised hypervolume (a fraction of the target's)
+N_BOOT = 2000
+
+
+def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
+    """One CSV row per evaluated point of every paired sweep and per calibration model."""
+    import csv
+    import json
+
+    def commit_of(name: str) -> str:
+        hits = [sha for prefix, sha in commits.items() if name.startswith(prefix)]
+        if not hits:
+            raise SystemExit(f"--commit: no PREFIX=SHA names sweep {name!r} (allowed: a prefix of its name)")
+        return hits[0]
+
+    rows = []
+    for name, parent in sorted(all_sweeps.items()):
+        m = re.fullmatch(re.escape(PAIRED) + r"([a-z_]+)-o(\d+)-s(\d+)", name)
+        if not m:
+            continue
+        pm = parent.data.metrics
+        for r in sorted(collect(c, parent)[0], key=lambda r: (float(r["params"]["unlearn.lr"]), r["step"] or 0)):
+            params = r["params"]
+            rows.append({"sweep": name, "trial": r["trial_id"], "step": r["step"], "method": m.group(1),
+                         "forget": r["forget"] or "npo", "offset": m.group(2), "seed": m.group(3),
+                         "lr": f"{float(params['unlearn.lr']):.6g}",
+                         "params": json.dumps(params, sort_keys=True),
+                         "forget_quality": repr(float(r["objectives"][FQ])),
+                         "model_utility": repr(float(r["objectives"][MU])),
+                         "target_forget_quality": repr(pm[f"target/{FQ}"]),
+                         "target_model_utility": repr(pm[f"target/{MU}"]), "commit": commit_of(name)})
+    exp = c.get_experiment_by_name("study-calibration")
+    runs = c.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"]) if exp else []
+    for r in runs:  # the newest run per (subset, model)
+        name, model = r.data.tags[tracking.SWEEP_TAG], r.data.tags["raysweep.calibration"]
+        m = r.data.metrics
+        rows = [x for x in rows if (x["sweep"], x["trial"]) != (name, model)]
+        rows.append({"sweep": name, "trial": model, "step": "", "method": "", "forget": "",
+                     "offset": r.data.params["data.subset.offset"], "seed": "", "lr": "", "params": "{}",
+                     "forget_quality": repr(m[f"objective/{FQ}"]), "model_utility": repr(m[f"objective/{MU}"]),
+                     "target_forget_quality": "", "target_model_utility": "", "commit": commit_of(name)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    print(f"{path}: {len(rows)} points")
+    return len(rows)
+
+
+def read_points(path: Path) -> list[dict]:
+    import csv
+
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = [k for k in CSV_FIELDS if rows and k not in rows[0]]
+    if missing:
+        raise SystemExit(f"--from: {path} has no column {missing[0]!r} (allowed: a CSV with {', '.join(CSV_FIELDS)})")
+    return rows
+
+
+def _commits(rows) -> str:
+    return ", ".join(sorted({r["commit"] for r in rows}))
+
+
+def calibration_table(rows: list[dict]) -> None:
+    cal = [r for r in rows if r["sweep"].startswith(CALIBRATION)]
+    if not cal:
+        return
+    print(f"== Calibration: the noise floor (jobs/study/calibrate.py; raysweep commit {_commits(cal)}) ==")
+    print(f"{'subset':<8}{'model':<18}{'forget quality':>16}{'utility':>10}{'utility / target':>18}")
+    for o in sorted({r["offset"] for r in cal}, key=int):
+        by = {r["trial"]: r for r in cal if r["offset"] == o}
+        t_mu = float(by["target"]["model_utility"]) if "target" in by else None
+        for model in ("target", "reference_seed0", "reference_seed1", "collapsed"):
+            if model in by:
+                fq, mu = float(by[model]["forget_quality"]), float(by[model]["model_utility"])
+                print(f"{'o' + o:<8}{model:<18}{fq:>16.3g}{mu:>10.3f}{_fmt(mu / t_mu if t_mu else None):>18}")
+    print()
+
+
+def _paired_blocks(rows: list[dict]) -> dict:
+    """(offset, seed) -> method -> list of (lr, FQ, MU), with the block's target (FQ, MU)."""
+    blocks: dict = defaultdict(lambda: defaultdict(list))
+    targets = {}
+    for r in rows:
+        if not r["sweep"].startswith(PAIRED) or r["step"] == "":
+            continue
+        key = (r["offset"], r["seed"])
+        blocks[key][r["method"]].append((float(r["lr"]), float(r["forget_quality"]), float(r["model_utility"])))
+        targets[key] = (float(r["target_forget_quality"]), float(r["target_model_utility"]))
+    return blocks, targets
+
+
+def paired_tables(rows: list[dict]) -> None:
+    from raysweep.sweep.comparison import bootstrap_ci, friedman, nemenyi_cd, normalised_hv, ranks
+
+    paired = [r for r in rows if r["sweep"].startswith(PAIRED)]
+    if not paired:
+        return
+    blocks, targets = _paired_blocks(paired)
+    # Only blocks where every method ran (a partial stage leaves the last block short).
+    methods = [m for m in METHODS if any(m in b for b in blocks.values())]
+    full = sorted((k for k, b in blocks.items() if all(m in b for m in methods)), key=lambda k: (int(k[0]), int(k[1])))
+    lrs = sorted({lr for k in full for m in methods for lr, _, _ in blocks[k][m]})
+    commit = _commits(paired)
+    print(f"== Paired design: every method's default weights on one lr grid, NPO forget, 12 steps "
+          f"(raysweep commit {commit}) ==")
+    print(f"blocks (subset, unlearning data-order seed): {', '.join(f'o{o}/s{s}' for o, s in full)}; "
+          f"targets (FQ, utility): " + ", ".join(f"o{o}: ({targets[(o, s)][0]:.2g}, {targets[(o, s)][1]:.3f})"
+                                                  for o, s in sorted({(k[0], '0') for k in full} & set(targets))))
+    print("forget quality / utility kept (utility / the target's) per lr, mean over blocks [min, max]:")
+    print(f"{'method':<10}" + "".join(f"{'lr ' + format(lr, '.2g'):>28}" for lr in lrs))
+    for m in methods:
+        cells = []
+        for lr in lrs:
+            pts = [(fq, mu / targets[k][1]) for k in full for l_, fq, mu in blocks[k][m] if l_ == lr]
+            fqs, kept = [p[0] for p in pts], [p[1] for p in pts]
+            if not pts:  # every block's trial at this lr stopped by the divergence guard
+                cells.append("-")
+                continue
+            cells.append(f"{statistics.geometric_mean(max(f, 1e-300) for f in fqs):.2g} / {statistics.mean(kept):.2f} "
+                         f"[{min(kept):.2f}, {max(kept):.2f}]")
+        print(f"{m:<10}" + "".join(f"{c:>28}" for c in cells))
+    print("(forget quality: geometric mean over blocks; kept: mean [min, max] over blocks; a trial stopped by the "
+          "divergence guard has no point)")
+    print()
+
+    def block_hv(points_by_block, floor):
+        return statistics.mean(normalised_hv(points_by_block.get(k, []), targets[k][0], targets[k][1], floor)
+                               for k in full)
+
+    print(f"== Paired design: normalised hypervolume per method (log10 FQ from the target's to 1; utility from "
+          f"{FLOOR:g} of the target's to the target's; raysweep commit {commit}) ==")
+    hv_table = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], targets[k][0], targets[k][1], FLOOR)
+                    for k in full] for m in methods}
+    print(f"{'method':<10}" + "".join(f"{'o' + o + '/s' + s:>9}" for o, s in full)
+          + f"{'mean':>8}{'CI, trials':>18}{'CI, blocks':>18}{'floor 0':>9}{'linear HV':>11}{'mean rank':>11}"
+          + "".join(f"{f'kept@FQ>={lv:g}':>20}" for lv in KEPT_LEVELS))
+    mean_ranks = np.mean([ranks([hv_table[m][i] for m in methods]) for i in range(len(full))], axis=0)
+    for j, m in enumerate(methods):
+        trials = [(k, fq, mu) for k in full for _, fq, mu in blocks[k][m]]
+
+        def stat(ts, floor=FLOOR):
+            by: dict = defaultdict(list)
+            for k, fq, mu in ts:
+                by[k].append((fq, mu))
+            return block_hv(by, floor)
+
+        est, lo, hi = bootstrap_ci(trials, stat, n_boot=N_BOOT, seed=0)
+        _, blo, bhi = bootstrap_ci(hv_table[m], statistics.mean, n_boot=N_BOOT, seed=0)
+        floor0 = stat(trials, 0.0)
+        linear = statistics.mean(hv(np.array([(fq, mu) for _, fq, mu in blocks[k][m]]).reshape(-1, 2)) for k in full)
+        print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_table[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{f'[{blo:.3f}, {bhi:.3f}]':>18}"
+              f"{floor0:>9.3f}{linear:>11.4f}{mean_ranks[j]:>11.2f}"
+              + "".join(f"{_kept_cell(blocks, targets, full, m, lv):>20}" for lv in KEPT_LEVELS))
+    print(f"(95% bootstrap CIs, {N_BOOT} resamples, seed 0: of the method's trials over all blocks, or of the blocks' "
+          "hypervolumes; floor 0: the same hypervolume "
+          "with utility floor 0; linear HV: the old measure, FQ x utility against (0, 0), mean over blocks; "
+          "kept@FQ>=L: utility / the target's at the highest-utility point with forget quality >= L, mean over the blocks "
+          "where one exists (n of N blocks))")
+    _friedman_line("blocks = (subset, seed), one hypervolume per method", hv_table, methods, friedman, nemenyi_cd)
+    # The same, with the FQ axis starting at the noise floor: the higher of the target's and the
+    # collapsed model's forget quality (calibration), so FQ gains a model that knows nothing also
+    # reaches earn nothing.
+    floor_fq = {o: max([targets[k][0] for k in full if k[0] == o]
+                       + [float(r["forget_quality"]) for r in rows if r["sweep"] == f"{CALIBRATION}o{o}"
+                          and r["trial"] == "collapsed"]) for o in {k[0] for k in full}}
+    above = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], floor_fq[k[0]], targets[k][1], FLOOR)
+                 for k in full] for m in methods}
+    print("above the noise floor (FQ axis from " + ", ".join(f"o{o}: {v:.2g}" for o, v in sorted(floor_fq.items()))
+          + "): mean HV " + ", ".join(f"{m} {statistics.mean(above[m]):.3f}" for m in methods))
+    _friedman_line("blocks = (subset, seed), hypervolume above the noise floor", above, methods, friedman,
+                   nemenyi_cd)
+    # Paired by lr too: one block per (subset, seed, lr), a method's single point's normalised area.
+    per_point = {m: [normalised_hv([(fq, mu) for l_, fq, mu in blocks[k][m] if l_ == lr], targets[k][0],
+                                   targets[k][1], FLOOR) for k in full for lr in lrs] for m in methods}
+    _friedman_line("blocks = (subset, seed, lr), one point's area per method", per_point, methods, friedman,
+                   nemenyi_cd)
+    _wilcoxon_line(per_point, methods)
+    print()
+
+
+def _kept_cell(blocks, targets, full, method, level) -> str:
+    kept = [k for b in full for k in [kept_at(np.array([(fq, mu) for _, fq, mu in blocks[b][method]]).reshape(-1, 2),
+                                              targets[b][1], level)] if k is not None]
+    return f"{_fmt(statistics.mean(kept) if kept else None, '.2f')} ({len(kept)}/{len(full)})"
+
+
+def _friedman_line(what: str, table: dict, methods, friedman, nemenyi_cd) -> None:
+    t = np.array([[table[m][i] for m in methods] for i in range(len(table[methods[0]]))])
+    n = len(t)
+    if n < 2 or len(methods) < 3 or np.all(t == t[0]):
+        print(f"Friedman ({what}): not computable ({n} blocks, {len(methods)} methods)")
+        return
+    stat, p, mean_ranks = friedman(t)
+    cd = nemenyi_cd(len(methods), n)
+    order = sorted(zip(methods, mean_ranks), key=lambda kv: kv[1])
+    pairs = [f"{a} < {b}" for i, (a, ra) in enumerate(order) for b, rb in order[i + 1:] if rb - ra > cd]
+    print(f"Friedman ({what}): N = {n}, chi2 = {stat:.2f}, df = {len(methods) - 1}, p = {p:.3g}; "
+          f"Nemenyi CD (alpha 0.05) = {cd:.2f} ranks; mean ranks " + ", ".join(f"{m} {r:.2f}" for m, r in order)
+          + "; pairs apart by more than the CD: " + (", ".join(pairs) if pairs else "none"))
+
+
+def _wilcoxon_line(per_point: dict, methods) -> None:
+    """Each method against GradDiff (the naive baseline of every claim), paired by (subset, seed, lr):
+    two-sided Wilcoxon signed-rank on the points' areas, Holm-adjusted over the comparisons."""
+    from scipy.stats import wilcoxon
+
+    from raysweep.sweep.comparison import holm
+
+    base = np.array(per_point["graddiff"]) if "graddiff" in per_point else None
+    others = [m for m in methods if m != "graddiff"]
+    if base is None or not others:
+        return
+    raw, wins = [], []
+    for m in others:
+        d = np.array(per_point[m]) - base
+        raw.append(float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0)
+        wins.append(f"{int(np.sum(d > 0))}/{int(np.sum(d < 0))}")
+    print("Wilcoxon signed-rank vs graddiff (blocks = (subset, seed, lr); better/worse blocks; Holm-adjusted p): "
+          + ", ".join(f"{m} {w} p = {p:.3g}" for m, w, p in zip(others, wins, holm(raw))))
+
+
+def tables_from_csv(path: Path) -> None:
+    rows = read_points(path)
+    calibration_table(rows)
+    paired_tables(rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'study_runs' / 'mlflow.db'}")
@@ -431,11 +677,24 @@ def main(argv=None) -> int:
                     help="forget quality levels a front point must reach for 'utility kept at matched forgetting'")
     ap.add_argument("--only", choices=["method", "method2", "objective", "sampler", "geffect", "method20",
                                        "objective20"])
+    ap.add_argument("--from", dest="from_csv", help="print RESULTS.md's tables from this per-point CSV (no MLflow)")
+    ap.add_argument("--export", help="write the per-point CSV of the paired and calibration runs from the MLflow store")
+    ap.add_argument("--commit", nargs="+", default=[], metavar="PREFIX=SHA",
+                    help="with --export: the raysweep commit that ran the sweeps whose name starts with PREFIX")
     args = ap.parse_args(argv)
+    if args.from_csv:
+        tables_from_csv(Path(args.from_csv))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     c = tracking.client(args.tracking_uri)
     all_sweeps = sweeps(c)
+    if args.export:
+        bad = [x for x in args.commit if "=" not in x]
+        if bad:
+            raise SystemExit(f"--commit: {bad[0]!r} is not allowed (PREFIX=SHA)")
+        export_points(c, all_sweeps, Path(args.export), dict(x.split("=", 1) for x in args.commit))
+        return 0
     tables = {"method": lambda: method_table(c, all_sweeps, out, args.fq_level),
               "method2": lambda: method_table(c, all_sweeps, out, args.fq_level, prefix="study-method2-"),
               "objective": lambda: objective_table(c, all_sweeps, out, args.fq_level),

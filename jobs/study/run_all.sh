@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
+#                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 6; OFFSETS="0 180")
 #                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
 set -u
 cd "$(dirname "$0")/../.."
+# One torch thread per process: `launch` prepares the target and reference in its own process at
+# torch's default thread count, and on a shared, oversubscribed 2-core CPU two threads ran the tiny
+# model's fine-tuning 8x slower than one (0.17 vs 1.36 steps/s, 2026-12-06). Trials use
+# train.threads_per_worker (1) already.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 ROOT=$PWD
 DB=${STUDY_DB:-$ROOT/study_runs/mlflow.db}
 mkdir -p "$(dirname "$DB")" study_runs/logs
@@ -101,6 +107,21 @@ stage() {
       local JOB=jobs/study/method20.yaml offsets=${1#objective20-o}
       [ "$offsets" = objective20 ] && offsets="0 180"
       round3 "$offsets" "wga tnpo wtnpo" "$BEST" ;;
+    paired|paired-s0|paired-s1|paired-s2)  # issue 27's paired design: every method with its default weights on the
+      # same deterministic lr grid ($LRS log-spaced points in [5e-4, 1e-2], search_spaces/study/paired/), the same
+      # steps, NPO forget, both 20-author subsets; unlearn.seed (the unlearning data order) outer, so that a
+      # partial run has every method at each finished seed
+      local JOB=jobs/study/method20.yaml seeds=${1#paired-s} s o m
+      [ "$seeds" = paired ] && seeds="0 1 2"
+      for s in $seeds; do
+        for o in ${OFFSETS:-0 180}; do
+          for m in $METHODS; do
+            launch "study-paired-$m-o$o-s$s" --set "sweep.search_space=$SPACES/paired/$m.yaml" \
+              --set sweep.sampler=grid --set "sweep.grid_points=${LRS:-6}" --set "sweep.num_trials=${LRS:-6}" \
+              --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set "unlearn.seed=$s"
+          done
+        done
+      done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
       # lr 7 log-spaced points x NPO beta 3 x SAGO gamma 2 x SAGO alpha 1 (the middle of its range)
       launch "study-sampler-grid-s0" --set "sweep.search_space=$SPACES/sampler.yaml" --set sweep.sampler=grid \

@@ -49,3 +49,32 @@ def test_smallest_study_sweep_and_its_tables(tmp_path):
     dom = dump_dom(page.as_uri(), tmp_path / "profile")
     table = dom[dom.index('id="front-table"'):]
     assert "mgda" in table[:table.index("</table>")]
+
+
+def test_paired_sweep_exports_to_the_csv_and_its_table_reprints(tmp_path):
+    """Issue 27's path: a paired sweep (grid sampler, default weights, lr only) -> MLflow ->
+    `make_tables.py --export` -> per-point CSV -> `--from` prints the paired table from the CSV alone."""
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for m in ("graddiff", "sago", "mgda"):  # three methods: the fewest the Friedman line takes
+        launch = subprocess.run(
+            [sys.executable, "-m", "raysweep.cli", "launch", "jobs/study/method.yaml", "--name",
+             f"study-paired-{m}-o0-s0", "--tracking-uri", db, "--storage", str(tmp_path / "runs"),
+             "--set", f"sweep.search_space=../../search_spaces/study/paired/{m}.yaml", "--set", "sweep.sampler=grid",
+             "--set", "sweep.grid_points=2", "--set", "sweep.num_trials=2"],
+            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=3600)
+        assert launch.returncode == 0, launch.stderr[-3000:]
+    csv_path = tmp_path / "points.csv"
+    export = subprocess.run([sys.executable, "jobs/study/make_tables.py", "--tracking-uri", db, "--export",
+                             str(csv_path), "--commit", "study-paired=abc1234"], cwd=REPO, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    rows = csv_path.read_text().splitlines()
+    # At most 2 points per sweep: a trial the divergence guard stopped (lr 1e-2) has none.
+    assert 1 + 3 <= len(rows) <= 1 + 3 * 2 and all(r.endswith(",abc1234") for r in rows[1:])
+    assert {r.split(",")[3] for r in rows[1:]} == {"graddiff", "sago", "mgda"}
+    tables = subprocess.run([sys.executable, "jobs/study/make_tables.py", "--from", str(csv_path)], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=600)
+    assert tables.returncode == 0, tables.stderr[-3000:]
+    assert "lr 0.0005" in tables.stdout and "lr 0.01" in tables.stdout  # the grid's two ends
+    assert re.search(r"^mgda\s+\S+ / ", tables.stdout, flags=re.M)
+    assert "Friedman (blocks = (subset, seed, lr)" in tables.stdout and "raysweep commit abc1234" in tables.stdout
