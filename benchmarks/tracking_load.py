@@ -119,7 +119,7 @@ def trial(i: int, uri: str, parent_id: str, exp_id: str, job_path: str, steps: i
 
 
 def one(backend: str, n: int, args) -> dict:
-    from tests.conftest import start_mlflow_server
+    from tests.conftest import start_mlflow_server, stop_mlflow_server
     from tests.postgres import Postgres
 
     from raysweep.sweep import tracking
@@ -175,10 +175,7 @@ def one(backend: str, n: int, args) -> dict:
                 "failed": failed, "written": written, "lost": lost, "not_finished": not_finished, "wall": wall,
                 "errors": errors}
     finally:
-        import signal
-
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_mlflow_server(server, timeout=60)
         if pg:
             pg.stop()
 

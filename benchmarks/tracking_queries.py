@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,7 @@ def _cli(*args: str) -> None:
 
 
 def one(n: int, store: str, first_marks_up_to: int) -> dict:
-    from tests.conftest import start_mlflow_server
+    from tests.conftest import start_mlflow_server, stop_mlflow_server
     from tests.postgres import Postgres, free_port
     from tests.synthetic_sweep import synthetic_sweep
 
@@ -109,8 +108,7 @@ def one(n: int, store: str, first_marks_up_to: int) -> dict:
         out["refresh_callback"] = held[0]
         return out
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_mlflow_server(server, timeout=60)
         if pg:
             pg.stop()
 

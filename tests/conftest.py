@@ -96,17 +96,22 @@ def start_mlflow_server(root: Path, port: int, log_mode: str = "w", backend_stor
     return proc
 
 
+def stop_mlflow_server(proc, timeout: float = 30) -> None:
+    """Stop a server :func:`start_mlflow_server` started: its whole process group (the workers)."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on loopback; stopped by PID."""
-    import signal
-
     root = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
     proc = start_mlflow_server(root, port)
     yield f"http://127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    stop_mlflow_server(proc)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from ..conftest import tiny_job
-from .test_sweep import raysweep
+from .test_sweep import launch_job
 
 pytestmark = pytest.mark.slow
 
@@ -21,27 +21,14 @@ OBJECTIVES = {"forget_answer_loss": "max", "retain_answer_loss": "min"}
 
 @pytest.fixture(scope="module")
 def densified(tmp_path_factory, tofu_dir, shared_cache):
-    from raysweep.models.prepare import prepare
-    from raysweep.spec import load_job
-
     tmp = tmp_path_factory.mktemp("densify")
     job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=3, batch_size=4).read_text())
     space = tmp / "space.yaml"
     space.write_text(yaml.safe_dump({"unlearn": {"lr": {"choice": [2e-2, 6e-2]}}}))
     job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8}
     job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "grid", "num_trials": 2,
-                    "max_concurrent": 2, "checkpoint": "uri",
-                    "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "storage_path": str(tmp / "runs")}
-    path = tmp / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    prepare(load_job(path))
-    res = raysweep("launch", str(path), "--name", "dense", cwd=tmp)
-    assert res.returncode == 0, res.stderr[-3000:]
-    uri = job["sweep"]["tracking_uri"]
-    from raysweep.sweep import tracking
-    from raysweep.sweep.report import pareto_report
-
-    before = pareto_report(tracking.client(uri), uri, "dense")
+                    "max_concurrent": 2, "checkpoint": "uri"}
+    path, uri, before = launch_job(tmp, job, "job.yaml", "dense")
     return tmp, path, uri, before
 
 

@@ -11,18 +11,13 @@ import pytest
 import yaml
 
 from ..conftest import tiny_job
-from .test_sweep import raysweep
+from .test_sweep import launch_job
 from .test_matrix_sweep import METHODS
 from .test_trajectory import OBJECTIVES
 
 
 @pytest.fixture(scope="module")
 def lora_sweep(tmp_path_factory, tofu_dir, shared_cache):
-    from raysweep.models.prepare import prepare
-    from raysweep.spec import load_job
-    from raysweep.sweep import tracking
-    from raysweep.sweep.report import pareto_report
-
     tmp = tmp_path_factory.mktemp("export")
     job = yaml.safe_load(tiny_job(tmp, tofu_dir, shared_cache, steps=4, batch_size=4).read_text())
     space = tmp / "space.yaml"
@@ -32,15 +27,8 @@ def lora_sweep(tmp_path_factory, tofu_dir, shared_cache):
     job["eval"] = {"benchmarks": ["qa"], "max_questions": 6, "max_new_tokens": 8, "every": 2}
     # Optuna's first 7 random draws under seed 140 are the 7 methods, each once (test_matrix_sweep.py)
     job["sweep"] = {"search_space": str(space), "objectives": OBJECTIVES, "sampler": "random",
-                    "num_trials": len(METHODS), "seed": 140, "max_concurrent": 2,
-                    "tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}", "storage_path": str(tmp / "runs")}
-    path = tmp / "lora.yaml"
-    path.write_text(yaml.safe_dump(job))
-    prepare(load_job(path))
-    res = raysweep("launch", str(path), "--name", "lora", cwd=tmp)
-    assert res.returncode == 0, res.stderr[-3000:]
-    uri = job["sweep"]["tracking_uri"]
-    report = pareto_report(tracking.client(uri), uri, "lora")
+                    "num_trials": len(METHODS), "seed": 140, "max_concurrent": 2}
+    path, uri, report = launch_job(tmp, job, "lora.yaml", "lora")
     return tmp, path, uri, report
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from ..conftest import REPO, _free_port, wait_healthy
+from ..conftest import REPO, _free_port, stop_mlflow_server, wait_healthy
 
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
 HEAD = CLUSTER["head_start_ray_commands"]
@@ -65,8 +64,7 @@ def auth_server(tmp_path_factory):
     uri = f"http://127.0.0.1:{port}"
     wait_healthy(uri, proc, root / "server.log", what="basic-auth server", timeout=120)
     yield uri, password
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    stop_mlflow_server(proc)
 
 
 @pytest.mark.slow  # starts a real basic-auth MLflow server (~30 s here)

@@ -41,6 +41,25 @@ def raysweep(*args, cwd):
                           timeout=900, env=env)
 
 
+def launch_job(tmp, job: dict, file: str, name: str):
+    """Write ``job`` (its ``sweep`` block tracked in ``tmp``'s sqlite, stored in ``tmp/runs``) to
+    ``tmp/file``, prepare its target, `raysweep launch` it as ``name``: (job path, tracking URI,
+    the sweep's Pareto report)."""
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+    from raysweep.sweep import tracking
+    from raysweep.sweep.report import pareto_report
+
+    job["sweep"].update(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", storage_path=str(tmp / "runs"))
+    path = tmp / file
+    path.write_text(yaml.safe_dump(job))
+    prepare(load_job(path))
+    res = raysweep("launch", str(path), "--name", name, cwd=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    uri = job["sweep"]["tracking_uri"]
+    return path, uri, pareto_report(tracking.client(uri), uri, name)
+
+
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, tofu_dir, shared_cache):
     """`raysweep launch` as a user runs it: a fresh process, everything it prints captured."""

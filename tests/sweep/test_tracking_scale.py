@@ -6,15 +6,13 @@ refresh never holds up Tune's event loop; marks that stand cost no request.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
 from raysweep.sweep import tracking
 
-from ..conftest import _free_port, start_mlflow_server
+from ..conftest import _free_port, start_mlflow_server, stop_mlflow_server
 from ..synthetic_sweep import OBJECTIVES, synthetic_sweep
 
 N = 150
@@ -27,8 +25,7 @@ def big_sweep(tmp_path_factory):
     port = _free_port()
     proc = start_mlflow_server(root, port)
     yield f"http://127.0.0.1:{port}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    stop_mlflow_server(proc)
 
 
 class Requests:
