@@ -165,7 +165,7 @@ class MOASHARungs:
         """What ``trial`` is ranked by at a rung: its feasible points so far (``trajectory``) or its
         last one if feasible (``last``), plus the point its last two evaluations predict."""
         hist = self.history[trial]
-        ok = [v for v, f in hist if f and all(math.isfinite(x) for x in v)]
+        ok = _usable(hist)
         if self.rank_by == "last":
             ok = ok[-1:] if ok and ok[-1] is hist[-1][0] else []
         if self.extrapolate and ok and len(hist) >= 2 and hist[-1][1] and self.steps[trial][-1] > self.steps[trial][-2]:
@@ -257,13 +257,18 @@ class MOASHARungs:
         if self.extrapolate:
             mine = list(self._judged_points(trial))
         else:
-            mine = [v for v, ok in self.history.get(trial, []) if ok and all(math.isfinite(x) for x in v)]
+            mine = _usable(self.history.get(trial, []))
         if not mine:
             return False
-        others = [v for t, points in self.history.items() if t != trial
-                  for v, ok in points if ok and all(math.isfinite(x) for x in v)]
+        others = [v for t, points in self.history.items() if t != trial for v in _usable(points)]
         ranks = nondominated_ranks(np.array(mine + others, dtype=np.float64), self.directions)
         return bool((ranks[:len(mine)] == 0).any())
+
+
+def _usable(points) -> list:
+    """The values of the feasible, finite evaluations among ``(values, feasible)`` pairs: what a
+    trial can be ranked or kept by."""
+    return [v for v, ok in points if ok and all(math.isfinite(x) for x in v)]
 
 
 def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint] = None,
