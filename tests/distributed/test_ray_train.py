@@ -57,6 +57,7 @@ def test_two_ray_workers_match_one_local_worker(ray_local, job_path, tmp_path):
     assert diff(load_weights(result.checkpoint.path), w_local) < 1e-4
 
 
+@pytest.mark.slow  # ~90 s; DDP worker-kill recovery stays in the default suite (test_matrix_ranks_sweep.py)
 @pytest.mark.matrix(strategy="ddp", method="graddiff", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off", event="worker_killed", export="none")
 def test_resume_and_worker_failure_reach_the_uninterrupted_parameters(ray_local, job_path, tmp_path):
     full = load_weights(fit(job_path, tmp_path, "full").checkpoint.path)

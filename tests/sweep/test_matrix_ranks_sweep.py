@@ -9,8 +9,8 @@ sqlite MLflow:
 * FIFO on FSDP, no evaluation along the run: the trial's rank-1 worker is killed at step 3 and the
   trial goes on from its checkpoint; the driver is SIGKILLed while the trial is held before closing
   its run, and ``raysweep resume`` finishes it; its final point is exported.
-* FIFO on DDP (bf16, LoRA, gradient checkpointing), no evaluation along the run: the driver is
-  killed and the sweep resumed as above; its final point is exported.
+* FIFO on DDP (bf16, LoRA, gradient checkpointing), no evaluation along the run: the same worker
+  kill, driver kill and resume as above; its final point is exported.
 
 Exported points load with ``from_pretrained`` and reproduce the metrics their trial recorded. The
 kill moments are held by fault hooks (tests/driver_faults.py), never raced against the machine."""
@@ -32,7 +32,7 @@ SWEEPS = {
     "fsdp-fifo": (dict(strategy="fsdp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="off",
                        scheduler="fifo"), ("worker_killed", "driver_killed_resume"), "final"),
     "ddp-fifo": (dict(strategy="ddp", precision="bf16", lora="on", gradient_checkpointing="on", eval_every="off",
-                      scheduler="fifo"), ("driver_killed_resume",), "final"),
+                      scheduler="fifo"), ("worker_killed", "driver_killed_resume"), "final"),
     "ddp-asha": (dict(strategy="ddp", precision="fp32", lora="off", gradient_checkpointing="off", eval_every="on",
                       scheduler="mo_asha"), ("uninterrupted",), "mid_run"),
     "fsdp-asha": (dict(strategy="fsdp", precision="bf16", lora="off", gradient_checkpointing="on", eval_every="on",
