@@ -3,6 +3,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# make test runs the test files on this many pytest-xdist workers (2: this 2-core machine and CI).
+TEST_WORKERS ?= 2
 export RAY_USAGE_STATS_ENABLED=0
 export MLFLOW_DISABLE_TELEMETRY=true
 export HF_HUB_OFFLINE=1
@@ -52,7 +54,7 @@ quickstart: $(STAMP)
 
 # pytest exits 5 when it ran no test: that is a failure here, not a pass.
 test: $(STAMP) browser postgres
-	@$(BIN)/python -m pytest -q --timeout=900; rc=$$?; \
+	@$(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no test - failing" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP) browser postgres

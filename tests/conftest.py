@@ -114,9 +114,21 @@ def mlflow_server(tmp_path_factory):
     stop_mlflow_server(proc)
 
 
+# The longest files of the default suite (``--durations``, 2026-12-07), started first: `make test`
+# runs the files on two xdist workers (``--dist loadfile``), and a long file started last would
+# run alone at the end.
+LONGEST_FIRST = ("sweep/test_matrix_ranks_sweep.py", "sweep/test_matrix_sweep.py", "test_gpu_check.py",
+                 "distributed/test_inline.py", "sweep/test_trajectory.py", "distributed/test_data_parallel.py",
+                 "distributed/test_ray_train.py", "sweep/test_export.py", "sweep/test_sweep.py",
+                 "sweep/test_lm_eval_sweep.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """With RAYSWEEP_MATRIX_DUMP=FILE, write each test's feature-matrix cells (its ``matrix``
-    marks) and whether it is slow: what docs/make_matrix.py builds docs/matrix.md from."""
+    """The longest files first (above); and with RAYSWEEP_MATRIX_DUMP=FILE, write each test's
+    feature-matrix cells (its ``matrix`` marks) and whether it is slow: what docs/make_matrix.py
+    builds docs/matrix.md from."""
+    rank = {str(Path(__file__).parent / name): i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(rank)))  # stable: the rest keep their order
     dump = os.environ.get("RAYSWEEP_MATRIX_DUMP")
     if not dump:
         return
