@@ -15,50 +15,121 @@ from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 
 
-def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
+def collect(c, parent, listing: Optional[dict] = None, cached: bool = True) -> tuple[list[dict], dict[str, str]]:
     """Every candidate point of the sweep: one row per evaluated (trial, step) of each finished
     trial (``eval.every``), or one per trial when it was evaluated only at its end. A trial the
     scheduler stopped contributes the points it reached. The last point of a trial is its final
-    evaluation (``objective/*``)."""
+    evaluation (``objective/*``). Rows come grouped by run, in MLflow's listing order (latest
+    start first).
+
+    With the parent's snapshot of these rows (``cached``; :func:`points_snapshot`), only the runs
+    that could differ from it are listed: ended since it was taken, RUNNING, or deleted; the
+    rows are the same as the full listing's. ``listing`` receives what a new snapshot needs."""
     objectives = tracking.parent_objectives(parent)
     constrained = tracking.parent_constrained(parent)
-    rows = []
-    finished = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+    seen = parent.data.tags.get(tracking.POINTS_TAG, "")
+    snapshot = tracking.read_points(c, parent) if cached and seen else None
+    taken = tracking.now_ms()  # before listing: a run that ends during it is listed again next time
+    deleted = tracking.deleted_child_ids(c, parent)
+    if snapshot is not None and (snapshot.get("version") != POINTS_VERSION or snapshot["objectives"] != objectives
+                                 or snapshot["constrained"] != constrained or set(snapshot["deleted"]) - deleted):
+        snapshot = None  # another layout, another sweep definition, or a deleted run restored since
+    by_run: dict[str, list[dict]] = {}
+    if snapshot is None:
+        runs = tracking.child_runs(c, parent)
+    else:
+        runs = tracking.changed_child_runs(c, parent, snapshot["taken"])
+        changed = {r.info.run_id for r in runs} | deleted
+        by_run = {run_id: [{**kept["base"], **point} for point in kept["points"]]  # rows share base's dicts
+                  for run_id, kept in snapshot["runs"].items() if run_id not in changed}
+    finished = [r for r in runs if r.info.status == "FINISHED"]
     # The trajectories of every trial evaluated along its run, in bulk (not per run: issue 28).
     along = [r.info.run_id for r in finished if all(f"eval/{k}" in r.data.metrics for k in objectives)]
     history = {k: tracking.metric_histories(c, along, f"eval/{k}") for k in [*objectives, "feasible"]} if along else {}
     for r in finished:
-        m, tags = r.data.metrics, r.data.tags
-        base = {
-            "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
-            "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
-            "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
-            # raysweep densify's points: weights between the target and a front point, evaluated alone
-            "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
-            "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
-            # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
-            "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
-            # the logged models of its front points so far (sweep/front_models.py: no request per run)
-            "models": {k: v for k, v in tags.items() if k.startswith(tracking.MODEL_AT)},
-        }
-        final = [m.get(f"objective/{k}") for k in objectives]
-        final_step = None
-        if all(f"eval/{k}" in m for k in objectives):
-            points, feasible = _trajectory(history, r.info.run_id, objectives)
-            final_step = max(points) if all(v is not None for v in final) and points else None
-            for step in sorted(points):
-                if step == final_step:
-                    continue  # the final evaluation below stands for it
-                rows.append({**base, "step": step, "final": False, "objectives": points[step],
-                             "feasible": recorded_feasible(feasible.get(step), constrained),
-                             "checkpoint_uri": tags.get(checkpoint_tag(step))})
-        if any(v is None for v in final):
-            continue
-        rows.append({**base, "step": final_step if final_step is not None else _final_step(m, tags),
-                     "final": True, "objectives": dict(zip(objectives, final)),
-                     "feasible": recorded_feasible(m.get("feasible"), constrained),
-                     "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
-    return rows, objectives
+        by_run[r.info.run_id] = _run_rows(r, history, objectives, constrained)
+    if listing is not None:
+        listing.update(seen=seen, taken=taken, deleted=sorted(deleted))
+    order = sorted((rows for rows in by_run.values() if rows), key=lambda rows: (-(rows[0]["start_time"] or 0),
+                                                                               rows[0]["run_id"]))
+    return [row for rows in order for row in rows], objectives
+
+
+def _run_rows(r, history: dict, objectives: dict, constrained: bool) -> list[dict]:
+    """The candidate points of one finished child run (:func:`collect`)."""
+    m, tags = r.data.metrics, r.data.tags
+    base = {
+        "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
+        "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
+        "start_time": r.info.start_time, "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
+        # raysweep densify's points: weights between the target and a front point, evaluated alone
+        "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
+        "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
+        # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
+        "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
+        # the logged models of its front points so far (sweep/front_models.py: no request per run)
+        "models": {k: v for k, v in tags.items() if k.startswith(tracking.MODEL_AT)},
+    }
+    rows = []
+    final = [m.get(f"objective/{k}") for k in objectives]
+    final_step = None
+    if all(f"eval/{k}" in m for k in objectives):
+        points, feasible = _trajectory(history, r.info.run_id, objectives)
+        final_step = max(points) if all(v is not None for v in final) and points else None
+        for step in sorted(points):
+            if step == final_step:
+                continue  # the final evaluation below stands for it
+            rows.append({**base, "step": step, "final": False, "objectives": points[step],
+                         "feasible": recorded_feasible(feasible.get(step), constrained),
+                         "checkpoint_uri": tags.get(checkpoint_tag(step))})
+    if any(v is None for v in final):
+        return rows
+    rows.append({**base, "step": final_step if final_step is not None else _final_step(m, tags),
+                 "final": True, "objectives": dict(zip(objectives, final)),
+                 "feasible": recorded_feasible(m.get("feasible"), constrained),
+                 "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
+    return rows
+
+
+# The snapshot's layout: a snapshot of another layout is not read (the full listing instead).
+POINTS_VERSION = 1
+# A row's own keys; the rest (the run's) is stored once per run. "pareto" and "rank" are the
+# report's, not the listing's.
+POINT_KEYS, REPORT_KEYS = ("step", "final", "objectives", "feasible", "checkpoint_uri"), ("pareto", "rank")
+
+
+def points_snapshot(report: dict) -> dict:
+    """What :func:`collect` reads back instead of listing the runs: the report's rows as the
+    listing gave them (with the marks and models written since), when it listed them, and the
+    deleted runs it saw."""
+    import uuid
+
+    runs: dict[str, dict] = {}
+    for r in report["trials"]:
+        kept = runs.setdefault(r["run_id"], {"base": {k: v for k, v in r.items() if k not in (*POINT_KEYS, *REPORT_KEYS)},
+                                             "points": []})
+        kept["points"].append({k: r[k] for k in POINT_KEYS})
+    listing = report["listing"]
+    return {"id": uuid.uuid4().hex, "version": POINTS_VERSION, "taken": listing["taken"],
+            "deleted": listing["deleted"], "objectives": report["objectives"],
+            "constrained": report["constrained"], "runs": runs}
+
+
+def runs_changing(c, report: dict) -> None:
+    """Call before writing to the report's ended runs (marks, model tags): the parent's snapshot
+    is dropped first (once), so that no reader trusts it while the runs change."""
+    listing = report.setdefault("listing", {})  # a report made elsewhere: drop, and save none
+    if not listing.get("dropped"):
+        ok = tracking.drop_points(c, report["parent_run_id"], listing.get("seen"))
+        listing.update(dropped=True, seen="" if ok else None)  # None: another writer's changes; no snapshot
+
+
+def save_points(c, report: dict) -> bool:
+    """The report's rows as the parent's snapshot (:func:`points_snapshot`), unless another writer
+    changed the runs or wrote its own since this report listed them."""
+    if report.get("listing", {}).get("seen") is None:
+        return False
+    return tracking.write_points(c, report["parent_run_id"], points_snapshot(report), report["listing"]["seen"])
 
 
 def split_params(run) -> dict:
@@ -189,9 +260,13 @@ def fronts_over_time(rows: list[dict], objectives: dict[str, str], ref_point,
     return out
 
 
-def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None) -> dict:
+def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None,
+                  cached: bool = True) -> dict:
+    """The sweep's front and what goes with it; ``cached=False``: from the full listing even where
+    the parent has a snapshot (:func:`collect`)."""
     parent = tracking.find_parent(c, sweep, tracking_uri)
-    rows, objectives = collect(c, parent)
+    listing: dict = {}
+    rows, objectives = collect(c, parent, listing, cached=cached)
     if not rows:
         raise tracking.TrackingError(f"sweep '{sweep}' has no finished trials yet")
     names, directions = list(objectives), [objectives[k] for k in objectives]
@@ -225,6 +300,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         "hypervolume_history": hypervolume_history(rows, objectives, ref_point),
         "fronts_over_time": fronts_over_time(rows, objectives, ref_point),
         "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
+        "constrained": tracking.parent_constrained(parent), "listing": listing,
     }
     if log_plot or plot_path:
         path = Path(plot_path or f"pareto_{sweep}.png")
