@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 from raysweep.sweep import tracking
-from raysweep.sweep.report import plot_hypervolume_history, point_label, runs_changing, save_points
+from raysweep.sweep.points import runs_changing, save_points
+from raysweep.sweep.report import plot_hypervolume_history, point_label
 
 FRONT, DOMINATED = "front", "dominated"
 PARETO_TAG = tracking.PARETO_TAG

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import raysweep
 from raysweep.sweep import tracking
-from raysweep.sweep.report import point_label, runs_changing
+from raysweep.sweep.points import runs_changing
+from raysweep.sweep.report import point_label
 
 MODEL_TAG = tracking.MODEL_AT
 PATH_TAG = "raysweep.checkpoint_path"

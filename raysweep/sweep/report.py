@@ -11,6 +11,7 @@ import numpy as np
 
 from raysweep.reporting.constraint import recorded_feasible
 from raysweep.sweep import tracking
+from raysweep.sweep.points import rows_by_run, usable
 from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 
@@ -22,7 +23,7 @@ def collect(c, parent, listing: Optional[dict] = None, cached: bool = True) -> t
     evaluation (``objective/*``). Rows come grouped by run, in MLflow's listing order (latest
     start first).
 
-    With the parent's snapshot of these rows (``cached``; :func:`points_snapshot`), only the runs
+    With the parent's snapshot of these rows (``cached``; sweep/points.py), only the runs
     that could differ from it are listed: ended since it was taken, RUNNING, or deleted; the
     rows are the same as the full listing's. ``listing`` receives what a new snapshot needs."""
     objectives = tracking.parent_objectives(parent)
@@ -31,17 +32,12 @@ def collect(c, parent, listing: Optional[dict] = None, cached: bool = True) -> t
     snapshot = tracking.read_points(c, parent) if cached and seen else None
     taken = tracking.now_ms()  # before listing: a run that ends during it is listed again next time
     deleted = tracking.deleted_child_ids(c, parent)
-    if snapshot is not None and (snapshot.get("version") != POINTS_VERSION or snapshot["objectives"] != objectives
-                                 or snapshot["constrained"] != constrained or set(snapshot["deleted"]) - deleted):
-        snapshot = None  # another layout, another sweep definition, or a deleted run restored since
     by_run: dict[str, list[dict]] = {}
-    if snapshot is None:
+    if not usable(snapshot, objectives, constrained, deleted):
         runs = tracking.child_runs(c, parent)
     else:
         runs = tracking.changed_child_runs(c, parent, snapshot["taken"])
-        changed = {r.info.run_id for r in runs} | deleted
-        by_run = {run_id: [{**kept["base"], **point} for point in kept["points"]]  # rows share base's dicts
-                  for run_id, kept in snapshot["runs"].items() if run_id not in changed}
+        by_run = rows_by_run(snapshot, skip={r.info.run_id for r in runs} | deleted)
     finished = [r for r in runs if r.info.status == "FINISHED"]
     # The trajectories of every trial evaluated along its run, in bulk (not per run: issue 28).
     along = [r.info.run_id for r in finished if all(f"eval/{k}" in r.data.metrics for k in objectives)]
@@ -89,47 +85,6 @@ def _run_rows(r, history: dict, objectives: dict, constrained: bool) -> list[dic
                  "feasible": recorded_feasible(m.get("feasible"), constrained),
                  "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
     return rows
-
-
-# The snapshot's layout: a snapshot of another layout is not read (the full listing instead).
-POINTS_VERSION = 1
-# A row's own keys; the rest (the run's) is stored once per run. "pareto" and "rank" are the
-# report's, not the listing's.
-POINT_KEYS, REPORT_KEYS = ("step", "final", "objectives", "feasible", "checkpoint_uri"), ("pareto", "rank")
-
-
-def points_snapshot(report: dict) -> dict:
-    """What :func:`collect` reads back instead of listing the runs: the report's rows as the
-    listing gave them (with the marks and models written since), when it listed them, and the
-    deleted runs it saw."""
-    import uuid
-
-    runs: dict[str, dict] = {}
-    for r in report["trials"]:
-        kept = runs.setdefault(r["run_id"], {"base": {k: v for k, v in r.items() if k not in (*POINT_KEYS, *REPORT_KEYS)},
-                                             "points": []})
-        kept["points"].append({k: r[k] for k in POINT_KEYS})
-    listing = report["listing"]
-    return {"id": uuid.uuid4().hex, "version": POINTS_VERSION, "taken": listing["taken"],
-            "deleted": listing["deleted"], "objectives": report["objectives"],
-            "constrained": report["constrained"], "runs": runs}
-
-
-def runs_changing(c, report: dict) -> None:
-    """Call before writing to the report's ended runs (marks, model tags): the parent's snapshot
-    is dropped first (once), so that no reader trusts it while the runs change."""
-    listing = report.setdefault("listing", {})  # a report made elsewhere: drop, and save none
-    if not listing.get("dropped"):
-        ok = tracking.drop_points(c, report["parent_run_id"], listing.get("seen"))
-        listing.update(dropped=True, seen="" if ok else None)  # None: another writer's changes; no snapshot
-
-
-def save_points(c, report: dict) -> bool:
-    """The report's rows as the parent's snapshot (:func:`points_snapshot`), unless another writer
-    changed the runs or wrote its own since this report listed them."""
-    if report.get("listing", {}).get("seen") is None:
-        return False
-    return tracking.write_points(c, report["parent_run_id"], points_snapshot(report), report["listing"]["seen"])
 
 
 def split_params(run) -> dict:

@@ -266,11 +266,11 @@ def child_runs(c, parent) -> list:
     return search_all_runs(c, [parent.info.experiment_id], _children(parent))
 
 
-# The sweep's evaluated points as of a moment, on its parent run (issue 28): a cache of what the
-# full listing of its child runs gives (report.py's rows), so that a read lists only the runs that
-# could differ from it - listing 5,000 full runs costs a server ~1.5 ms of CPU each. The tag holds
-# {"id", "taken", "runs"}; the artifact the rows (gzipped JSON, its "id" the tag's). Who writes to
-# a child run that has ended, other than by ending it again, first calls :func:`drop_points`.
+# The sweep's evaluated points as of a moment, on its parent run (sweep/points.py, issue 28): a
+# cache of what the full listing of its child runs gives (report.py's rows), so that a read lists
+# only the runs that could differ from it - listing 5,000 full runs costs a server ~1.5 ms of CPU
+# each. The tag holds {"id", "taken", "runs"}; the artifact the rows (gzipped JSON, its "id" the
+# tag's). Who writes to a child run that has ended, other than by ending it again, first drops it.
 POINTS_TAG, POINTS_ARTIFACT = "raysweep.points", "raysweep/points.json.gz"
 # Runs ended up to this long before a snapshot was taken are listed again: a run's end time is
 # its node's clock, which may lag the clock that took the snapshot.

@@ -149,7 +149,8 @@ def test_refreshing_the_front_models_costs_no_request_per_run(big_sweep, monkeyp
     with the runs: no ``runs/get`` per trial (5,000 at 5,000 trials before). Real logged models,
     one per front point, as a sweep's end leaves them."""
     from raysweep.sweep.front_models import MODEL_TAG, log_front_models
-    from raysweep.sweep.report import pareto_report, runs_changing
+    from raysweep.sweep.points import runs_changing
+    from raysweep.sweep.report import pareto_report
 
     c = tracking.client(big_sweep)
     report = pareto_report(c, big_sweep, "big")
