@@ -7,8 +7,9 @@ It is only a cache of the full listing's rows: written by the front refresh and 
 could differ from it (ended since it was taken, less a clock-skew margin; RUNNING; deleted). Who
 writes to a child run that has ended, other than by ending it again (marks, model tags), calls
 :func:`runs_changing` first: the snapshot is dropped before the runs change, and a writer that
-finds another's changes since its own listing saves none. Storage and the run listings are
-``tracking.py``'s.
+finds another's changes since its own listing saves none. The clock-skew margin also covers a
+write that lands just after its run ended (a trial's last buffered metrics or a checkpoint tag
+racing the driver's end of the run). Storage and the run listings are ``tracking.py``'s.
 """
 
 from __future__ import annotations
@@ -67,4 +68,11 @@ def save_points(c, report: dict) -> bool:
     its own snapshot since this report listed them."""
     if report.get("listing", {}).get("seen") is None:
         return False
-    return tracking.write_points(c, report["parent_run_id"], snapshot_of(report), report["listing"]["seen"])
+    try:
+        return tracking.write_points(c, report["parent_run_id"], snapshot_of(report), report["listing"]["seen"])
+    except Exception as err:  # noqa: BLE001 - a cache: without it the next read lists every run
+        import sys
+
+        print(f"sweep {report['sweep']}: no snapshot of its points saved; the next read lists every run "
+              f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})", file=sys.stderr, flush=True)
+        return False
