@@ -186,12 +186,16 @@ def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point)
     by_run: dict[str, list[dict]] = {}
     for r in rows:
         by_run.setdefault(r["run_id"], []).append(r)
-    out, front, steps = [], [], 0
+    out, front, steps, hv = [], [], 0, 0.0
     for k, (run_id, (_, trial)) in enumerate(_trial_order(rows), start=1):
         pool = front + by_run[run_id]
-        front = [r for r, keep in zip(pool, _front_mask(pool, objectives)) if keep]
-        hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
-                               list(objectives.values()), ref_point)) if front else 0.0
+        keep = _front_mask(pool, objectives)
+        # A trial none of whose points joins the front leaves it, and its hypervolume, as they were
+        # (a point that drops an old front point is itself on the front): most trials of a large sweep.
+        if keep[len(front):].any():
+            front = [r for r, on in zip(pool, keep) if on]
+            hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
+                                   list(objectives.values()), ref_point))
         # the anytime curve's cost (issue 26): unlearning steps the finished trials trained, a
         # stopped trial's up to its last evaluation
         steps += max((r["step"] or 0) for r in by_run[run_id])
