@@ -5,7 +5,8 @@ Parent tags: ``raysweep.sweep`` (the sweep name, what the CLI takes), ``raysweep
 ``raysweep.reference_point`` (JSON, optional), ``raysweep.objective.<name>`` (its direction).
 Artifacts: ``job.yaml``, ``job.json``, ``search_space.yaml``; once the front is computed
 ``pareto_front.csv``/``.json``, the front and hypervolume plots, a description listing the front
-(``sweep/front_marks.py``). Child runs are named ``<method>-<forget>-trial-<id>``; tags:
+(``sweep/front_marks.py``); the snapshot of the sweep's points ``raysweep/points.json.gz`` named by
+tag ``raysweep.points`` (``sweep/points.py``). Child runs are named ``<method>-<forget>-trial-<id>``; tags:
 ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``, ``raysweep.objective.<name>``,
 ``raysweep.checkpoint_uri``, ``raysweep.node``, ``raysweep.pareto`` (front|dominated); a trial
 keeps one child run across restarts.
