@@ -9,10 +9,14 @@ store. Each command is timed as a person runs it (a new process, Python's start-
 ``pareto`` is timed three ways: ``--no-log`` (the read and the computation), the first
 ``pareto`` that marks every run (a request per run whose marks change; up to
 ``--first-marks-up-to`` trials, beyond which the marks are written in-process first), and again
-once the marks stand (as after a sweep whose refresh kept them current). The refresh: how long Tune's callback
+once the marks stand (as after a sweep whose refresh kept them current), and ``--no-log`` again
+from the snapshot of the sweep's points that the refresh and ``pareto`` leave on the parent run
+(the state after a finished sweep: only the runs ended since, less a clock-skew margin, RUNNING
+or deleted are listed). The refresh: how long Tune's callback
 holds the driver's event loop (it should not), and how long the refresh itself takes on its thread.
 Each figure comes with the requests the server logged for it (``req``) and, for ``pareto --no-log``,
-the CPU seconds the server's workers spent on it (listing full runs is most of the work).
+the CPU seconds the server's workers spent on it (listing full runs is most of the work). ``import
+mlflow``: a new process importing ``mlflow.tracking`` alone (what every command pays first).
 """
 
 from __future__ import annotations
@@ -86,13 +90,14 @@ def one(n: int, store: str, first_marks_up_to: int) -> dict:
             out["pareto_first"] = srv.measure(lambda: _cli("pareto", sweep, "--tracking-uri", uri))
         else:  # the marks as the sweep's refresh leaves them, written in-process (a request per run over HTTP)
             from raysweep.sweep import tracking
-            from raysweep.sweep.front_marks import mark_children
+            from raysweep.sweep.front_marks import publish
             from raysweep.sweep.report import pareto_report
 
             c = tracking.client(store_uri)
-            mark_children(c, pareto_report(c, store_uri, sweep))
+            publish(c, pareto_report(c, store_uri, sweep), full=False)  # the marks and the snapshot
             out["pareto_first"] = (float("nan"), 0, float("nan"))
         out |= {"pareto": srv.measure(lambda: _cli("pareto", sweep, "--tracking-uri", uri)),
+                "pareto_snapshot": srv.measure(lambda: _cli("pareto", sweep, "--no-log", "--tracking-uri", uri)),
                 "report": srv.measure(lambda: _cli("report", sweep, "--no-log", "--tracking-uri", uri,
                                                    "--out", str(root / "report")))}
         refresh = FrontRefresh(uri, sweep, every_seconds=0)
@@ -106,6 +111,9 @@ def one(n: int, store: str, first_marks_up_to: int) -> dict:
 
         out["refresh"] = srv.measure(refreshed)
         out["refresh_callback"] = held[0]
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import mlflow.tracking"], check=True)
+        out["import_mlflow"] = time.perf_counter() - t
         return out
     finally:
         stop_mlflow_server(server, timeout=60)
@@ -123,15 +131,18 @@ def main() -> int:
     print(f"store {args.store}; mlflow server --workers 2 on loopback; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.1f}", flush=True)
     cols = [("status", "status"), ("pareto_nolog", "pareto --no-log"), ("pareto_first", "pareto 1st"),
-            ("pareto", "pareto"), ("report", "report --no-log"), ("refresh", "refresh")]
+            ("pareto", "pareto"), ("pareto_snapshot", "pareto --no-log, snapshot"), ("report", "report --no-log"),
+            ("refresh", "refresh")]
     head = f"{'trials':>6} {'build s':>8} " + " ".join(f"{name + ' s (req)':>{len(name) + 12}}" for _, name in cols) \
-        + f" {'server CPU s, pareto --no-log':>30} {'refresh callback ms':>20}"
+        + f" {'server CPU s, pareto --no-log / snapshot':>41} {'refresh callback ms':>20} {'import mlflow s':>16}" \
+        + f" {'load avg':>9}"
     print(head + "\n" + "-" * len(head), flush=True)
     for n in args.n:
         r = one(n, args.store, args.first_marks_up_to)
         cells = " ".join(f"{f'{r[k][0]:.1f} ({r[k][1]})':>{len(name) + 12}}" for k, name in cols)
-        print(f"{r['n']:>6} {r['built']:>8.1f} {cells} {r['pareto_nolog'][2]:>30.1f} {r['refresh_callback'] * 1000:>20.1f}",
-              flush=True)
+        cpu = f"{r['pareto_nolog'][2]:.1f} / {r['pareto_snapshot'][2]:.1f}"
+        print(f"{r['n']:>6} {r['built']:>8.1f} {cells} {cpu:>41} {r['refresh_callback'] * 1000:>20.1f}"
+              f" {r['import_mlflow']:>16.1f} {os.getloadavg()[0]:>9.1f}", flush=True)
     return 0
 
 

@@ -26,12 +26,23 @@ def parent_run(store_uri: str, sweep: str, experiment: str = "raysweep/synthetic
     from raysweep.sweep import tracking
 
     c = tracking.client(store_uri)
-    exp_id = tracking.experiment_id(c, experiment)
+    exp = c.get_experiment_by_name(experiment)
+    # its artifacts (the parent's files, the points snapshot) beside a sqlite store, not in the cwd
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=_artifact_root(store_uri))
     parent = c.create_run(exp_id, run_name=sweep, tags={
         tracking.SWEEP_TAG: sweep, tracking.ROLE_TAG: "parent", "raysweep.objectives": json.dumps(OBJECTIVES),
         "raysweep.reference_point": "", "raysweep.constrained": "False", **tracking.objective_tags(OBJECTIVES)})
     c.set_terminated(parent.info.run_id)
     return exp_id, parent.info.run_id
+
+
+def _artifact_root(store_uri: str) -> str:
+    import tempfile
+    from pathlib import Path
+
+    if store_uri.startswith("sqlite:///"):
+        return (Path(store_uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return Path(tempfile.mkdtemp(prefix="synthetic-artifacts-")).as_uri()
 
 
 def write_trials(store_uri: str, exp_id: str, parent_id: str, sweep: str, n: int, steps: int = 20, every: int = 5,

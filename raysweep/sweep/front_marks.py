@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from raysweep.sweep import tracking
+from raysweep.sweep.points import runs_changing, save_points
 from raysweep.sweep.report import plot_hypervolume_history, point_label
 
 FRONT, DOMINATED = "front", "dominated"
@@ -128,7 +129,9 @@ def mark_children(c, report: dict) -> int:
                 RUN_COLOUR_TAG: FRONT_COLOUR if on_front else DOMINATED_COLOUR}
         now = rows[0].get("marks", {})
         if any(now.get(k) != v for k, v in tags.items()):  # a run whose marks stand costs no request
+            runs_changing(c, report)
             c.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+            now.update(tags)  # the run's rows share one dict: the report (and its snapshot) know the marks
     save_front_view(c, report)
     return on
 
@@ -209,7 +212,8 @@ def log_parent(c, report: dict) -> None:
 
 def publish(c, report: dict, full: bool = True, models: bool = True) -> None:
     """Child marks always; with ``full`` the parent's files and description, and (``models``) the
-    front's checkpoints as MLflow logged models."""
+    front's checkpoints as MLflow logged models; last, the snapshot of the sweep's points that
+    the next read starts from (``report.save_points``)."""
     mark_children(c, report)
     if full:
         log_parent(c, report)
@@ -221,6 +225,7 @@ def publish(c, report: dict, full: bool = True, models: bool = True) -> None:
             except Exception as err:  # noqa: BLE001 - e.g. a tracking server older than MLflow 3
                 print(f"sweep {report['sweep']}: front checkpoints not logged as MLflow models: "
                       f"{str(err).splitlines()[0][:300] if str(err) else type(err).__name__}", file=sys.stderr, flush=True)
+    save_points(c, report)
 
 
 class FrontRefresh:
@@ -256,7 +261,9 @@ class FrontRefresh:
 
         try:
             c = tracking.client(self.tracking_uri)
-            mark_children(c, pareto_report(c, self.tracking_uri, self.sweep))
+            report = pareto_report(c, self.tracking_uri, self.sweep)
+            mark_children(c, report)
+            save_points(c, report)  # the next refresh lists only the runs that end meanwhile
         except tracking.TrackingError:  # no finished trial yet (this one was stopped or failed)
             pass
         except Exception as err:  # noqa: BLE001 - marks are a view; the sweep's end redoes them

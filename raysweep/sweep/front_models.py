@@ -23,6 +23,7 @@ from pathlib import Path
 
 import raysweep
 from raysweep.sweep import tracking
+from raysweep.sweep.points import runs_changing
 from raysweep.sweep.report import point_label
 
 MODEL_TAG = tracking.MODEL_AT
@@ -129,6 +130,7 @@ def _log_one(c, report: dict, r: dict, parent) -> str:
     # the run's page lists it under "Logged models" only once it is the run's output
     c.log_outputs(r["run_id"], [LoggedModelOutput(model.model_id, int(r["step"] or 0))])
     c.finalize_logged_model(model.model_id, "READY")
+    runs_changing(c, report)
     c.set_tag(r["run_id"], f"{MODEL_TAG}{int(r['step'] or 0)}", model.model_id)
     r.setdefault("models", {})[f"{MODEL_TAG}{int(r['step'] or 0)}"] = model.model_id  # the report knows it too
     c.set_tag(r["run_id"], PATH_TAG, path)

@@ -11,54 +11,80 @@ import numpy as np
 
 from raysweep.reporting.constraint import recorded_feasible
 from raysweep.sweep import tracking
+from raysweep.sweep.points import rows_by_run, usable
 from raysweep.sweep.tracking import checkpoint_tag
 from raysweep.sweep.pareto import hypervolume, nadir, non_dominated
 
 
-def collect(c, parent) -> tuple[list[dict], dict[str, str]]:
+def collect(c, parent, listing: Optional[dict] = None, cached: bool = True) -> tuple[list[dict], dict[str, str]]:
     """Every candidate point of the sweep: one row per evaluated (trial, step) of each finished
     trial (``eval.every``), or one per trial when it was evaluated only at its end. A trial the
     scheduler stopped contributes the points it reached. The last point of a trial is its final
-    evaluation (``objective/*``)."""
+    evaluation (``objective/*``). Rows come grouped by run, in MLflow's listing order (latest
+    start first).
+
+    With the parent's snapshot of these rows (``cached``; sweep/points.py), only the runs
+    that could differ from it are listed: ended since it was taken, RUNNING, or deleted; the
+    rows are the same as the full listing's. ``listing`` receives what a new snapshot needs."""
     objectives = tracking.parent_objectives(parent)
     constrained = tracking.parent_constrained(parent)
-    rows = []
-    finished = [r for r in tracking.child_runs(c, parent) if r.info.status == "FINISHED"]
+    seen = parent.data.tags.get(tracking.POINTS_TAG, "")
+    snapshot = tracking.read_points(c, parent) if cached and seen else None
+    taken = tracking.now_ms()  # before listing: a run that ends during it is listed again next time
+    deleted = tracking.deleted_child_ids(c, parent)
+    by_run: dict[str, list[dict]] = {}
+    if not usable(snapshot, objectives, constrained, deleted):
+        runs = tracking.child_runs(c, parent)
+    else:
+        runs = tracking.changed_child_runs(c, parent, snapshot["taken"])
+        by_run = rows_by_run(snapshot, skip={r.info.run_id for r in runs} | deleted)
+    finished = [r for r in runs if r.info.status == "FINISHED"]
     # The trajectories of every trial evaluated along its run, in bulk (not per run: issue 28).
     along = [r.info.run_id for r in finished if all(f"eval/{k}" in r.data.metrics for k in objectives)]
     history = {k: tracking.metric_histories(c, along, f"eval/{k}") for k in [*objectives, "feasible"]} if along else {}
     for r in finished:
-        m, tags = r.data.metrics, r.data.tags
-        base = {
-            "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
-            "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
-            "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
-            # raysweep densify's points: weights between the target and a front point, evaluated alone
-            "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
-            "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
-            # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
-            "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
-            # the logged models of its front points so far (sweep/front_models.py: no request per run)
-            "models": {k: v for k, v in tags.items() if k.startswith(tracking.MODEL_AT)},
-        }
-        final = [m.get(f"objective/{k}") for k in objectives]
-        final_step = None
-        if all(f"eval/{k}" in m for k in objectives):
-            points, feasible = _trajectory(history, r.info.run_id, objectives)
-            final_step = max(points) if all(v is not None for v in final) and points else None
-            for step in sorted(points):
-                if step == final_step:
-                    continue  # the final evaluation below stands for it
-                rows.append({**base, "step": step, "final": False, "objectives": points[step],
-                             "feasible": recorded_feasible(feasible.get(step), constrained),
-                             "checkpoint_uri": tags.get(checkpoint_tag(step))})
-        if any(v is None for v in final):
-            continue
-        rows.append({**base, "step": final_step if final_step is not None else _final_step(m, tags),
-                     "final": True, "objectives": dict(zip(objectives, final)),
-                     "feasible": recorded_feasible(m.get("feasible"), constrained),
-                     "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
-    return rows, objectives
+        by_run[r.info.run_id] = _run_rows(r, history, objectives, constrained)
+    if listing is not None:
+        listing.update(seen=seen, taken=taken, deleted=sorted(deleted))
+    order = sorted((rows for rows in by_run.values() if rows), key=lambda rows: (-(rows[0]["start_time"] or 0),
+                                                                               rows[0]["run_id"]))
+    return [row for rows in order for row in rows], objectives
+
+
+def _run_rows(r, history: dict, objectives: dict, constrained: bool) -> list[dict]:
+    """The candidate points of one finished child run (:func:`collect`)."""
+    m, tags = r.data.metrics, r.data.tags
+    base = {
+        "trial_id": tags.get(tracking.TRIAL_TAG), "run_id": r.info.run_id, "method": tags.get("raysweep.method"),
+        "forget": tags.get("raysweep.forget"), "stopped_by": tags.get("raysweep.stopped_by"),
+        "start_time": r.info.start_time, "end_time": r.info.end_time, "run_name": r.info.run_name, **split_params(r),
+        # raysweep densify's points: weights between the target and a front point, evaluated alone
+        "kind": tags.get("raysweep.kind", "trial"), "parents": json.loads(tags.get("raysweep.parents", "[]")),
+        "lambda": float(tags["raysweep.lambda"]) if "raysweep.lambda" in tags else None,
+        # the front marks it carries now (sweep/front_marks.py rewrites only the changed ones)
+        "marks": {k: v for k, v in tags.items() if k.startswith((tracking.PARETO_TAG, tracking.OBJECTIVE_TAG)) or k == "mlflow.runColor"},
+        # the logged models of its front points so far (sweep/front_models.py: no request per run)
+        "models": {k: v for k, v in tags.items() if k.startswith(tracking.MODEL_AT)},
+    }
+    rows = []
+    final = [m.get(f"objective/{k}") for k in objectives]
+    final_step = None
+    if all(f"eval/{k}" in m for k in objectives):
+        points, feasible = _trajectory(history, r.info.run_id, objectives)
+        final_step = max(points) if all(v is not None for v in final) and points else None
+        for step in sorted(points):
+            if step == final_step:
+                continue  # the final evaluation below stands for it
+            rows.append({**base, "step": step, "final": False, "objectives": points[step],
+                         "feasible": recorded_feasible(feasible.get(step), constrained),
+                         "checkpoint_uri": tags.get(checkpoint_tag(step))})
+    if any(v is None for v in final):
+        return rows
+    rows.append({**base, "step": final_step if final_step is not None else _final_step(m, tags),
+                 "final": True, "objectives": dict(zip(objectives, final)),
+                 "feasible": recorded_feasible(m.get("feasible"), constrained),
+                 "checkpoint_uri": tags.get("raysweep.checkpoint_uri")})
+    return rows
 
 
 def split_params(run) -> dict:
@@ -160,12 +186,16 @@ def hypervolume_history(rows: list[dict], objectives: dict[str, str], ref_point)
     by_run: dict[str, list[dict]] = {}
     for r in rows:
         by_run.setdefault(r["run_id"], []).append(r)
-    out, front, steps = [], [], 0
+    out, front, steps, hv = [], [], 0, 0.0
     for k, (run_id, (_, trial)) in enumerate(_trial_order(rows), start=1):
         pool = front + by_run[run_id]
-        front = [r for r, keep in zip(pool, _front_mask(pool, objectives)) if keep]
-        hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
-                               list(objectives.values()), ref_point)) if front else 0.0
+        keep = _front_mask(pool, objectives)
+        # A trial none of whose points joins the front leaves it, and its hypervolume, as they were
+        # (a point that drops an old front point is itself on the front): most trials of a large sweep.
+        if keep[len(front):].any():
+            front = [r for r, on in zip(pool, keep) if on]
+            hv = float(hypervolume(np.array([[r["objectives"][n] for n in objectives] for r in front]),
+                                   list(objectives.values()), ref_point))
         # the anytime curve's cost (issue 26): unlearning steps the finished trials trained, a
         # stopped trial's up to its last evaluation
         steps += max((r["step"] or 0) for r in by_run[run_id])
@@ -189,9 +219,13 @@ def fronts_over_time(rows: list[dict], objectives: dict[str, str], ref_point,
     return out
 
 
-def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None) -> dict:
+def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot_path: Optional[str] = None,
+                  cached: bool = True) -> dict:
+    """The sweep's front and what goes with it; ``cached=False``: from the full listing even where
+    the parent has a snapshot (:func:`collect`)."""
     parent = tracking.find_parent(c, sweep, tracking_uri)
-    rows, objectives = collect(c, parent)
+    listing: dict = {}
+    rows, objectives = collect(c, parent, listing, cached=cached)
     if not rows:
         raise tracking.TrackingError(f"sweep '{sweep}' has no finished trials yet")
     names, directions = list(objectives), [objectives[k] for k in objectives]
@@ -225,6 +259,7 @@ def pareto_report(c, tracking_uri: str, sweep: str, log_plot: bool = False, plot
         "hypervolume_history": hypervolume_history(rows, objectives, ref_point),
         "fronts_over_time": fronts_over_time(rows, objectives, ref_point),
         "experiment_id": parent.info.experiment_id, "parent_run_id": parent.info.run_id,
+        "constrained": tracking.parent_constrained(parent), "listing": listing,
     }
     if log_plot or plot_path:
         path = Path(plot_path or f"pareto_{sweep}.png")

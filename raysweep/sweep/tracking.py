@@ -5,7 +5,8 @@ Parent tags: ``raysweep.sweep`` (the sweep name, what the CLI takes), ``raysweep
 ``raysweep.reference_point`` (JSON, optional), ``raysweep.objective.<name>`` (its direction).
 Artifacts: ``job.yaml``, ``job.json``, ``search_space.yaml``; once the front is computed
 ``pareto_front.csv``/``.json``, the front and hypervolume plots, a description listing the front
-(``sweep/front_marks.py``). Child runs are named ``<method>-<forget>-trial-<id>``; tags:
+(``sweep/front_marks.py``); the snapshot of the sweep's points ``raysweep/points.json.gz`` named by
+tag ``raysweep.points`` (``sweep/points.py``). Child runs are named ``<method>-<forget>-trial-<id>``; tags:
 ``raysweep.trial_id``, ``raysweep.method``, ``raysweep.forget``, ``raysweep.objective.<name>``,
 ``raysweep.checkpoint_uri``, ``raysweep.node``, ``raysweep.pareto`` (front|dominated); a trial
 keeps one child run across restarts.
@@ -223,12 +224,17 @@ def _token_offset(token: Optional[str]) -> Optional[int]:
         and isinstance(decoded["offset"], int) else None
 
 
-def search_all_runs(c, experiment_ids: list, filter_string: str) -> list:
-    """Every run matching a server-side filter, page by page (no silent cap at one page). From a
-    tracking server whose pages are offsets, the pages after the first are read ``IN_FLIGHT`` at
-    a time; until a page comes back last."""
+def search_all_runs(c, experiment_ids: list, filter_string: str, deleted: bool = False) -> list:
+    """Every run matching a server-side filter, page by page (no silent cap at one page); the
+    deleted ones instead with ``deleted``. From a tracking server whose pages are offsets, the
+    pages after the first are read ``IN_FLIGHT`` at a time; until a page comes back last."""
+    from mlflow.entities import ViewType
+
+    view = ViewType.DELETED_ONLY if deleted else ViewType.ACTIVE_ONLY
+
     def page(token):
-        return c.search_runs(experiment_ids, filter_string=filter_string, max_results=SEARCH_PAGE, page_token=token)
+        return c.search_runs(experiment_ids, filter_string=filter_string, run_view_type=view,
+                             max_results=SEARCH_PAGE, page_token=token)
 
     first = page(None)
     runs, token = list(first), first.token
@@ -253,8 +259,95 @@ def search_all_runs(c, experiment_ids: list, filter_string: str) -> list:
     return runs
 
 
+def _children(parent) -> str:
+    return f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+
+
 def child_runs(c, parent) -> list:
-    return search_all_runs(c, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return search_all_runs(c, [parent.info.experiment_id], _children(parent))
+
+
+# The sweep's evaluated points as of a moment, on its parent run (sweep/points.py, issue 28): a
+# cache of what the full listing of its child runs gives (report.py's rows), so that a read lists
+# only the runs that could differ from it - listing 5,000 full runs costs a server ~1.5 ms of CPU
+# each. The tag holds {"id", "taken", "runs"}; the artifact the rows (gzipped JSON, its "id" the
+# tag's). Who writes to a child run that has ended, other than by ending it again, first drops it.
+POINTS_TAG, POINTS_ARTIFACT = "raysweep.points", "raysweep/points.json.gz"
+# Runs ended up to this long before a snapshot was taken are listed again: a run's end time is
+# its node's clock, which may lag the clock that took the snapshot.
+CLOCK_SKEW_MS = 5 * 60 * 1000
+
+
+def now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def deleted_child_ids(c, parent) -> set[str]:
+    return {r.info.run_id for r in search_all_runs(c, [parent.info.experiment_id], _children(parent), deleted=True)}
+
+
+def changed_child_runs(c, parent, since_ms: int) -> list:
+    """The child runs that may differ from a listing taken at ``since_ms``: those that ended after
+    it (less :data:`CLOCK_SKEW_MS`; a reopened run that ends again has a new end time) and those
+    RUNNING (a run reopened by ``resume`` keeps its old end time while it runs)."""
+    exp = [parent.info.experiment_id]
+    ended = search_all_runs(c, exp, f"{_children(parent)} and attributes.end_time >= {int(since_ms) - CLOCK_SKEW_MS}")
+    running = search_all_runs(c, exp, f"{_children(parent)} and attributes.status = 'RUNNING'")
+    return list({r.info.run_id: r for r in [*ended, *running]}.values())
+
+
+def read_points(c, parent) -> Optional[dict]:
+    """The snapshot the parent's tag names, or None (none, or it cannot be read: then the caller
+    lists every run, as before snapshots)."""
+    import gzip
+    import tempfile
+    from pathlib import Path
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar on the CLI's output
+    try:
+        meta = json.loads(parent.data.tags.get(POINTS_TAG) or "null")
+        if not meta:
+            return None
+        with tempfile.TemporaryDirectory(prefix="raysweep-points-") as tmp:
+            path = c.download_artifacts(parent.info.run_id, POINTS_ARTIFACT, tmp)
+            snapshot = json.loads(gzip.decompress(Path(path).read_bytes()))
+    except Exception:  # noqa: BLE001 - a cache: the full listing is always right
+        return None
+    # the artifact is rewritten in place: one written after this tag was read is not the tag's
+    return snapshot if snapshot.get("id") == meta.get("id") else None
+
+
+def _points_tag(c, parent_run_id: str) -> str:
+    return c.get_run(parent_run_id).data.tags.get(POINTS_TAG, "")
+
+
+def drop_points(c, parent_run_id: str, seen: str) -> bool:
+    """Invalidate the parent's snapshot before writing to its ended child runs; whether the tag
+    was still ``seen`` (else another writer changed the runs meanwhile: write no snapshot)."""
+    ok = _points_tag(c, parent_run_id) == seen
+    c.set_tag(parent_run_id, POINTS_TAG, "")
+    return ok
+
+
+def write_points(c, parent_run_id: str, snapshot: dict, seen: str) -> bool:
+    """Store ``snapshot`` (with its ``id`` and ``taken``) on the parent, unless its tag is no
+    longer ``seen`` (another writer's snapshot or changes since this one's listing)."""
+    import gzip
+    import tempfile
+    from pathlib import Path
+
+    if _points_tag(c, parent_run_id) != seen:
+        return False
+    folder, name = POINTS_ARTIFACT.rsplit("/", 1)
+    with tempfile.TemporaryDirectory(prefix="raysweep-points-") as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(gzip.compress(json.dumps(snapshot, separators=(",", ":")).encode(), compresslevel=6))
+        c.log_artifact(parent_run_id, str(path), folder)
+    c.set_tag(parent_run_id, POINTS_TAG, json.dumps({"id": snapshot["id"], "taken": snapshot["taken"],
+                                                     "runs": len(snapshot["runs"])}))
+    return True
 
 
 # MLflow's limits for metrics/get-history-bulk (the UI's bulk history): runs per request, values

@@ -148,3 +148,27 @@ def test_front_and_ranks_of_a_5000_trial_sweep_take_seconds():
     sample = rng.choice(len(pts), 300, replace=False)
     np.testing.assert_array_equal(nondominated_ranks(pts[sample], ["max", "min"]),
                                   brute_ranks(pts[sample], ["max", "min"]))
+
+
+@pytest.mark.parametrize("directions", [["max", "min"], ["min", "min"]])
+def test_hypervolume_by_trials_matches_the_brute_force_of_each_prefix(directions):
+    """Issue 28: the curve keeps its front from trial to trial and recomputes the hypervolume only
+    when a trial's point joins it; after each trial (by end time) it equals the area of the union
+    of the feasible points' boxes of the trials so far, ties and infeasible points included."""
+    from raysweep.sweep.report import hypervolume_history
+
+    rng = np.random.default_rng(7)
+    objectives = {"a": directions[0], "b": directions[1]}
+    rows = []
+    for t in rng.permutation(25):
+        for step in (1, 2):
+            a, b = (float(v) for v in rng.integers(0, 12, 2))  # integer grid: ties and duplicates
+            rows.append({"run_id": f"r{t}", "trial_id": f"t{t}", "end_time": int(t) * 1000, "step": step,
+                         "objectives": {"a": a, "b": b}, "feasible": bool(rng.random() > 0.2)})
+    ref = [-1.0 if d == "max" else 13.0 for d in directions]
+    history = hypervolume_history(rows, objectives, ref)
+    for h in history:
+        seen = {f"r{t}" for t in range(h["trials"])}
+        pts = [[r["objectives"]["a"], r["objectives"]["b"]] for r in rows if r["run_id"] in seen and r["feasible"]]
+        assert h["hypervolume"] == pytest.approx(brute_hypervolume(pts, directions, ref) if pts else 0.0)
+    assert [h["trials"] for h in history] == list(range(1, 26))

@@ -16,12 +16,14 @@ from ..conftest import _free_port, start_mlflow_server, stop_mlflow_server
 from ..synthetic_sweep import OBJECTIVES, synthetic_sweep
 
 N = 150
+N_SMALL = 30  # "small" and "edits": sweeps beside "big" in the same store
 
 
 @pytest.fixture(scope="module")
 def big_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("big_sweep")
-    synthetic_sweep(f"sqlite:///{root / 'mlflow.db'}", "big", N)
+    for sweep, n in (("big", N), ("small", N_SMALL), ("edits", N_SMALL)):
+        synthetic_sweep(f"sqlite:///{root / 'mlflow.db'}", sweep, n)
     port = _free_port()
     proc = start_mlflow_server(root, port)
     yield f"http://127.0.0.1:{port}"
@@ -61,10 +63,11 @@ def test_pareto_reads_every_trajectory_in_bulk_and_it_matches_the_per_run_histor
     c = tracking.client(big_sweep)
     parent = tracking.find_parent(c, "big", big_sweep)
     requests = Requests(monkeypatch)
-    rows, objectives = collect(c, parent)
+    rows, objectives = collect(c, parent, cached=False)
     print(f"{N} trials: {len(requests.paths)} requests")
-    # 1 page of runs + 3 metrics x ceil(150 / 100) bulk reads; one request per run per metric before
-    assert len(requests.paths) <= 1 + 3 * 2, sorted(set(requests.paths))
+    # 1 page of runs + the deleted ones + 3 metrics x ceil(150 / 100) bulk reads; one request per
+    # run per metric before
+    assert len(requests.paths) <= 2 + 3 * 2, sorted(set(requests.paths))
     assert len({r["run_id"] for r in rows}) == N and len(rows) == 4 * N  # 4 evaluated steps each
     # the reference: each run's own histories, one request per run and metric (a sample of runs)
     for run_id in sorted({r["run_id"] for r in rows})[:12]:
@@ -111,7 +114,7 @@ def test_pages_of_runs_and_histories_are_read_as_many_at_once_as_the_server_has_
     assert requests.peak == tracking.IN_FLIGHT == 2, requests.peak
     assert requests.paths.count("/api/2.0/mlflow/runs/search") <= 8 + tracking.IN_FLIGHT  # the last pair may overrun
     requests.peak = 0
-    rows, _ = collect(c, parent)
+    rows, _ = collect(c, parent, cached=False)
     assert len(rows) == 4 * N and requests.peak == 2
 
 
@@ -146,10 +149,12 @@ def test_refreshing_the_front_models_costs_no_request_per_run(big_sweep, monkeyp
     with the runs: no ``runs/get`` per trial (5,000 at 5,000 trials before). Real logged models,
     one per front point, as a sweep's end leaves them."""
     from raysweep.sweep.front_models import MODEL_TAG, log_front_models
+    from raysweep.sweep.points import runs_changing
     from raysweep.sweep.report import pareto_report
 
     c = tracking.client(big_sweep)
     report = pareto_report(c, big_sweep, "big")
+    runs_changing(c, report)  # as sweep/front_models.py does before its tags: the snapshot is dropped
     made = set()
     for r in report["front"]:
         model = c.create_logged_model(report["experiment_id"], name=f"m-{r['trial_id']}-{r['step']}",
@@ -163,3 +168,119 @@ def test_refreshing_the_front_models_costs_no_request_per_run(big_sweep, monkeyp
     assert [p for p in requests.paths if p.endswith("/runs/get")] == []
     assert len(requests.paths) <= 2 * len(made)  # a re-tag per model (MLflow reads the model first)
     assert all(c.get_logged_model(m).tags["raysweep.pareto"] == "front" for m in made)
+
+
+class Listed:
+    """Counts the child runs the search requests bring back while it is on (real requests)."""
+
+    def __init__(self, c, monkeypatch):
+        self.runs = 0
+        original = c.search_runs
+
+        def counted(*a, **kw):
+            page = original(*a, **kw)
+            if "mlflow.parentRunId" in (kw.get("filter_string") or ""):
+                self.runs += len(page)
+            return page
+
+        monkeypatch.setattr(c, "search_runs", counted)
+
+
+def _refresh(uri: str, sweep: str) -> None:
+    """The sweep's front refresh, as Tune calls it when a trial ends: marks, then the snapshot."""
+    from raysweep.sweep.front_marks import FrontRefresh
+
+    refresh = FrontRefresh(uri, sweep, every_seconds=0)
+    refresh.on_trial_complete(0, [], None)
+    refresh.wait()
+
+
+def _same(a: dict, b: dict) -> None:
+    """Two reports alike in everything but when and how they listed the runs."""
+    import json
+
+    def text(r):
+        return json.dumps({k: v for k, v in r.items() if k != "listing"}, default=str, sort_keys=False)
+
+    assert text(a) == text(b)
+
+
+def test_pareto_from_a_snapshot_lists_the_same_few_runs_at_30_and_at_150_trials(big_sweep, monkeypatch):
+    """After the front refresh has left its snapshot on the parent, a read lists only the runs
+    that could differ from it (here those ended within the clock-skew margin of the snapshot:
+    the synthetic trials end a minute apart, the last ones just before the test), so the
+    requests and runs listed do not grow with the trials; the report is the full listing's.
+    A sweep without a snapshot (as before it existed) is read by listing every run."""
+    from raysweep.sweep.report import pareto_report
+
+    c = tracking.client(big_sweep)
+    seen = {}
+    for sweep, n in (("small", N_SMALL), ("big", N)):
+        parent = tracking.find_parent(c, sweep, big_sweep)
+        if sweep == "small":  # no snapshot yet: every run is listed, as for a sweep of an older version
+            assert not parent.data.tags.get(tracking.POINTS_TAG)
+            listed = Listed(c, monkeypatch)
+            _same(pareto_report(c, big_sweep, sweep), pareto_report(c, big_sweep, sweep, cached=False))
+            assert listed.runs == 2 * n
+            monkeypatch.undo()
+        _refresh(big_sweep, sweep)
+        assert tracking.find_parent(c, sweep, big_sweep).data.tags.get(tracking.POINTS_TAG)
+        requests, listed = Requests(monkeypatch), Listed(c, monkeypatch)
+        cached = pareto_report(c, big_sweep, sweep)
+        seen[sweep] = (len(requests.paths), listed.runs)
+        monkeypatch.undo()
+        _same(cached, pareto_report(c, big_sweep, sweep, cached=False))
+    print(f"pareto from the snapshot: (requests, runs listed) {seen}")
+    assert seen["small"][0] == seen["big"][0], seen
+    assert seen["small"][1] <= 6 and seen["big"][1] <= 6, seen  # the last 5 trials end in the margin
+
+
+def test_pareto_from_a_snapshot_equals_the_full_listing_after_runs_end_are_deleted_reopened_or_restored(
+        big_sweep, monkeypatch):
+    """Each change that can reach a sweep after its snapshot, made with the calls raysweep's own
+    code makes: a new trial ending (or densify's interpolated run), a run deleted, a run reopened
+    by ``resume`` (RUNNING, then ended again with new values), a run deleted before the snapshot
+    and restored after it (that one cannot be told from the snapshot: every run is listed)."""
+    from raysweep.sweep.report import pareto_report
+
+    c = tracking.client(big_sweep)
+    parent = tracking.find_parent(c, "edits", big_sweep)
+    exp, pid = parent.info.experiment_id, parent.info.run_id
+    _refresh(big_sweep, "edits")
+
+    def check(full_listing: bool = False) -> dict:
+        listed = Listed(c, monkeypatch)
+        cached = pareto_report(c, big_sweep, "edits")
+        runs = listed.runs
+        monkeypatch.undo()
+        full = pareto_report(c, big_sweep, "edits", cached=False)
+        _same(cached, full)
+        assert (runs == len(tracking.child_runs(c, parent))) if full_listing else runs <= 8, runs
+        return cached
+
+    def end(trial: str, forget: float, retain: float) -> str:
+        run_id = tracking.get_or_create_child(c, pid, exp, trial, "edits", {"alpha": 1.0},
+                                              {"raysweep.method": "npo", "raysweep.forget": "npo"})
+        for step, f, r in ((10, forget / 2, retain), (20, forget, retain)):
+            tracking.log_metrics(c, run_id, {"eval/forget_answer_loss": f, "eval/retain_answer_loss": r,
+                                             "eval/feasible": 1.0}, step=step)
+        tracking.log_metrics(c, run_id, {"objective/forget_answer_loss": forget,
+                                         "objective/retain_answer_loss": retain}, step=20)
+        c.set_tag(run_id, "raysweep.final_step", "20")
+        c.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    before = check()
+    best = end("new_00001", forget=100.0, retain=0.0)  # dominates every synthetic point
+    after = check()
+    assert [r["run_id"] for r in after["front"]] == [best] and after["front"] != before["front"]
+    c.delete_run(best)
+    assert check()["front"] == before["front"]
+    reopened = before["front"][0]["trial_id"]
+    run_id = tracking.get_or_create_child(c, pid, exp, reopened, "edits", {}, {})  # what resume does
+    assert reopened not in {r["trial_id"] for r in check()["trials"]}  # RUNNING: no candidate
+    end(reopened, forget=50.0, retain=0.0)
+    assert [r["run_id"] for r in check()["front"]] == [run_id]
+    _refresh(big_sweep, "edits")  # a snapshot that knows the deleted run
+    c.restore_run(best)
+    assert [r["run_id"] for r in check(full_listing=True)["front"]] == [best]
