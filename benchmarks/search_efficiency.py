@@ -14,8 +14,8 @@ short. Each arm then replays the sweep: two workers take the trials in order, ea
 is an event at its step count, and the arm's real rung logic (``MOASHARungs``, the class the Tune
 scheduler asks) answers continue or stop there; a stopped trial frees its worker at once. Steps
 spent = the steps the trials trained; hypervolume = that of every evaluated point (the sweep's
-front candidates), at the job's reference point. ``--validate ARM`` runs the arm for real on the
-first seed (``sweep.scheduler`` in the job) and prints the replay's and the real sweep's numbers
+front candidates), at the job's reference point. ``--validate ARM`` runs the arm for real on
+every seed given (``sweep.scheduler`` in the job) and prints the replay's and the real sweep's numbers
 side by side: the replay ignores evaluation time in the workers' order, nothing else.
 
 Printed per seed and arm: steps spent and their ratio to FIFO's, final hypervolume and its ratio to
@@ -200,7 +200,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=40, help="eval.max_questions (each evaluation)")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "raysweep" / "search_efficiency"),
                     help="where the recorded FIFO sweeps are kept (reused by a second call)")
-    ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on the first seed")
+    ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on every seed given")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
     if args.validate and args.validate not in ARMS:
@@ -242,15 +242,17 @@ def main() -> None:
     print(f"target (every seed: steps <= 0.5 of FIFO's and HV >= 0.99 of FIFO's) met by: {', '.join(met) or 'none'}")
 
     if args.validate:
-        seed = args.seeds[0]
-        name = f"{args.validate.replace(' ', '-')}-{seed}"
-        db = run_sweep(args, name, sweep_settings(args, seed, ARMS[args.validate]), work)
-        trials, objectives, ref = trajectories(db, name)
-        real_steps = sum(t[-1][0] for t in trials if t)
-        real_hv = replay(trials, objectives, ref, None, args.steps)[3]  # every point it evaluated
-        _, _, sim_steps, sim_hv = results[(args.validate, seed)]
-        print(f"validation, {args.validate}, seed {seed}: replay {sim_steps} steps HV {sim_hv:.4f}; "
-              f"real sweep {real_steps} steps HV {real_hv:.4f}")
+        for seed in args.seeds:
+            name = f"{args.validate.replace(' ', '-')}-{seed}"
+            db = run_sweep(args, name, sweep_settings(args, seed, ARMS[args.validate]), work)
+            trials, objectives, ref = trajectories(db, name)
+            real_steps = sum(t[-1][0] for t in trials if t)
+            real_hv = replay(trials, objectives, ref, None, args.steps)[3]  # every point it evaluated
+            _, _, sim_steps, sim_hv = results[(args.validate, seed)]
+            _, _, f_spent, f_hv = results[("FIFO", seed)]
+            print(f"validation, {args.validate}, seed {seed}: replay {sim_steps} steps HV {sim_hv:.4f}; "
+                  f"real sweep {real_steps} steps ({real_steps / f_spent:.2f} of FIFO's) HV {real_hv:.4f} "
+                  f"({real_hv / f_hv:.3f} of FIFO's)", flush=True)
 
     import matplotlib
 
