@@ -501,6 +501,10 @@ class JobSpec(_Strict):
             if not self.eval.every:
                 raise ValueError("@sweep.scheduler: mo_asha is not allowed without eval.every "
                                  "(its rungs are decided on evaluations along the run)")
+            if self.sweep.scheduler.promotion == "pause" and self.train.workers > 1:
+                # a paused trial resumes as after a failure; that is tested for one-process trials only
+                raise ValueError(f"@sweep.scheduler.promotion: 'pause' is not allowed with train.workers "
+                                 f"{self.train.workers} (one-process trials only; use promotion: stop)")
             if self.sweep.scheduler.grace_period % self.eval.every:
                 raise ValueError(f"@sweep.scheduler.grace_period: {self.sweep.scheduler.grace_period} is not "
                                  f"allowed (must be a multiple of eval.every={self.eval.every})")

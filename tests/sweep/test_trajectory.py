@@ -197,6 +197,8 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
     ({"sweep": {"scheduler": {"name": "hyperband"}}}, "hyperband"),
     ({"sweep": {"scheduler": {"name": "mo_asha", "promotion": "later"}}}, "sweep.scheduler.promotion"),
     ({"sweep": {"scheduler": {"name": "mo_asha", "extrapolate": -1}}}, "sweep.scheduler.extrapolate"),
+    ({"train": {"workers": 2}, "sweep": {"scheduler": {"name": "mo_asha", "grace_period": 2, "promotion": "pause"}}},
+     "sweep.scheduler.promotion: 'pause' is not allowed with train.workers 2"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job
@@ -204,7 +206,7 @@ def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, chang
     path = trajectory_job(tmp_path, tofu_dir, tmp_path / "cache")
     raw = yaml.safe_load(path.read_text())
     for section, values in change.items():
-        raw[section].update(values)
+        raw.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(JobSpecError) as err:
         load_job(path)
