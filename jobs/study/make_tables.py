@@ -439,10 +439,12 @@ CSV_FIELDS = ["sweep", "trial", "step", "method", "forget", "offset", "seed", "l
               "model_utility", "target_forget_quality", "target_model_utility", "commit", "cut_pairs"]
 PAIRED = "study-paired-"
 EXTENDED = "study-extended-"   # SAGO's extended budget (issue 27 item 3)
+LONG = "study-long-"           # SAGO's long budget: SAGO and GradDiff, 144 steps at low lrs (issue 27 item 3)
 TUNED = "study-tuned-"         # the tuned comparison (issue 27 item 2)
 CALIBRATION = "study-calibration-"
 # sweep-name prefix -> the rest of the name: (method, offset[, seed])
-SWEEP_NAMES = {PAIRED: r"([a-z_]+)-o(\d+)-s(\d+)", EXTENDED: r"([a-z_]+)-o(\d+)-s(\d+)", TUNED: r"([a-z_]+)-o(\d+)"}
+SWEEP_NAMES = {PAIRED: r"([a-z_]+)-o(\d+)-s(\d+)", EXTENDED: r"([a-z_]+)-o(\d+)-s(\d+)",
+               LONG: r"([a-z_]+)-o(\d+)-s(\d+)", TUNED: r"([a-z_]+)-o(\d+)"}
 METHODS = ("graddiff", "sago", "pcgrad_r", "ngdiff", "gru", "mgda")
 KEPT_LEVELS = (1e-3, 1e-2)  # above the collapsed model's forget quality (calibration: <= 2e-4)
 FLOOR = 0.5        # the stated utility floor of the normalised hypervolume (a fraction of the target's)
@@ -733,19 +735,20 @@ def _block_order(keys) -> list:
     return sorted(keys, key=lambda k: (int(k[0]), int(k[1])))
 
 
-def extended_tables(rows: list[dict]) -> None:
+def extended_tables(rows: list[dict], prefix: str = EXTENDED, title: str = "SAGO's extended budget") -> None:
     """SAGO's extended budget (issue 27 item 3): what each method reaches at 48 steps and lrs up to
-    3e-2, and the claim's own test - utility kept at matched forgetting, against GradDiff."""
-    ext = [r for r in rows if r["sweep"].startswith(EXTENDED)]
+    3e-2 (or, ``prefix`` LONG, 144 steps at low lrs), and the claim's own test - utility kept at
+    matched forgetting, against GradDiff."""
+    ext = [r for r in rows if r["sweep"].startswith(prefix)]
     if not ext:
         return
-    blocks, targets = _trials_by_block(ext, EXTENDED)
+    blocks, targets = _trials_by_block(ext, prefix)
     methods = [m for m in METHODS if any(m in b for b in blocks.values())]
     keys = _block_order(blocks)
     steps = sorted({st for b in blocks.values() for t in b.values() for pts in t.values() for _, st, _, _ in pts})
     lrs = sorted({lr for b in blocks.values() for t in b.values() for pts in t.values() for lr, _, _, _ in pts})
     cuts = _cuts(rows)
-    print(f"== SAGO's extended budget: default weights, lr grid {lrs[0]:.2g}..{lrs[-1]:.2g}, {steps[-1]} steps evaluated "
+    print(f"== {title}: default weights, lr grid {lrs[0]:.2g}..{lrs[-1]:.2g}, {steps[-1]} steps evaluated "
           f"every {steps[0]}, NPO forget (raysweep commit {_commits(ext)}) ==")
     print("blocks (subset, data-order seed) per method: " + "; ".join(
         f"{m} " + ", ".join(f"o{o}/s{sd}" for o, sd in keys if m in blocks[(o, sd)]) for m in methods))
@@ -768,7 +771,7 @@ def extended_tables(rows: list[dict]) -> None:
     print("(a trial stopped by the divergence guard keeps the points evaluated before it stopped; \"-\": none at that lr)")
     print()
 
-    print(f"== SAGO's extended budget: utility kept at matched forgetting, against GradDiff (raysweep commit "
+    print(f"== {title}: utility kept at matched forgetting, against GradDiff (raysweep commit "
           f"{_commits(ext)}) ==")
     print(f"{'method':<10}{'blocks':>7}" + "".join(f"{f'kept@FQ>={lv:g}':>18}" for lv in MATCHED_LEVELS)
           + "".join(f"{f'vs graddiff @{lv:g}':>32}" for lv in MATCHED_LEVELS))
@@ -863,6 +866,7 @@ def tables_from_csv(path: Path) -> None:
     calibration_table(rows)
     paired_tables(rows)
     extended_tables(rows)
+    extended_tables(rows, LONG, "SAGO's long budget")
     tuned_tables(rows)
 
 

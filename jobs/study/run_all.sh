@@ -2,7 +2,7 @@
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
 #                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 6; OFFSETS="0 180")
-#                                             extended (extended-sago: SAGO and GradDiff only) tuned (TRIALS=8)
+#                                             extended (extended-sago: SAGO and GradDiff only; SEEDS=0) long tuned (TRIALS=8)
 #                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
@@ -143,6 +143,18 @@ stage() {
               --set unlearn.steps=48 --set eval.every=12 \
               --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set "unlearn.seed=$s"
           done
+        done
+      done ;;
+    long)  # issue 27 item 3, SAGO's long budget: SAGO and GradDiff for 144 steps (12x the paired design's) at the
+      # 3 lrs in [5e-4, 2e-3] (search_spaces/study/long/), where 48 steps kept most of the utility, evaluated every 24
+      # steps; NPO forget, data-order seed 0, both subsets
+      local JOB=jobs/study/method20.yaml o m
+      for m in sago graddiff; do
+        for o in ${OFFSETS:-0 180}; do
+          launch "study-long-$m-o$o-s0" --set "sweep.search_space=$SPACES/long/$m.yaml" \
+            --set sweep.sampler=grid --set sweep.grid_points=3 --set sweep.num_trials=3 \
+            --set unlearn.steps=144 --set eval.every=24 \
+            --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set unlearn.seed=0
         done
       done ;;
     tuned)  # issue 27 item 2, the tuned comparison: every method searches its own full space (round 3's
