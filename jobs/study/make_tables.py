@@ -650,9 +650,7 @@ def paired_tables(rows: list[dict]) -> None:
     # The same, with the FQ axis starting at the noise floor: the higher of the target's and the
     # collapsed model's forget quality (calibration), so FQ gains a model that knows nothing also
     # reaches earn nothing.
-    floor_fq = {o: max([targets[k][0] for k in full if k[0] == o]
-                       + [float(r["forget_quality"]) for r in rows if r["sweep"] == f"{CALIBRATION}o{o}"
-                          and r["trial"] == "collapsed"]) for o in {k[0] for k in full}}
+    floor_fq = _floor_fq(rows, full, targets)
     above = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], floor_fq[k[0]], targets[k][1], FLOOR)
                  for k in full] for m in methods}
     print("above the noise floor (FQ axis from " + ", ".join(f"o{o}: {v:.2g}" for o, v in sorted(floor_fq.items()))
@@ -666,6 +664,14 @@ def paired_tables(rows: list[dict]) -> None:
                    nemenyi_cd)
     _wilcoxon_line(per_point, methods)
     print()
+
+
+def _floor_fq(rows: list[dict], keys, targets) -> dict[str, float]:
+    """Subset offset -> the noise floor of forget quality: the higher of the target's and the collapsed
+    model's (calibration)."""
+    return {o: max([targets[k][0] for k in keys if k[0] == o]
+                   + [float(r["forget_quality"]) for r in rows if r["sweep"] == f"{CALIBRATION}o{o}"
+                      and r["trial"] == "collapsed"]) for o in {k[0] for k in keys}}
 
 
 def _kept_cell(blocks, targets, full, method, level) -> str:
@@ -852,6 +858,14 @@ def tuned_tables(rows: list[dict]) -> None:
         print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_t[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}"
               f"{lr_g:>10.2g}  {paired_cells}")
     print(f"{'cut pairs':<10}" + "".join(f"{cuts.get(o, '-'):>9}" for o, _ in keys))
+    floor_fq = _floor_fq(rows, keys, targets)
+    above_t = {m: [normalised_hv(pts(blocks, k, m), floor_fq[k[0]], targets[k][1], FLOOR) for k in keys] for m in methods}
+    above_p = {m: [normalised_hv(pts(pblocks, k, m), floor_fq[k[0]], ptargets[k][1], FLOOR) for k in same]
+               for m in methods}
+    print("above the noise floor (FQ axis from " + ", ".join(f"o{o}: {v:.2g}" for o, v in sorted(floor_fq.items()))
+          + "): mean HV tuned / paired, same blocks: " + ", ".join(
+              f"{m} {statistics.mean(above_t[m]):.3f} / {statistics.mean(above_p[m]) if same else float('nan'):.3f}"
+              for m in methods))
     print(f"(normalised HV as in the paired design (utility floor {FLOOR:g} of the target's); CI: 95% bootstrap over the "
           f"method's trials, {N_BOOT} resamples, seed 0; lr drawn: geometric mean of the lrs TPE drew; paired, same "
           "blocks: the paired design's hypervolume on the blocks with the same subset and data order)")
