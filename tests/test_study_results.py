@@ -93,4 +93,4 @@ def test_the_csv_holds_the_extended_budget_and_the_tuned_comparison():
     # every table with subsets names their cut-pair counts
     for t in printed:
         if "o0/s0" in t or "o0 " in t:
-            assert re.search(r"cut pairs.*\b374\b", t) and re.search(r"cut pairs.*\b413\b", t, flags=re.S), t[:200]
+            assert re.search(r"cut pairs.*\b374\b", t, flags=re.S) and re.search(r"cut pairs.*\b413\b", t, flags=re.S), t[:200]

@@ -593,7 +593,8 @@ def paired_tables(rows: list[dict]) -> None:
           f"(raysweep commit {commit}) ==")
     print(f"blocks (subset, unlearning data-order seed): {', '.join(f'o{o}/s{s}' for o, s in full)}; "
           f"targets (FQ, utility): " + ", ".join(f"o{o}: ({targets[(o, s)][0]:.2g}, {targets[(o, s)][1]:.3f})"
-                                                  for o, s in sorted({(k[0], '0') for k in full} & set(targets))))
+                                                  for o, s in sorted({(k[0], '0') for k in full} & set(targets)))
+          + "; cut pairs " + ", ".join(f"o{o} {_cuts(rows).get(o, '-')}" for o in sorted({k[0] for k in full}, key=int)))
     print("forget quality / utility kept (utility / the target's) per lr, mean over blocks [min, max]:")
     print(f"{'method':<10}" + "".join(f"{'lr ' + format(lr, '.2g'):>28}" for lr in lrs))
     for m in methods:
