@@ -54,3 +54,43 @@ def test_a_csv_without_a_column_is_refused_in_one_line(tmp_path):
         assert "has no column 'step'" in str(err) and "\n" not in str(err)
     else:
         raise AssertionError("a CSV without the columns was accepted")
+
+
+def test_export_appends_new_points_and_keeps_the_rows_it_holds_byte_for_byte(tmp_path):
+    # A CSV as the first export wrote it: 14 columns, no cut_pairs.
+    committed = (ROOT / "results/study_points.csv").read_text().splitlines(keepends=True)
+    old_rows = [line for line in committed if line.startswith("study-paired-graddiff-o0-s0,")][:2]
+    assert len(old_rows) == 2 and all(line.count(",") == 13 for line in old_rows)  # 14 fields
+    path = tmp_path / "points.csv"
+    path.write_text(",".join(mt.CSV_FIELDS[:-1]) + "\n" + "".join(old_rows))
+    held = next(csv.DictReader(io.StringIO(",".join(mt.CSV_FIELDS[:-1]) + "\n" + old_rows[0])))
+    fresh = {**held, "sweep": "study-extended-sago-o0-s0", "step": 24, "commit": "abc1234", "cut_pairs": "374"}
+    again = {**held, "forget_quality": "0.5", "cut_pairs": "374"}  # a point it holds: not rewritten
+    assert mt.append_points(path, [fresh, again]) == 1
+    lines = path.read_text().splitlines(keepends=True)
+    assert lines[0] == ",".join(mt.CSV_FIELDS) + "\n" and lines[1:3] == old_rows
+    rows = list(csv.DictReader(io.StringIO("".join(lines))))
+    assert [r["cut_pairs"] for r in rows] == [None, None, "374"]
+    assert rows[2]["sweep"] == "study-extended-sago-o0-s0" and rows[2]["step"] == "24"
+    assert mt._cuts(rows) == {"0": "374"}
+
+
+def test_kept_utility_at_matched_forgetting_worked_example():
+    # (lr, step, FQ, MU), target utility 0.8: at FQ >= 1e-2 the best utility is 0.4 (FQ 0.05), not
+    # the 0.7 of the point that forgets less; no point reaches 0.5 -> 0, not "missing".
+    pts = [(1e-3, 12, 2e-3, 0.7), (1e-3, 24, 0.05, 0.4), (3e-2, 12, 0.2, 0.0), (3e-3, 48, 0.011, 0.1)]
+    assert mt._kept0(pts, 0.8, 1e-3) == 0.7 / 0.8
+    assert mt._kept0(pts, 0.8, 1e-2) == 0.4 / 0.8
+    assert mt._kept0(pts, 0.8, 0.1) == 0.0
+    assert mt._kept0(pts, 0.8, 0.5) == 0.0
+
+
+def test_the_csv_holds_the_extended_budget_and_the_tuned_comparison():
+    printed = printed_tables(ROOT / "results/study_points.csv")
+    heads = [t.splitlines()[0] for t in printed]
+    assert any(h.startswith("== SAGO's extended budget: utility kept at matched forgetting") for h in heads)
+    assert any(h.startswith("== Tuned comparison") for h in heads)
+    # every table with subsets names their cut-pair counts
+    for t in printed:
+        if "o0/s0" in t or "o0 " in t:
+            assert re.search(r"cut pairs.*\b374\b", t, flags=re.S) and re.search(r"cut pairs.*\b413\b", t, flags=re.S), t[:200]

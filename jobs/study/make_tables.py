@@ -433,10 +433,18 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
 
 
 # ---- issue 27: the per-point CSV, the paired design and the calibration --------------------------
+# cut_pairs came after the first export: the rows written before it keep their 14 fields (a short row
+# reads as cut_pairs None), so that those rows, whose MLflow store is gone, stay byte for byte as exported.
 CSV_FIELDS = ["sweep", "trial", "step", "method", "forget", "offset", "seed", "lr", "params", "forget_quality",
-              "model_utility", "target_forget_quality", "target_model_utility", "commit"]
+              "model_utility", "target_forget_quality", "target_model_utility", "commit", "cut_pairs"]
 PAIRED = "study-paired-"
+EXTENDED = "study-extended-"   # SAGO's extended budget (issue 27 item 3)
+LONG = "study-long-"           # SAGO's long budget: SAGO and GradDiff, 144 steps at low lrs (issue 27 item 3)
+TUNED = "study-tuned-"         # the tuned comparison (issue 27 item 2)
 CALIBRATION = "study-calibration-"
+# sweep-name prefix -> the rest of the name: (method, offset[, seed])
+SWEEP_NAMES = {PAIRED: r"([a-z_]+)-o(\d+)-s(\d+)", EXTENDED: r"([a-z_]+)-o(\d+)-s(\d+)",
+               LONG: r"([a-z_]+)-o(\d+)-s(\d+)", TUNED: r"([a-z_]+)-o(\d+)"}
 METHODS = ("graddiff", "sago", "pcgrad_r", "ngdiff", "gru", "mgda")
 KEPT_LEVELS = (1e-3, 1e-2)  # above the collapsed model's forget quality (calibration: <= 2e-4)
 FLOOR = 0.5        # the stated utility floor of the normalised hypervolume (a fraction of the target's)
@@ -444,8 +452,9 @@ N_BOOT = 2000
 
 
 def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
-    """One CSV row per evaluated point of every paired sweep and per calibration model."""
-    import csv
+    """Append to ``path`` one CSV row per evaluated point of every paired, extended and tuned sweep
+    and per calibration model that it does not hold yet; the rows it holds stay as they are (the
+    MLflow store of some is gone)."""
     import json
 
     def commit_of(name: str) -> str:
@@ -456,37 +465,55 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
 
     rows = []
     for name, parent in sorted(all_sweeps.items()):
-        m = re.fullmatch(re.escape(PAIRED) + r"([a-z_]+)-o(\d+)-s(\d+)", name)
+        m = next((m for prefix, rest in SWEEP_NAMES.items() for m in [re.fullmatch(re.escape(prefix) + rest, name)]
+                  if m), None)
         if not m:
             continue
         pm = parent.data.metrics
+        cut = pm.get("target/truncated_inputs")
         for r in sorted(collect(c, parent)[0], key=lambda r: (float(r["params"]["unlearn.lr"]), r["step"] or 0)):
             params = r["params"]
             rows.append({"sweep": name, "trial": r["trial_id"], "step": r["step"], "method": m.group(1),
-                         "forget": r["forget"] or "npo", "offset": m.group(2), "seed": m.group(3),
+                         "forget": r["forget"] or "npo", "offset": m.group(2),
+                         "seed": m.group(3) if m.re.groups > 2 else "0",  # tuned sweeps: unlearn.seed 0
                          "lr": f"{float(params['unlearn.lr']):.6g}",
                          "params": json.dumps(params, sort_keys=True),
                          "forget_quality": repr(float(r["objectives"][FQ])),
                          "model_utility": repr(float(r["objectives"][MU])),
                          "target_forget_quality": repr(pm[f"target/{FQ}"]),
-                         "target_model_utility": repr(pm[f"target/{MU}"]), "commit": commit_of(name)})
+                         "target_model_utility": repr(pm[f"target/{MU}"]), "commit": commit_of(name),
+                         "cut_pairs": "" if cut is None else str(int(cut))})
     exp = c.get_experiment_by_name("study-calibration")
     runs = c.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"]) if exp else []
     for r in runs:  # the newest run per (subset, model)
         name, model = r.data.tags[tracking.SWEEP_TAG], r.data.tags["raysweep.calibration"]
         m = r.data.metrics
         rows = [x for x in rows if (x["sweep"], x["trial"]) != (name, model)]
+        cut = m.get("objective/truncated_inputs")
         rows.append({"sweep": name, "trial": model, "step": "", "method": "", "forget": "",
                      "offset": r.data.params["data.subset.offset"], "seed": "", "lr": "", "params": "{}",
                      "forget_quality": repr(m[f"objective/{FQ}"]), "model_utility": repr(m[f"objective/{MU}"]),
-                     "target_forget_quality": "", "target_model_utility": "", "commit": commit_of(name)})
+                     "target_forget_quality": "", "target_model_utility": "", "commit": commit_of(name),
+                     "cut_pairs": "" if cut is None else str(int(cut))})
+    return append_points(path, rows)
+
+
+def append_points(path: Path, rows: list[dict]) -> int:
+    """Append the rows whose (sweep, trial, step) ``path`` does not hold; its rows stay byte for byte
+    (only the header gains the columns added since they were written)."""
+    import csv
+    import io
+
+    old = path.read_text().splitlines(keepends=True)[1:] if path.exists() else []
+    held = {(r["sweep"], r["trial"], r["step"])
+            for r in csv.DictReader(io.StringIO(",".join(CSV_FIELDS) + "\n" + "".join(old)))}
+    new = [r for r in rows if (r["sweep"], r["trial"], str(r["step"])) not in held]
+    buf = io.StringIO()
+    csv.DictWriter(buf, CSV_FIELDS, lineterminator="\n").writerows(new)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    print(f"{path}: {len(rows)} points")
-    return len(rows)
+    path.write_text(",".join(CSV_FIELDS) + "\n" + "".join(old) + buf.getvalue())
+    print(f"{path}: {len(old)} points kept, {len(new)} added")
+    return len(new)
 
 
 def read_points(path: Path) -> list[dict]:
@@ -509,15 +536,32 @@ def calibration_table(rows: list[dict]) -> None:
     if not cal:
         return
     print(f"== Calibration: the noise floor (jobs/study/calibrate.py; raysweep commit {_commits(cal)}) ==")
-    print(f"{'subset':<8}{'model':<18}{'forget quality':>16}{'utility':>10}{'utility / target':>18}")
+    cuts = _cuts(rows)
+    print(f"{'subset':<8}{'model':<18}{'forget quality':>16}{'utility':>10}{'utility / target':>18}{'cut pairs':>11}")
     for o in sorted({r["offset"] for r in cal}, key=int):
         by = {r["trial"]: r for r in cal if r["offset"] == o}
         t_mu = float(by["target"]["model_utility"]) if "target" in by else None
         for model in ("target", "reference_seed0", "reference_seed1", "collapsed"):
             if model in by:
                 fq, mu = float(by[model]["forget_quality"]), float(by[model]["model_utility"])
-                print(f"{'o' + o:<8}{model:<18}{fq:>16.3g}{mu:>10.3f}{_fmt(mu / t_mu if t_mu else None):>18}")
+                print(f"{'o' + o:<8}{model:<18}{fq:>16.3g}{mu:>10.3f}{_fmt(mu / t_mu if t_mu else None):>18}"
+                      f"{cuts.get(o, '-'):>11}")
+    print(CUTS_NOTE)
     print()
+
+
+CUTS_NOTE = ("(cut pairs: the scored answers, paraphrases and perturbed answers of the subset's evaluation cut at "
+             "eval.max_length 96, by open-unlearning's rule; the same for every model of a subset - it depends on the "
+             "subset, the tokenizer and the cap alone, which every study sweep shares - read from the sweeps that logged it)")
+
+
+def _cuts(rows: list[dict]) -> dict[str, str]:
+    """Subset offset -> its evaluation's cut-pair count, from the rows that carry one ("a/b" if they disagree)."""
+    by: dict = defaultdict(set)
+    for r in rows:
+        if r.get("cut_pairs"):
+            by[r["offset"]].add(r["cut_pairs"])
+    return {o: "/".join(sorted(v, key=int)) for o, v in by.items()}
 
 
 def _paired_blocks(rows: list[dict]) -> dict:
@@ -549,7 +593,8 @@ def paired_tables(rows: list[dict]) -> None:
           f"(raysweep commit {commit}) ==")
     print(f"blocks (subset, unlearning data-order seed): {', '.join(f'o{o}/s{s}' for o, s in full)}; "
           f"targets (FQ, utility): " + ", ".join(f"o{o}: ({targets[(o, s)][0]:.2g}, {targets[(o, s)][1]:.3f})"
-                                                  for o, s in sorted({(k[0], '0') for k in full} & set(targets))))
+                                                  for o, s in sorted({(k[0], '0') for k in full} & set(targets)))
+          + "; cut pairs " + ", ".join(f"o{o} {_cuts(rows).get(o, '-')}" for o in sorted({k[0] for k in full}, key=int)))
     print("forget quality / utility kept (utility / the target's) per lr, mean over blocks [min, max]:")
     print(f"{'method':<10}" + "".join(f"{'lr ' + format(lr, '.2g'):>28}" for lr in lrs))
     for m in methods:
@@ -595,6 +640,8 @@ def paired_tables(rows: list[dict]) -> None:
         print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_table[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}{f'[{blo:.3f}, {bhi:.3f}]':>18}"
               f"{floor0:>9.3f}{linear:>11.4f}{mean_ranks[j]:>11.2f}"
               + "".join(f"{_kept_cell(blocks, targets, full, m, lv):>20}" for lv in KEPT_LEVELS))
+    cuts = _cuts(rows)
+    print(f"{'cut pairs':<10}" + "".join(f"{cuts.get(o, '-'):>9}" for o, _ in full))
     print(f"(95% bootstrap CIs, {N_BOOT} resamples, seed 0: of the method's trials over all blocks, or of the blocks' "
           "hypervolumes; floor 0: the same hypervolume "
           "with utility floor 0; linear HV: the old measure, FQ x utility against (0, 0), mean over blocks; "
@@ -604,9 +651,7 @@ def paired_tables(rows: list[dict]) -> None:
     # The same, with the FQ axis starting at the noise floor: the higher of the target's and the
     # collapsed model's forget quality (calibration), so FQ gains a model that knows nothing also
     # reaches earn nothing.
-    floor_fq = {o: max([targets[k][0] for k in full if k[0] == o]
-                       + [float(r["forget_quality"]) for r in rows if r["sweep"] == f"{CALIBRATION}o{o}"
-                          and r["trial"] == "collapsed"]) for o in {k[0] for k in full}}
+    floor_fq = _floor_fq(rows, full, targets)
     above = {m: [normalised_hv([(fq, mu) for _, fq, mu in blocks[k][m]], floor_fq[k[0]], targets[k][1], FLOOR)
                  for k in full] for m in methods}
     print("above the noise floor (FQ axis from " + ", ".join(f"o{o}: {v:.2g}" for o, v in sorted(floor_fq.items()))
@@ -620,6 +665,14 @@ def paired_tables(rows: list[dict]) -> None:
                    nemenyi_cd)
     _wilcoxon_line(per_point, methods)
     print()
+
+
+def _floor_fq(rows: list[dict], keys, targets) -> dict[str, float]:
+    """Subset offset -> the noise floor of forget quality: the higher of the target's and the collapsed
+    model's (calibration)."""
+    return {o: max([targets[k][0] for k in keys if k[0] == o]
+                   + [float(r["forget_quality"]) for r in rows if r["sweep"] == f"{CALIBRATION}o{o}"
+                      and r["trial"] == "collapsed"]) for o in {k[0] for k in keys}}
 
 
 def _kept_cell(blocks, targets, full, method, level) -> str:
@@ -663,10 +716,173 @@ def _wilcoxon_line(per_point: dict, methods) -> None:
           + ", ".join(f"{m} {w} p = {p:.3g}" for m, w, p in zip(others, wins, holm(raw))))
 
 
+MATCHED_LEVELS = (1e-3, 1e-2, 1e-1)  # the extended budget's matched-forgetting levels (noise floor: <= 2e-4)
+
+
+def _trials_by_block(rows: list[dict], prefix: str) -> tuple[dict, dict]:
+    """(offset, seed) -> method -> trial -> [(lr, step, FQ, MU)], and (offset, seed) -> the target (FQ, MU)."""
+    blocks: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    targets = {}
+    for r in rows:
+        if r["sweep"].startswith(prefix) and r["step"] != "":
+            key = (r["offset"], r["seed"])
+            blocks[key][r["method"]][r["trial"]].append(
+                (float(r["lr"]), int(r["step"]), float(r["forget_quality"]), float(r["model_utility"])))
+            targets[key] = (float(r["target_forget_quality"]), float(r["target_model_utility"]))
+    return blocks, targets
+
+
+def _kept0(points, target_mu: float, level: float) -> float:
+    """Utility / the target's at the highest-utility point with forget quality >= level; 0 where no
+    point reaches it (not reaching a level counts as keeping nothing at it)."""
+    return max((mu / target_mu for _, _, fq, mu in points if fq >= level), default=0.0)
+
+
+def _block_order(keys) -> list:
+    return sorted(keys, key=lambda k: (int(k[0]), int(k[1])))
+
+
+def extended_tables(rows: list[dict], prefix: str = EXTENDED, title: str = "SAGO's extended budget") -> None:
+    """SAGO's extended budget (issue 27 item 3): what each method reaches at 48 steps and lrs up to
+    3e-2 (or, ``prefix`` LONG, 144 steps at low lrs), and the claim's own test - utility kept at
+    matched forgetting, against GradDiff."""
+    ext = [r for r in rows if r["sweep"].startswith(prefix)]
+    if not ext:
+        return
+    blocks, targets = _trials_by_block(ext, prefix)
+    methods = [m for m in METHODS if any(m in b for b in blocks.values())]
+    keys = _block_order(blocks)
+    steps = sorted({st for b in blocks.values() for t in b.values() for pts in t.values() for _, st, _, _ in pts})
+    lrs = sorted({lr for b in blocks.values() for t in b.values() for pts in t.values() for lr, _, _, _ in pts})
+    cuts = _cuts(rows)
+    print(f"== {title}: default weights, lr grid {lrs[0]:.2g}..{lrs[-1]:.2g}, {steps[-1]} steps evaluated "
+          f"every {steps[0]}, NPO forget (raysweep commit {_commits(ext)}) ==")
+    print("blocks (subset, data-order seed) per method: " + "; ".join(
+        f"{m} " + ", ".join(f"o{o}/s{sd}" for o, sd in keys if m in blocks[(o, sd)]) for m in methods))
+    print("cut pairs per subset: " + ", ".join(f"o{o} {cuts.get(o, '-')}" for o in sorted({k[0] for k in keys}, key=int)))
+    print(f"forget quality / utility kept at step {steps[-1]} per lr, over the method's blocks (FQ geometric mean; kept "
+          "mean [min, max]); then the highest FQ reached at any step and lr:")
+    print(f"{'method':<10}" + "".join(f"{'lr ' + format(lr, '.2g'):>28}" for lr in lrs) + f"{'max FQ [min, max]':>28}")
+    for m in methods:
+        cells = []
+        for lr in lrs:
+            pts = [(fq, mu / targets[k][1]) for k in keys if m in blocks[k] for t in blocks[k][m].values()
+                   for l_, st, fq, mu in t if l_ == lr and st == steps[-1]]
+            cells.append("-" if not pts else
+                         f"{statistics.geometric_mean(max(p[0], 1e-300) for p in pts):.2g} / "
+                         f"{statistics.mean(p[1] for p in pts):.2f} [{min(p[1] for p in pts):.2f}, "
+                         f"{max(p[1] for p in pts):.2f}]")
+        top = [max(fq for t in blocks[k][m].values() for _, _, fq, _ in t) for k in keys if m in blocks[k]]
+        print(f"{m:<10}" + "".join(f"{c:>28}" for c in cells)
+              + f"{f'{statistics.geometric_mean(top):.2g} [{min(top):.2g}, {max(top):.2g}]':>28}")
+    print("(a trial stopped by the divergence guard keeps the points evaluated before it stopped; \"-\": none at that lr)")
+    print()
+
+    print(f"== {title}: utility kept at matched forgetting, against GradDiff (raysweep commit "
+          f"{_commits(ext)}) ==")
+    print(f"{'method':<10}{'blocks':>7}" + "".join(f"{f'kept@FQ>={lv:g}':>18}" for lv in MATCHED_LEVELS)
+          + "".join(f"{f'vs graddiff @{lv:g}':>32}" for lv in MATCHED_LEVELS))
+    rng = np.random.default_rng(0)
+    for m in methods:
+        mine = [k for k in keys if m in blocks[k]]
+        kept = {lv: [_kept0([p for t in blocks[k][m].values() for p in t], targets[k][1], lv) for k in mine]
+                for lv in MATCHED_LEVELS}
+        cells = "".join(f"{f'{statistics.mean(v):.2f} ({sum(x > 0 for x in v)}/{len(v)})':>18}" for v in kept.values())
+        both = [k for k in mine if "graddiff" in blocks[k]]
+        diffs = ""
+        if m != "graddiff" and both:
+            for lv in MATCHED_LEVELS:
+                d = [_kept0([p for t in blocks[k][m].values() for p in t], targets[k][1], lv)
+                     - _kept0([p for t in blocks[k]["graddiff"].values() for p in t], targets[k][1], lv) for k in both]
+                boots = []
+                for _ in range(N_BOOT):  # trials resampled with replacement within each (block, method)
+                    bd = []
+                    for k in both:
+                        kb = []
+                        for who in (m, "graddiff"):
+                            ts = list(blocks[k][who].values())
+                            kb.append(_kept0([p for i in rng.integers(0, len(ts), len(ts)) for p in ts[i]],
+                                             targets[k][1], lv))
+                        bd.append(kb[0] - kb[1])
+                    boots.append(statistics.mean(bd))
+                lo, hi = np.quantile(boots, [0.025, 0.975])
+                diffs += (f"{f'{statistics.mean(d):+.2f} [{lo:+.2f}, {hi:+.2f}] {sum(x > 0 for x in d)}/{sum(x < 0 for x in d)}':>32}")
+        print(f"{m:<10}{len(mine):>7}{cells}{diffs}")
+    print(f"(kept@FQ>=L: utility / the target's at the highest-utility point - any lr, any evaluated step - with forget "
+          f"quality >= L, 0 where none reaches L; mean over the method's blocks (blocks where one reaches L / blocks). "
+          f"vs graddiff: the mean over the blocks both ran of the difference, its 95% bootstrap CI ({N_BOOT} resamples, "
+          "seed 0, each method's trials resampled within each block) and the blocks where it is better/worse)")
+    print()
+
+
+def tuned_tables(rows: list[dict]) -> None:
+    """The tuned comparison (issue 27 item 2): each method's own full space, the same number of
+    trials, side by side with the paired design's blocks of the same data order (seed 0)."""
+    from raysweep.sweep.comparison import bootstrap_ci, friedman, nemenyi_cd, normalised_hv
+
+    tuned = [r for r in rows if r["sweep"].startswith(TUNED)]
+    if not tuned:
+        return
+    blocks, targets = _trials_by_block(tuned, TUNED)
+    pblocks, ptargets = _trials_by_block(rows, PAIRED)
+    methods = [m for m in METHODS if any(m in b for b in blocks.values())]
+    keys = [k for k in _block_order(blocks) if all(m in blocks[k] for m in methods)]
+    cuts = _cuts(rows)
+    counts = sorted({len(blocks[k][m]) for k in keys for m in methods})
+
+    def pts(b, k, m):
+        return [(fq, mu) for t in b[k][m].values() for _, _, fq, mu in t]
+
+    hv_t = {m: [normalised_hv(pts(blocks, k, m), targets[k][0], targets[k][1], FLOOR) for k in keys] for m in methods}
+    same = [k for k in keys if k in pblocks and all(m in pblocks[k] for m in methods)]
+    hv_p = {m: [normalised_hv(pts(pblocks, k, m), ptargets[k][0], ptargets[k][1], FLOOR) for k in same] for m in methods}
+    print(f"== Tuned comparison: each method's own full space (search_spaces/study/lr_high), TPE, "
+          f"{'/'.join(map(str, counts))} trials per method and subset, 12 steps, NPO forget, data-order seed 0 "
+          f"(raysweep commit {_commits(tuned)}), beside the paired design's blocks of the same seed ==")
+    head = "".join(f"{'o' + o + '/s' + sd:>9}" for o, sd in keys)
+    print(f"{'':<10}{'tuned: normalised HV':<{9 * len(keys) + 26}}{'lr drawn':>10}"
+          f"  {'paired, same blocks':<{9 * len(same) + 8}}")
+    print(f"{'method':<10}{head}{'mean':>8}{'CI, trials':>18}{'gmean':>10}  "
+          + "".join(f"{'o' + o + '/s' + sd:>9}" for o, sd in same) + f"{'mean':>8}")
+    for m in methods:
+        trials = [(k, t) for k in keys for t in blocks[k][m].values()]
+
+        def stat(ts):
+            by: dict = defaultdict(list)
+            for k, t in ts:
+                by[k] += [(fq, mu) for _, _, fq, mu in t]
+            return statistics.mean(normalised_hv(by.get(k, []), targets[k][0], targets[k][1], FLOOR) for k in keys)
+
+        est, lo, hi = bootstrap_ci(trials, stat, n_boot=N_BOOT, seed=0)
+        lr_g = statistics.geometric_mean(t[0][0] for k in keys for t in blocks[k][m].values())
+        paired_cells = "".join(f"{v:>9.3f}" for v in hv_p[m]) + (f"{statistics.mean(hv_p[m]):>8.3f}" if same else "")
+        print(f"{m:<10}" + "".join(f"{v:>9.3f}" for v in hv_t[m]) + f"{est:>8.3f}{f'[{lo:.3f}, {hi:.3f}]':>18}"
+              f"{lr_g:>10.2g}  {paired_cells}")
+    print(f"{'cut pairs':<10}" + "".join(f"{cuts.get(o, '-'):>9}" for o, _ in keys))
+    floor_fq = _floor_fq(rows, keys, targets)
+    above_t = {m: [normalised_hv(pts(blocks, k, m), floor_fq[k[0]], targets[k][1], FLOOR) for k in keys] for m in methods}
+    above_p = {m: [normalised_hv(pts(pblocks, k, m), floor_fq[k[0]], ptargets[k][1], FLOOR) for k in same]
+               for m in methods}
+    print("above the noise floor (FQ axis from " + ", ".join(f"o{o}: {v:.2g}" for o, v in sorted(floor_fq.items()))
+          + "): mean HV tuned / paired, same blocks: " + ", ".join(
+              f"{m} {statistics.mean(above_t[m]):.3f} / {statistics.mean(above_p[m]) if same else float('nan'):.3f}"
+              for m in methods))
+    print(f"(normalised HV as in the paired design (utility floor {FLOOR:g} of the target's); CI: 95% bootstrap over the "
+          f"method's trials, {N_BOOT} resamples, seed 0; lr drawn: geometric mean of the lrs TPE drew; paired, same "
+          "blocks: the paired design's hypervolume on the blocks with the same subset and data order)")
+    _friedman_line("tuned, blocks = (subset, seed)", hv_t, methods, friedman, nemenyi_cd)
+    if same:
+        _friedman_line("paired, the same blocks", hv_p, methods, friedman, nemenyi_cd)
+    print()
+
+
 def tables_from_csv(path: Path) -> None:
     rows = read_points(path)
     calibration_table(rows)
     paired_tables(rows)
+    extended_tables(rows)
+    extended_tables(rows, LONG, "SAGO's long budget")
+    tuned_tables(rows)
 
 
 def main(argv=None) -> int:

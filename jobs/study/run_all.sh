@@ -2,6 +2,7 @@
 # Every sweep of the study (issue 13), one `raysweep launch` at a time, in priority order.
 #   bash jobs/study/run_all.sh [STAGE...]      stages: method0 geffect objective method180 method10 method2 sampler grid
 #                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 6; OFFSETS="0 180")
+#                                             extended (extended-sago: SAGO and GradDiff only; SEEDS=0) long tuned (TRIALS=8)
 #                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
@@ -30,8 +31,14 @@ launch() {  # NAME [--set k=v ...]
     grep -q "sweep $name finished" "study_runs/logs/$name.log" && { echo "$name" >> study_runs/done.txt; return; }
   fi
   echo "$(date -u +%H:%M:%S) launch $name"
-  if $PY -m raysweep.cli launch "$JOB" --name "$name" --tracking-uri "sqlite:///$DB" \
-      --storage "$ROOT/study_runs/runs" "$@" > "study_runs/logs/$name.log" 2>&1; then
+  local try ok=1
+  for try in 1 2; do  # a second try when Ray's node did not start in time (a loaded, shared CPU)
+    $PY -m raysweep.cli launch "$JOB" --name "$name" --tracking-uri "sqlite:///$DB" \
+      --storage "$ROOT/study_runs/runs" "$@" > "study_runs/logs/$name.log" 2>&1 && { ok=0; break; }
+    grep -q "timed out during startup" "study_runs/logs/$name.log" || break
+    echo "$(date -u +%H:%M:%S) retry $name (Ray start-up timed out)"
+  done
+  if [ $ok = 0 ]; then
     echo "$name" >> study_runs/done.txt
     report "$name"
   else
@@ -120,6 +127,45 @@ stage() {
               --set sweep.sampler=grid --set "sweep.grid_points=${LRS:-6}" --set "sweep.num_trials=${LRS:-6}" \
               --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set "unlearn.seed=$s"
           done
+        done
+      done ;;
+    extended|extended-sago)  # issue 27 item 3, SAGO at a budget where it forgets: 48 steps (4x the paired design's),
+      # lr grid 6 log-spaced points in [1e-3, 3e-2] (search_spaces/study/extended/), evaluated every 12 steps
+      # (each evaluation a point), NPO forget, unlearning data-order seeds $SEEDS (default 0), both subsets. SAGO
+      # and GradDiff first (the claim's pair), then the others; extended-sago runs the pair alone.
+      local JOB=jobs/study/method20.yaml o m s ms="sago graddiff"
+      [ "$1" = extended ] && ms="sago graddiff ngdiff pcgrad_r gru mgda"
+      for s in ${SEEDS:-0}; do
+        for m in $ms; do
+          for o in ${OFFSETS:-0 180}; do
+            launch "study-extended-$m-o$o-s$s" --set "sweep.search_space=$SPACES/extended/$m.yaml" \
+              --set sweep.sampler=grid --set sweep.grid_points=6 --set sweep.num_trials=6 \
+              --set unlearn.steps=48 --set eval.every=12 \
+              --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set "unlearn.seed=$s"
+          done
+        done
+      done ;;
+    long)  # issue 27 item 3, SAGO's long budget: SAGO and GradDiff for 144 steps (12x the paired design's) at the
+      # 3 lrs in [5e-4, 2e-3] (search_spaces/study/long/), where 48 steps kept most of the utility, evaluated every 24
+      # steps; NPO forget, data-order seed 0, both subsets
+      local JOB=jobs/study/method20.yaml o m
+      for m in sago graddiff; do
+        for o in ${OFFSETS:-0 180}; do
+          launch "study-long-$m-o$o-s0" --set "sweep.search_space=$SPACES/long/$m.yaml" \
+            --set sweep.sampler=grid --set sweep.grid_points=3 --set sweep.num_trials=3 \
+            --set unlearn.steps=144 --set eval.every=24 \
+            --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set unlearn.seed=0
+        done
+      done ;;
+    tuned)  # issue 27 item 2, the tuned comparison: every method searches its own full space (round 3's
+      # search_spaces/study/lr_high/<method>.yaml: its weights and the lr in [5e-4, 5e-3]) with the job's TPE
+      # sampler (sweep.seed 0) for the same $TRIALS trials (default 8), 12 steps, NPO forget, both subsets
+      local JOB=jobs/study/method20.yaml o m
+      for o in ${OFFSETS:-0 180}; do
+        for m in $METHODS; do
+          launch "study-tuned-$m-o$o" --set "sweep.search_space=$SPACES/lr_high/$m.yaml" \
+            --set sweep.sampler=tpe --set "sweep.num_trials=${TRIALS:-8}" \
+            --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set unlearn.seed=0
         done
       done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,

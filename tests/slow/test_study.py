@@ -3,6 +3,7 @@ one trial, prior knowledge on), then `jobs/study/make_tables.py` reads MLflow an
 method table with that sweep's hypervolume and writes a small front plot, and `raysweep report`
 summarises the sweep in a page that renders in headless Chromium with its front trial in it."""
 
+import csv
 import os
 import re
 import subprocess
@@ -68,10 +69,12 @@ def test_paired_sweep_exports_to_the_csv_and_its_table_reprints(tmp_path):
                              str(csv_path), "--commit", "study-paired=abc1234"], cwd=REPO, env=ENV,
                             capture_output=True, text=True, timeout=600)
     assert export.returncode == 0, export.stderr[-3000:]
-    rows = csv_path.read_text().splitlines()
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
     # At most 2 points per sweep: a trial the divergence guard stopped (lr 1e-2) has none.
-    assert 1 + 3 <= len(rows) <= 1 + 3 * 2 and all(r.endswith(",abc1234") for r in rows[1:])
-    assert {r.split(",")[3] for r in rows[1:]} == {"graddiff", "sago", "mgda"}
+    assert 3 <= len(rows) <= 3 * 2 and all(r["commit"] == "abc1234" for r in rows)
+    assert {r["method"] for r in rows} == {"graddiff", "sago", "mgda"}
+    assert all(int(r["cut_pairs"]) > 0 for r in rows)  # method.yaml cuts pairs at eval.max_length 96
     tables = subprocess.run([sys.executable, "jobs/study/make_tables.py", "--from", str(csv_path)], cwd=REPO,
                             env=ENV, capture_output=True, text=True, timeout=600)
     assert tables.returncode == 0, tables.stderr[-3000:]
