@@ -488,7 +488,7 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
                          "target_forget_quality": repr(pm[f"target/{FQ}"]),
                          "target_model_utility": repr(pm[f"target/{MU}"]), "commit": commit_of(name),
                          "cut_pairs": "" if cut is None else str(int(cut)),
-                         "metrics": _metrics_json({**{k: own.get(f"objective/{k}") for k in EXTRA_METRICS},
+                         "metrics": _metrics_json({**{k: own.get(f"final/{k}") for k in EXTRA_METRICS},
                                                    **{f"target/{k}": pm.get(f"target/{k}") for k in EXTRA_METRICS}})})
     exp = c.get_experiment_by_name("study-calibration")
     runs = c.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"]) if exp else []
