@@ -62,8 +62,9 @@ def test_export_appends_new_points_and_keeps_the_rows_it_holds_byte_for_byte(tmp
     old_rows = [line for line in committed if line.startswith("study-paired-graddiff-o0-s0,")][:2]
     assert len(old_rows) == 2 and all(line.count(",") == 13 for line in old_rows)  # 14 fields
     path = tmp_path / "points.csv"
-    path.write_text(",".join(mt.CSV_FIELDS[:-1]) + "\n" + "".join(old_rows))
-    held = next(csv.DictReader(io.StringIO(",".join(mt.CSV_FIELDS[:-1]) + "\n" + old_rows[0])))
+    first = mt.CSV_FIELDS[:14]
+    path.write_text(",".join(first) + "\n" + "".join(old_rows))
+    held = next(csv.DictReader(io.StringIO(",".join(first) + "\n" + old_rows[0])))
     fresh = {**held, "sweep": "study-extended-sago-o0-s0", "step": 24, "commit": "abc1234", "cut_pairs": "374"}
     again = {**held, "forget_quality": "0.5", "cut_pairs": "374"}  # a point it holds: not rewritten
     assert mt.append_points(path, [fresh, again]) == 1
@@ -94,3 +95,30 @@ def test_the_csv_holds_the_extended_budget_and_the_tuned_comparison():
     for t in printed:
         if "o0/s0" in t or "o0 " in t:
             assert re.search(r"cut pairs.*\b374\b", t, flags=re.S) and re.search(r"cut pairs.*\b413\b", t, flags=re.S), t[:200]
+
+
+def test_smollm2_table_worked_example(tmp_path):
+    # Two trials and the two calibration models of one subset; kept = utility / the target's (0.4),
+    # the extra metrics from the JSON column, the target's from its "target/" keys.
+    head = ",".join(mt.CSV_FIELDS) + "\n"
+
+    def row(sweep, trial, step, method, lr, fq, mu, metrics):
+        return (f'{sweep},{trial},{step},{method},{"npo" if method else ""},15,{"0" if method else ""},{lr},"{{}}",'
+                f'{fq},{mu},{"0.002" if method else ""},{"0.4" if method else ""},abc1234,61,"{metrics}"\n')
+
+    tm = '{""forget_answer_loss"": 2.5, ""target/forget_answer_loss"": 0.5}'
+    body = [row("study-smollm2-graddiff-o15-s0", "t1", 10, "graddiff", "0.001", 0.01, 0.3, tm),
+            row("study-smollm2-sago-o15-s0", "t2", 10, "sago", "0.003", 0.5, 0.1, "{}"),
+            row("study-smollm2-calibration-o15", "untuned", "", "", "", 1e-5, 0.35, '{""forget_answer_loss"": 3.1}'),
+            row("study-smollm2-calibration-o15", "reference_seed0", "", "", "", 1.0, 0.38, "{}")]
+    path = tmp_path / "points.csv"
+    path.write_text(head + "".join(body))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        mt.smollm2_table(mt.read_points(path))
+    lines = {ln.split()[0]: ln.split() for ln in out.getvalue().splitlines()[2:6]}
+    assert out.getvalue().startswith("== SmolLM2-135M-Instruct") and "raysweep commit abc1234" in out.getvalue()
+    assert lines["untuned"][1:5] == ["1e-05", "0.350", f"{0.35 / 0.4:.2f}", "3.100"]
+    assert lines["target"][1:5] == ["0.002", "0.400", "1.00", "0.500"]
+    assert lines["graddiff"][1:6] == ["1e-03", "0.01", "0.300", f"{0.3 / 0.4:.2f}", "2.500"]
+    assert lines["retain"][2:4] == ["1", "0.380"] and lines["retain"][-1] == "61"

@@ -13,8 +13,15 @@ Per author subset of ``jobs/study/method20.yaml``, evaluated exactly as a trial'
                     reference is the best an unlearned model can be told apart from "ideal"
   collapsed         the untrained base model (same architecture and tokenizer, random weights):
                     a model that has lost everything, the deliberately collapsed end point
+For a pretrained base (``--job jobs/study/smollm2.yaml``, issue 27 item 5) a second seed of the
+reference would start from the same pretrained weights (only the data order differs) and "random
+weights" is no model anyone unlearns towards, so it evaluates instead:
+  reference_seed0   the retain reference
+  untuned           the pretrained base, never fine-tuned on TOFU: what the forget author's answers
+                    cost a model that never learnt them (the target must be well below it)
 Each becomes one MLflow run in experiment ``study-calibration`` (tag ``raysweep.sweep`` =
-``study-calibration-o<offset>``, ``raysweep.calibration`` = the model), which
+``study-calibration-o<offset>``, or ``<job name>-calibration-o<offset>`` for a pretrained base;
+``raysweep.calibration`` = the model), which
 ``make_tables.py --export`` writes to results/study_points.csv. The second reference is cached
 under ``<cache_dir>/calibration/<prepare key>/reference_seed1``.
 """
@@ -66,12 +73,13 @@ def calibrate(offset: int, tracking_uri: str, job_path: Path) -> None:
     from raysweep.data.collate import QACollator
     from raysweep.evaluation.suite import Evaluator
     from raysweep.models.build import load_causal_lm, load_tokenizer
-    from raysweep.models.prepare import _base_model_dir, cached_preparation, load_job_data, prepare_key
+    from raysweep.models.prepare import TINY, _base_model_dir, cached_preparation, load_job_data, prepare_key
     from raysweep.sweep import tracking
 
     job = load_job(job_path, {"data.subset.offset": offset})
     data = load_job_data(job)
-    ref1 = second_reference(job, data, prepare_key(job, data), seed=1)
+    pretrained = job.model.base != TINY
+    ref1 = None if pretrained else second_reference(job, data, prepare_key(job, data), seed=1)
     # The target and the first reference are the sweeps' (run_all.sh stage paired prepares them).
     while (prepared := cached_preparation(job, data)) is None:
         print(f"o{offset}: waiting for the sweeps' prepared target and reference", flush=True)
@@ -79,11 +87,15 @@ def calibrate(offset: int, tracking_uri: str, job_path: Path) -> None:
     tokenizer = load_tokenizer(prepared.tokenizer)
     ev = Evaluator(job, data, tokenizer, QACollator.for_job(job, tokenizer, seed=job.unlearn.seed),
                    prepared.retain_reference)
-    models = {"target": prepared.target, "reference_seed0": prepared.retain_reference, "reference_seed1": ref1,
-              "collapsed": _base_model_dir(job, data)[0]}
+    base = _base_model_dir(job, data)[0]
+    if pretrained:  # the target's own evaluation is the sweeps' (their parent's target/* metrics)
+        models = {"reference_seed0": prepared.retain_reference, "untuned": base}
+    else:
+        models = {"target": prepared.target, "reference_seed0": prepared.retain_reference, "reference_seed1": ref1,
+                  "collapsed": base}
     c = tracking.client(tracking_uri)
     exp = tracking.experiment_id(c, EXPERIMENT)
-    sweep = f"{EXPERIMENT}-o{offset}"
+    sweep = f"{job.name}-calibration-o{offset}" if pretrained else f"{EXPERIMENT}-o{offset}"
     for name, path in models.items():
         t0 = time.time()
         scores = ev(load_causal_lm(path, job.model.dtype), progress=False)
@@ -93,6 +105,7 @@ def calibrate(offset: int, tracking_uri: str, job_path: Path) -> None:
                                                   if isinstance(v, (int, float))})
         c.set_terminated(run.info.run_id)
         print(f"o{offset} {name:<16} FQ {scores.get('forget_quality')!r:<24} MU {scores.get('model_utility')!r} "
+              f"forget answer loss {scores.get('forget_answer_loss')!r} "
               f"({time.time() - t0:.0f}s)", flush=True)
 
 

@@ -39,6 +39,7 @@ PNG plots go to ``--out`` (small: 100 dpi, few points).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
@@ -436,15 +437,19 @@ def geffect_table(c, all_sweeps, out: Path) -> None:
 # cut_pairs came after the first export: the rows written before it keep their 14 fields (a short row
 # reads as cut_pairs None), so that those rows, whose MLflow store is gone, stay byte for byte as exported.
 CSV_FIELDS = ["sweep", "trial", "step", "method", "forget", "offset", "seed", "lr", "params", "forget_quality",
-              "model_utility", "target_forget_quality", "target_model_utility", "commit", "cut_pairs"]
+              "model_utility", "target_forget_quality", "target_model_utility", "commit", "cut_pairs", "metrics"]
+# The "metrics" column (JSON; added for SmolLM2, issue 27 item 5): more of the point's own TOFU metrics
+# than the two objectives, and the target's as "target/<name>" (rows written before it have none).
+EXTRA_METRICS = ("forget_answer_loss", "forget_truth_ratio", "forget_rougeL_recall", "retain_rougeL_recall")
 PAIRED = "study-paired-"
 EXTENDED = "study-extended-"   # SAGO's extended budget (issue 27 item 3)
 LONG = "study-long-"           # SAGO's long budget: SAGO and GradDiff, 144 steps at low lrs (issue 27 item 3)
 TUNED = "study-tuned-"         # the tuned comparison (issue 27 item 2)
 CALIBRATION = "study-calibration-"
+SMOLLM2 = "study-smollm2-"      # SmolLM2-135M-Instruct with LoRA (issue 27 item 5), and its calibration models
 # sweep-name prefix -> the rest of the name: (method, offset[, seed])
 SWEEP_NAMES = {PAIRED: r"([a-z_]+)-o(\d+)-s(\d+)", EXTENDED: r"([a-z_]+)-o(\d+)-s(\d+)",
-               LONG: r"([a-z_]+)-o(\d+)-s(\d+)", TUNED: r"([a-z_]+)-o(\d+)"}
+               LONG: r"([a-z_]+)-o(\d+)-s(\d+)", TUNED: r"([a-z_]+)-o(\d+)", SMOLLM2: r"([a-z_]+)-o(\d+)-s(\d+)"}
 METHODS = ("graddiff", "sago", "pcgrad_r", "ngdiff", "gru", "mgda")
 KEPT_LEVELS = (1e-3, 1e-2)  # above the collapsed model's forget quality (calibration: <= 2e-4)
 FLOOR = 0.5        # the stated utility floor of the normalised hypervolume (a fraction of the target's)
@@ -455,8 +460,6 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
     """Append to ``path`` one CSV row per evaluated point of every paired, extended and tuned sweep
     and per calibration model that it does not hold yet; the rows it holds stay as they are (the
     MLflow store of some is gone)."""
-    import json
-
     def commit_of(name: str) -> str:
         hits = [sha for prefix, sha in commits.items() if name.startswith(prefix)]
         if not hits:
@@ -473,6 +476,8 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
         cut = pm.get("target/truncated_inputs")
         for r in sorted(collect(c, parent)[0], key=lambda r: (float(r["params"]["unlearn.lr"]), r["step"] or 0)):
             params = r["params"]
+            # the final evaluation's own metrics (a point along the run has only its objectives)
+            own = c.get_run(r["run_id"]).data.metrics if r["final"] else {}
             rows.append({"sweep": name, "trial": r["trial_id"], "step": r["step"], "method": m.group(1),
                          "forget": r["forget"] or "npo", "offset": m.group(2),
                          "seed": m.group(3) if m.re.groups > 2 else "0",  # tuned sweeps: unlearn.seed 0
@@ -482,7 +487,9 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
                          "model_utility": repr(float(r["objectives"][MU])),
                          "target_forget_quality": repr(pm[f"target/{FQ}"]),
                          "target_model_utility": repr(pm[f"target/{MU}"]), "commit": commit_of(name),
-                         "cut_pairs": "" if cut is None else str(int(cut))})
+                         "cut_pairs": "" if cut is None else str(int(cut)),
+                         "metrics": _metrics_json({**{k: own.get(f"final/{k}") for k in EXTRA_METRICS},
+                                                   **{f"target/{k}": pm.get(f"target/{k}") for k in EXTRA_METRICS}})})
     exp = c.get_experiment_by_name("study-calibration")
     runs = c.search_runs([exp.experiment_id], max_results=1000, order_by=["attributes.start_time ASC"]) if exp else []
     for r in runs:  # the newest run per (subset, model)
@@ -494,8 +501,13 @@ def export_points(c, all_sweeps, path: Path, commits: dict[str, str]) -> int:
                      "offset": r.data.params["data.subset.offset"], "seed": "", "lr": "", "params": "{}",
                      "forget_quality": repr(m[f"objective/{FQ}"]), "model_utility": repr(m[f"objective/{MU}"]),
                      "target_forget_quality": "", "target_model_utility": "", "commit": commit_of(name),
-                     "cut_pairs": "" if cut is None else str(int(cut))})
+                     "cut_pairs": "" if cut is None else str(int(cut)),
+                     "metrics": _metrics_json({k: m.get(f"objective/{k}") for k in EXTRA_METRICS})})
     return append_points(path, rows)
+
+
+def _metrics_json(metrics: dict) -> str:
+    return json.dumps({k: v for k, v in metrics.items() if v is not None}, sort_keys=True)
 
 
 def append_points(path: Path, rows: list[dict]) -> int:
@@ -876,6 +888,49 @@ def tuned_tables(rows: list[dict]) -> None:
     print()
 
 
+def smollm2_table(rows: list[dict]) -> None:
+    """SmolLM2-135M-Instruct with LoRA (issue 27 item 5): each (method, lr) point beside the models that
+    were not unlearned - the untuned pretrained model, the target, the retain reference."""
+    mine = [r for r in rows if r["sweep"].startswith(SMOLLM2)]
+    trials = [r for r in mine if r["step"] != ""]
+    if not trials:
+        return
+    cuts = _cuts(rows)
+    steps = "/".join(sorted({r["step"] for r in trials}, key=int))
+    print(f"== SmolLM2-135M-Instruct, LoRA r 8: TOFU authors 15-19, forget author 19, NPO forget, {steps} steps, "
+          f"default weights, no prior-knowledge rows (raysweep commit {_commits(mine)}) ==")
+    cols = ("forget answer loss", "forget truth ratio", "forget ROUGE-L", "retain ROUGE-L")
+    print(f"{'model':<18}{'lr':>8}{'forget quality':>16}{'utility':>9}{'kept':>7}" + "".join(f"{c:>20}" for c in cols)
+          + f"{'cut pairs':>11}")
+    for o in sorted({r["offset"] for r in trials}, key=int):
+        t = next(r for r in trials if r["offset"] == o)
+        t_mu = float(t["target_model_utility"])
+
+        def line(label, lr, fq, mu, extra):
+            print(f"{label:<18}{lr:>8}{float(fq):>16.3g}{float(mu):>9.3f}{float(mu) / t_mu:>7.2f}"
+                  + "".join(f"{_fmt(extra.get(k)):>20}" for k in EXTRA_METRICS) + f"{cuts.get(o, '-'):>11}")
+
+        cal = {r["trial"]: r for r in mine if r["step"] == "" and r["offset"] == o}
+        if "untuned" in cal:
+            line("untuned", "", cal["untuned"]["forget_quality"], cal["untuned"]["model_utility"],
+                 json.loads(cal["untuned"]["metrics"] or "{}"))
+        tm = json.loads(t["metrics"] or "{}")
+        line("target", "", t["target_forget_quality"], t_mu, {k: tm.get(f"target/{k}") for k in EXTRA_METRICS})
+        if "reference_seed0" in cal:
+            r0 = cal["reference_seed0"]
+            line("retain reference", "", r0["forget_quality"], r0["model_utility"], json.loads(r0["metrics"] or "{}"))
+        order = {m: i for i, m in enumerate(METHODS)}
+        for r in sorted((r for r in trials if r["offset"] == o), key=lambda r: (order.get(r["method"], 99),
+                                                                                float(r["lr"]), int(r["step"]))):
+            line(r["method"], f"{float(r['lr']):.0e}", r["forget_quality"], r["model_utility"],
+                 json.loads(r["metrics"] or "{}"))
+    print("(one trial per method and lr, unlearning data-order seed 0; kept: utility / the target's; utility: TOFU's "
+          "model utility, on the subset's retain authors and on SmolLM2's own real-author and world-fact knowledge; "
+          "untuned: the pretrained model before any TOFU fine-tuning; the retain reference's forget quality is 1 by "
+          "construction)")
+    print()
+
+
 def tables_from_csv(path: Path) -> None:
     rows = read_points(path)
     calibration_table(rows)
@@ -883,6 +938,7 @@ def tables_from_csv(path: Path) -> None:
     extended_tables(rows)
     extended_tables(rows, LONG, "SAGO's long budget")
     tuned_tables(rows)
+    smollm2_table(rows)
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@
 #                                             paired (or paired-s0, -s1, -s2; LRS=<lr points>, default 6; OFFSETS="0 180")
 #                                             extended (extended-sago: SAGO and GradDiff only; SEEDS=0) long tuned (TRIALS=8)
 #                                             method20 (or method20-o0, method20-o180) objective20 (or -o0, -o180; BEST=<method>)
+#                                             smollm2 (SmolLM2-135M-Instruct with LoRA; METHODS2="graddiff sago ngdiff mgda")
 # Tracking: $STUDY_DB (default study_runs/mlflow.db), storage study_runs/runs. A sweep already
 # finished under the same name is skipped, so an interrupted study continues where it stopped.
 # Then:  python jobs/study/make_tables.py
@@ -167,6 +168,24 @@ stage() {
             --set sweep.sampler=tpe --set "sweep.num_trials=${TRIALS:-8}" \
             --set "unlearn.forget={name: npo}" --set "data.subset.offset=$o" --set unlearn.seed=0
         done
+      done ;;
+    smollm2)  # issue 27 item 5: SmolLM2-135M-Instruct with LoRA (jobs/study/smollm2.yaml), one sweep per method, each
+      # the lrs of search_spaces/study/smollm2/<method>.yaml on a grid, NPO forget, data-order seed 0. One trial at a
+      # time on both cores: a 135M model's steps are compute-bound, so two threads beat one on a quiet CPU.
+      local JOB=jobs/study/smollm2.yaml m n
+      export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+      # The target and the reference first, then the models that were not unlearned (the untuned SmolLM2 and the
+      # reference: jobs/study/calibrate.py), so that whether the target learnt the forget author is known early.
+      $PY -m raysweep.cli prepare "$JOB" > study_runs/logs/smollm2-prepare.log 2>&1 \
+        || { echo "FAILED prepare (study_runs/logs/smollm2-prepare.log)"; return; }
+      if ! grep -qs "^study-smollm2-calibration\$" study_runs/done.txt; then
+        $PY jobs/study/calibrate.py --job "$JOB" --offset 15 --tracking-uri "sqlite:///$DB" \
+          > study_runs/logs/smollm2-calibration.log 2>&1 && echo study-smollm2-calibration >> study_runs/done.txt
+      fi
+      for m in ${METHODS2:-graddiff sago ngdiff mgda}; do
+        n=$(grep -o "choice: \[[^]]*\]" "search_spaces/study/smollm2/$m.yaml" | tr -cd , | wc -c)
+        launch "study-smollm2-$m-o15-s0" \
+          --set "sweep.search_space=$SPACES/smollm2/$m.yaml" --set "sweep.num_trials=$((n + 1))"
       done ;;
     grid)  # the sampler study's baseline: every point of a 42-point grid (3 x 14) on the same space,
       # lr 7 log-spaced points x NPO beta 3 x SAGO gamma 2 x SAGO alpha 1 (the middle of its range)

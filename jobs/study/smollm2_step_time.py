@@ -1,6 +1,6 @@
 """CPU time of one LoRA unlearning step of SmolLM2-135M-Instruct (issue 27, item 5, sizing only).
 
-    python jobs/study/smollm2_step_time.py [--steps 3] [--batch 8] [--length 96]
+    python jobs/study/smollm2_step_time.py [--steps 3] [--batch 8] [--length 96] [--threads 2]
 
 One step as GradDiff under NPO costs it: forward + backward of a forget batch and of a retain
 batch through the LoRA model (r 8 on every projection, raysweep's default), and one forward of
@@ -29,7 +29,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--length", type=int, default=96)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, every core)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.time()
     src = resolve_model_source("smollm2-135m", default_cache_dir())
     ref = load_causal_lm(src).eval()
