@@ -88,12 +88,11 @@ def hv(pts: np.ndarray) -> float:
     return hypervolume(pts, ["max", "max"], [0.0, 0.0]) if len(pts) else 0.0
 
 
-def kept_at(pts: np.ndarray, target_mu: float, level: float):
-    """Utility after / target utility at the first front point with forget quality >= level."""
-    for fq, mu in front(pts):
-        if fq >= level:
-            return mu / target_mu
-    return None
+def kept_at(pts, target_mu: float, level: float):
+    """Utility after / target utility at the highest-utility (FQ, utility) point with forget quality
+    >= level (a front point: one that dominated it would have as much utility); None where none
+    reaches it."""
+    return max((mu / target_mu for fq, mu in pts if fq >= level), default=None)
 
 
 def _fmt(v, spec=".3f") -> str:
@@ -577,16 +576,11 @@ def _cuts(rows: list[dict]) -> dict[str, str]:
 
 
 def _paired_blocks(rows: list[dict]) -> dict:
-    """(offset, seed) -> method -> list of (lr, FQ, MU), with the block's target (FQ, MU)."""
-    blocks: dict = defaultdict(lambda: defaultdict(list))
-    targets = {}
-    for r in rows:
-        if not r["sweep"].startswith(PAIRED) or r["step"] == "":
-            continue
-        key = (r["offset"], r["seed"])
-        blocks[key][r["method"]].append((float(r["lr"]), float(r["forget_quality"]), float(r["model_utility"])))
-        targets[key] = (float(r["target_forget_quality"]), float(r["target_model_utility"]))
-    return blocks, targets
+    """(offset, seed) -> method -> list of (lr, FQ, MU), with the block's target (FQ, MU): a paired
+    trial is evaluated once, at its end."""
+    blocks, targets = _trials_by_block(rows, PAIRED)
+    return {k: {m: [(lr, fq, mu) for t in trials.values() for lr, _, fq, mu in t] for m, trials in b.items()}
+            for k, b in blocks.items()}, targets
 
 
 def paired_tables(rows: list[dict]) -> None:
@@ -747,7 +741,8 @@ def _trials_by_block(rows: list[dict], prefix: str) -> tuple[dict, dict]:
 def _kept0(points, target_mu: float, level: float) -> float:
     """Utility / the target's at the highest-utility point with forget quality >= level; 0 where no
     point reaches it (not reaching a level counts as keeping nothing at it)."""
-    return max((mu / target_mu for _, _, fq, mu in points if fq >= level), default=0.0)
+    kept = kept_at([(fq, mu) for _, _, fq, mu in points], target_mu, level)
+    return 0.0 if kept is None else kept
 
 
 def _block_order(keys) -> list:
