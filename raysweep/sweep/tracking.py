@@ -18,8 +18,12 @@ the few writes - so that no other module spells a tag key or a request of its ow
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Optional
 
 SWEEP_TAG = "raysweep.sweep"
@@ -139,8 +143,6 @@ def log_job(c, run_id: str, job) -> None:
     """The job as ``job.json`` (what ``resume`` reads) and its source file, both redacted:
     credentials a user put in the job (a tracking URI with user:password@, a secret-looking
     field) never reach MLflow."""
-    from pathlib import Path
-
     c.log_text(run_id, json.dumps(redact_mapping(job.model_dump(mode="json"))), "job.json")
     if job.source and Path(job.source).is_file():
         c.log_text(run_id, redact_text(Path(job.source).read_text()), Path(job.source).name)
@@ -279,8 +281,6 @@ CLOCK_SKEW_MS = 5 * 60 * 1000
 
 
 def now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)
 
 
@@ -301,10 +301,6 @@ def changed_child_runs(c, parent, since_ms: int) -> list:
 def read_points(c, parent) -> Optional[dict]:
     """The snapshot the parent's tag names, or None (none, or it cannot be read: then the caller
     lists every run, as before snapshots)."""
-    import gzip
-    import tempfile
-    from pathlib import Path
-
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar on the CLI's output
     try:
         meta = json.loads(parent.data.tags.get(POINTS_TAG) or "null")
@@ -334,10 +330,6 @@ def drop_points(c, parent_run_id: str, seen: str) -> bool:
 def write_points(c, parent_run_id: str, snapshot: dict, seen: str) -> bool:
     """Store ``snapshot`` (with its ``id`` and ``taken``) on the parent, unless its tag is no
     longer ``seen`` (another writer's snapshot or changes since this one's listing)."""
-    import gzip
-    import tempfile
-    from pathlib import Path
-
     if _points_tag(c, parent_run_id) != seen:
         return False
     folder, name = POINTS_ARTIFACT.rsplit("/", 1)
@@ -472,7 +464,6 @@ def objective_tags(objectives: dict[str, str]) -> dict[str, str]:
 
 def log_metrics(c, run_id: str, metrics: dict, step: Optional[int] = None) -> None:
     import math
-    import time
 
     from mlflow.entities import Metric
 
