@@ -74,6 +74,27 @@ for _promotion in ("stop", "pause"):
                         "grace_period": 4, "reduction_factor": _rf, "rank_by": _rank, "extrapolate": _x,
                         "keep_front": _kf, "promotion": _promotion}
 
+# Successive halving (``promotion: synchronous``): each rung decided once, when every trial has
+# reached it, so a live sweep trains what the replay trains whatever its timings; on the default
+# rungs and on rungs placed apart from the fraction kept (``rung_levels``, "r4,12": steps 4 and 12).
+for _rf in (2, 3):
+    for _rank in ("last", "trajectory"):
+        for _x in (0.0, 1.0):
+            for _kf in (False, True):
+                ARMS[f"SHA g4 rf{_rf} {_rank}" + (" ex1" if _x else "") + (" keep-front" if _kf else "")] = {
+                    "grace_period": 4, "reduction_factor": _rf, "rank_by": _rank, "extrapolate": _x,
+                    "keep_front": _kf, "promotion": "synchronous"}
+for _levels in ((4, 12), (4, 12, 24), (4, 16), (4, 8, 20), (4, 8, 12, 20)):
+    for _rank in ("last", "trajectory"):
+        for _x in (0.0, 1.0):
+            ARMS[f"SHA r{','.join(map(str, _levels))} rf2 {_rank}" + (" ex1" if _x else "") + " keep-front"] = {
+                "grace_period": 4, "reduction_factor": 2, "rank_by": _rank, "extrapolate": _x, "keep_front": True,
+                "promotion": "synchronous", "rung_levels": list(_levels)}
+for _x in (0.0, 1.0):  # the same rungs, asynchronous
+    ARMS["MO-ASHA r4,12 rf2 last" + (" ex1" if _x else "") + " keep-front pause"] = {
+        "grace_period": 4, "reduction_factor": 2, "rank_by": "last", "extrapolate": _x, "keep_front": True,
+        "promotion": "pause", "rung_levels": [4, 12]}
+
 
 def sweep_settings(args, seed: int, scheduler: dict | None) -> dict:
     sets = {"sweep.seed": seed, "sweep.sampler": "random", "sweep.num_trials": args.trials,
@@ -113,7 +134,8 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
     ref = json.loads(parent.data.tags["raysweep.reference_point"])
     constrained = tracking.parent_constrained(parent)
     out = []
-    runs = sorted(tracking.child_runs(c, parent), key=lambda r: r.data.tags[tracking.TRIAL_TAG])
+    # the order the searcher started them (a trial id is a hash: its order is no order)
+    runs = sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time)
     for run in runs:
         hist = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in objectives]
         feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
@@ -123,15 +145,22 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
 
 
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
-           max_steps: int, workers: int = 2) -> tuple[list[int], list[float], int, float]:
+           max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None
+           ) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
-    final hypervolume. With ``promotion: pause`` a trial below the cut waits on its checkpoint; a
-    free worker resumes the paused trial the rungs promote (``next_promotion``) before starting a
-    new one, and continues its recorded trajectory: resuming from a checkpoint is bit-identical to
-    not stopping on CPU (``tests/distributed/test_inline.py``, ``tests/models/test_lora.py``)."""
+    final hypervolume. With ``promotion: pause`` or ``synchronous`` a trial below the cut waits on
+    its checkpoint; a free worker resumes the paused trial the rungs promote (``next_promotion``)
+    before starting a new one, and continues its recorded trajectory: resuming from a checkpoint is
+    bit-identical to not stopping on CPU (``tests/distributed/test_inline.py``,
+    ``tests/models/test_lora.py``). Trials start in their order in ``trials`` (the searcher's);
+    ``seconds[t][i]``: how long trial t takes to reach its evaluation i from the one before
+    (default: the steps between them), which sets the order trials reach their rungs in."""
     from raysweep.sweep.pareto import hypervolume
     from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
+    arm = dict(arm or {})
+    if arm.get("promotion") == "synchronous":
+        arm.setdefault("num_trials", sum(1 for t in trials if t))
     rungs = MOASHARungs(dict(objectives), max_steps=max_steps, **arm) if arm else None
     dirs = list(objectives.values())
     events: list = []  # (time, tie, trial, index of the evaluation)
@@ -141,7 +170,8 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
 
     def run(trial: int, i: int, now: float):
         nonlocal seq
-        heapq.heappush(events, (now + trials[trial][i][0] - (trials[trial][i - 1][0] if i else 0), seq, trial, i))
+        took = seconds[trial][i] if seconds else trials[trial][i][0] - (trials[trial][i - 1][0] if i else 0)
+        heapq.heappush(events, (now + took, seq, trial, i))
         seq += 1
 
     def next_job(now: float) -> bool:
@@ -178,6 +208,9 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
             idle += not next_job(now)
         while idle and next_job(now):  # a report may have made a paused trial promotable
             idle -= 1
+        if not events and rungs is not None and rungs.paused and rungs.promotion == "synchronous":
+            while idle and rungs.force_settle() and next_job(now):  # as the Tune scheduler does
+                idle -= 1
     if rungs is not None:
         rungs.stop_paused()
     return xs, ys, spent, (ys[-1] if ys else 0.0)

@@ -371,7 +371,12 @@ class SchedulerSpec(_Strict):
     extrapolate: float = Field(0.0, ge=0, allow_inf_nan=False)
     # "stop": ASHA's stopping variant; "pause": its promotion variant - a trial below the cut waits
     # on its checkpoint and resumes from it if it enters the best 1/reduction_factor of its rung.
-    promotion: Literal["stop", "pause"] = "stop"
+    # "synchronous": successive halving - each rung is decided once, when every trial has reached it
+    # (or ended), so the decisions do not depend on the order trials arrive in.
+    promotion: Literal["stop", "pause", "synchronous"] = "stop"
+    # The rungs' steps (increasing, multiples of eval.every, below unlearn.steps), instead of
+    # grace_period x reduction_factor^k; reduction_factor still sets the fraction kept at each.
+    rung_levels: Optional[list[int]] = None
 
 
 DEFAULT_TRIALS = 8
@@ -501,11 +506,18 @@ class JobSpec(_Strict):
             if not self.eval.every:
                 raise ValueError("@sweep.scheduler: mo_asha is not allowed without eval.every "
                                  "(its rungs are decided on evaluations along the run)")
-            if self.sweep.scheduler.promotion == "pause" and self.train.workers > 1:
+            sched = self.sweep.scheduler
+            if sched.promotion != "stop" and self.train.workers > 1:
                 # a paused trial resumes as after a failure; that is tested for one-process trials only
-                raise ValueError(f"@sweep.scheduler.promotion: 'pause' is not allowed with train.workers "
+                raise ValueError(f"@sweep.scheduler.promotion: {sched.promotion!r} is not allowed with train.workers "
                                  f"{self.train.workers} (one-process trials only; use promotion: stop)")
-            if self.sweep.scheduler.grace_period % self.eval.every:
+            levels = sched.rung_levels
+            if levels is not None and (not levels or any(b <= a for a, b in zip(levels, levels[1:]))
+                                       or levels[0] <= 0 or levels[-1] >= self.unlearn.steps
+                                       or any(x % self.eval.every for x in levels)):
+                raise ValueError(f"@sweep.scheduler.rung_levels: {levels} is not allowed (increasing steps, each a "
+                                 f"multiple of eval.every={self.eval.every} and below unlearn.steps={self.unlearn.steps})")
+            if levels is None and self.sweep.scheduler.grace_period % self.eval.every:
                 raise ValueError(f"@sweep.scheduler.grace_period: {self.sweep.scheduler.grace_period} is not "
                                  f"allowed (must be a multiple of eval.every={self.eval.every})")
         return self

@@ -34,8 +34,9 @@ def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
 
     tmp = tmp_path_factory.mktemp("promotion")
     got = {}
-    for name, scheduler in (("fifo", None), ("pause", {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2,
-                                                       "promotion": "pause"})):
+    for name, scheduler in (("fifo", None),
+                            *((p, {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2, "promotion": p})
+                              for p in ("pause", "synchronous"))):
         path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, trials=3, scheduler=False)
         job = yaml.safe_load(path.read_text())
         job["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
@@ -49,7 +50,7 @@ def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
     return got
 
 
-@pytest.mark.slow  # two real sweeps (~105 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
+@pytest.mark.slow  # three real sweeps (~150 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
 def test_a_paused_trial_resumes_from_its_checkpoint_exactly_and_the_others_end_stopped(paused_and_fifo):
     fifo, paused = paused_and_fifo["fifo"], paused_and_fifo["pause"]
     assert set(paused) == set(fifo) and len(fifo) == 3  # the random sampler: the same three trials
@@ -69,3 +70,29 @@ def test_a_paused_trial_resumes_from_its_checkpoint_exactly_and_the_others_end_s
     for lr in stopped:
         assert max(paused[lr][0]) < max(fifo[lr][0])
         assert json.loads(paused[lr][1]["raysweep.stopped_at_step"]) == max(paused[lr][0])
+
+
+@pytest.mark.slow  # shares the module's sweeps
+def test_synchronous_promotion_decides_the_rung_once_every_trial_reached_it(paused_and_fifo):
+    """``promotion: synchronous`` in a real sweep (one trial at a time): each trial pauses at the
+    rung (step 2) until the third arrives; then the one the rung logic ranks first among the three
+    FIFO step-2 points (fed in another order) is the only one trained past step 2, each trial's
+    evaluations are FIFO's, and the other two end stopped by mo_asha at step 2."""
+    from raysweep.sweep.schedulers.mo_asha import MOASHARungs
+
+    from .test_trajectory import OBJECTIVES
+
+    fifo, sync = paused_and_fifo["fifo"], paused_and_fifo["synchronous"]
+    assert set(sync) == set(fifo) and len(fifo) == 3
+    rungs = MOASHARungs(dict(OBJECTIVES), max_steps=6, grace_period=2, reduction_factor=2,
+                        promotion="synchronous", num_trials=3)
+    for lr in sorted(fifo, reverse=True):
+        rungs.on_result(lr, 2, [fifo[lr][0][2][0], fifo[lr][0][2][1]])
+    winner, = rungs.decided[2]
+    for lr, (hist, tags, status) in sync.items():
+        assert status == "FINISHED", (lr, status)
+        assert hist and all(hist[s] == fifo[lr][0][s] for s in hist), (lr, hist, fifo[lr][0])
+        if lr == winner:
+            assert max(hist) == max(fifo[lr][0]) and "raysweep.stopped_by" not in tags, (lr, hist, tags)
+        else:
+            assert max(hist) == 2 and tags.get("raysweep.stopped_by") == "mo_asha", (lr, hist, tags)

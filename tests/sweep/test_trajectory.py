@@ -199,6 +199,15 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
     ({"sweep": {"scheduler": {"name": "mo_asha", "extrapolate": -1}}}, "sweep.scheduler.extrapolate"),
     ({"train": {"workers": 2}, "sweep": {"scheduler": {"name": "mo_asha", "grace_period": 2, "promotion": "pause"}}},
      "sweep.scheduler.promotion: 'pause' is not allowed with train.workers 2"),
+    ({"train": {"workers": 2}, "sweep": {"scheduler": {"name": "mo_asha", "grace_period": 2,
+                                                        "promotion": "synchronous"}}},
+     "sweep.scheduler.promotion: 'synchronous' is not allowed with train.workers 2"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "rung_levels": [2, 3]}}},
+     "sweep.scheduler.rung_levels: [2, 3] is not allowed (increasing steps, each a multiple of eval.every=2"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "rung_levels": [4, 2]}}}, "sweep.scheduler.rung_levels: [4, 2]"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "rung_levels": [2, 6]}}},
+     "sweep.scheduler.rung_levels: [2, 6] is not allowed (increasing steps, each a multiple of eval.every=2 and "
+     "below unlearn.steps=6)"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job

@@ -1,6 +1,7 @@
 """Multi-objective asynchronous successive halving (MO-ASHA) for Ray Tune.
 
-Rungs sit at ``grace_period * reduction_factor**k`` unlearning steps (below ``max_steps``). A
+Rungs sit at ``grace_period * reduction_factor**k`` unlearning steps (below ``max_steps``), or at
+``rung_levels`` when given (Syne Tune's name: the steps apart from the fraction kept). A
 trial reaches a rung at its first evaluation (``eval.every``) at or after the rung's step; the
 trials recorded at that rung so far are ranked and the trial continues only if it is among the
 best ``ceil(n / reduction_factor)`` of them (so the first trial at a rung always continues, as in
@@ -33,13 +34,24 @@ before new trials start. When nothing is promotable and no trial is left to star
 and the paused trials count as stopped (``stop_paused``). ``promotion: stop`` (the default) is
 ASHA's stopping variant, keeping ``ceil(n / reduction_factor)``.
 
+``promotion: synchronous`` is successive halving (SHA) with the same ranking: every trial arriving
+at a rung is paused until the rung is complete - every one of the sweep's ``num_trials`` trials
+(rung 0), or every trial promoted from the rung below, has reached it or ended - and then the rung
+is decided once: the best ``max(1, floor(n / reduction_factor))`` (and, with ``keep_front``, the
+trials on the front as it stands then) are promoted, best first; the rest wait unpromoted and
+count as stopped when the sweep ends (``stop_paused``). Points are judged, and ties broken by
+trial name, at that moment, so the decisions do not depend on the order in which trials arrive
+(issue 26: a live sweep's order follows its step and evaluation times;
+``tests/sweep/schedulers/test_mo_asha_sync.py`` replays trajectories under random timings).
+
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_scheduler`` adapts it to
-Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE or STOP).
+Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -70,13 +82,17 @@ class MOASHARungs:
     rank_by: str = "last"                        # "last" | "trajectory"
     keep_front: bool = False                     # never stop a trial with a point on the sweep's front so far
     extrapolate: float = 0.0                     # also judge the point predicted at (1 + x) times the steps
-    promotion: str = "stop"                      # "stop" | "pause" (ASHA's promotion variant)
+    promotion: str = "stop"                      # "stop" | "pause" (ASHA's promotion variant) | "synchronous"
+    num_trials: Optional[int] = None             # the sweep's trials (synchronous: when rung 0 is complete)
+    rung_levels: Optional[Sequence[int]] = None  # the rungs' steps, instead of grace_period * reduction_factor**k
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
     stopped: dict = field(default_factory=dict)  # trial -> rung step where it was stopped
     paused: dict = field(default_factory=dict)   # trial -> rung step where it waits for promotion
     steps: dict = field(default_factory=dict)    # trial -> the step of each evaluation in history
+    gone: set = field(default_factory=set)       # trials that ended by themselves (or failed)
+    decided: dict = field(default_factory=dict)  # synchronous: complete rung -> its promoted trials, best first
     _arrivals: int = 0
 
     def __post_init__(self):
@@ -84,8 +100,19 @@ class MOASHARungs:
             raise ValueError(f"mo_asha reduction_factor: {self.reduction_factor} is not allowed (> 1)")
         if not (self.extrapolate >= 0 and math.isfinite(self.extrapolate)):
             raise ValueError(f"mo_asha extrapolate: {self.extrapolate} is not allowed (a finite number >= 0)")
-        if self.promotion not in ("stop", "pause"):
-            raise ValueError(f"mo_asha promotion: {self.promotion!r} is not allowed (stop, pause)")
+        if self.promotion not in ("stop", "pause", "synchronous"):
+            raise ValueError(f"mo_asha promotion: {self.promotion!r} is not allowed (stop, pause, synchronous)")
+        if self.promotion == "synchronous" and not (self.num_trials and self.num_trials > 0):
+            raise ValueError(f"mo_asha num_trials: {self.num_trials!r} is not allowed with promotion: synchronous "
+                             "(the number of the sweep's trials, > 0: rung 0 is complete when all have reached it)")
+        if self.rung_levels is not None:
+            levels = [int(x) for x in self.rung_levels]
+            if not levels or levels[0] <= 0 or any(b <= a for a, b in zip(levels, levels[1:])) \
+                    or levels[-1] >= self.max_steps:
+                raise ValueError(f"mo_asha rung_levels: {list(self.rung_levels)} is not allowed (increasing steps, "
+                                 f"> 0 and < the trial's {self.max_steps} steps)")
+            self.milestones = levels
+            return
         steps, k = [], 0
         while True:
             s = int(round(self.grace_period * self.reduction_factor ** k))
@@ -123,6 +150,19 @@ class MOASHARungs:
             else:
                 entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals)
             self.rungs.setdefault(rung, []).append(entry)
+            if self.promotion == "synchronous":
+                if not decide:
+                    continue
+                self._settle()
+                if rung not in self.decided:
+                    self.paused[trial] = rung
+                    decision = PAUSE
+                    break
+                if trial not in self.decided[rung]:
+                    self.stopped[trial] = rung
+                    decision = STOP
+                    break
+                continue
             if decide and not self._promotable(rung, trial):
                 if self.promotion == "pause":
                     self.paused[trial] = rung
@@ -137,6 +177,13 @@ class MOASHARungs:
         """The paused trial to resume next: one in the best ``floor(n / reduction_factor)`` of its
         rung (or kept by ``keep_front``), the highest rung first, then the best ranked; None if
         none. It stays paused until ``resume`` (Tune may still be saving it)."""
+        if self.promotion == "synchronous":
+            self._settle()
+            for rung in sorted(self.decided, reverse=True):
+                for trial in self.decided[rung]:
+                    if self.paused.get(trial) == rung:
+                        return trial
+            return None
         best = None
         for trial, rung in self.paused.items():
             if self._promotable(rung, trial):
@@ -149,8 +196,9 @@ class MOASHARungs:
         del self.paused[trial]
 
     def ended(self, trial: str) -> None:
-        """``trial`` ended by itself (its last step, or the sweep's own early stop) while paused:
-        there is nothing left to resume."""
+        """``trial`` ended by itself (its last step, the sweep's own early stop, or an error): if
+        paused, there is nothing left to resume; a synchronous rung no longer waits for it."""
+        self.gone.add(trial)
         if trial in self.paused:
             self.stopped[trial] = self.paused.pop(trial)
 
@@ -160,6 +208,68 @@ class MOASHARungs:
         self.stopped.update(self.paused)
         self.paused.clear()
         return done
+
+    def restored(self) -> None:
+        """After the rungs are rebuilt from MLflow (``decide=False``, ``raysweep resume``):
+        synchronous decisions are a function of the evaluations alone, so they are taken again,
+        and a trial whose last evaluation is its arrival at its rung waits there again (paused:
+        promoted when the rung is decided and it is among the best, as in the sweep that died).
+        (``promotion: pause`` cannot tell a promoted trial from a waiting one this way; its paused
+        trials resume and meet their next rung.)"""
+        if self.promotion != "synchronous":
+            return
+        self._settle()
+        for trial, rung in self.reached.items():
+            steps = self.steps[trial]
+            if trial in self.stopped or trial in self.gone or steps[-1] >= self.max_steps:
+                continue
+            if steps[-1] == next(s for s in steps if s >= rung):  # not past its arrival at the rung
+                self.paused[trial] = rung
+
+    def _settle(self) -> None:
+        """Synchronous: decide every rung that has become complete, lowest first."""
+        for i, rung in enumerate(self.milestones):
+            if rung in self.decided:
+                continue
+            if i == 0:
+                known = set(self.history) | self.gone
+                if len(known) < self.num_trials:
+                    return
+                expected = known
+            else:
+                if self.milestones[i - 1] not in self.decided:
+                    return
+                expected = set(self.decided[self.milestones[i - 1]])
+            if any(self.reached.get(t, 0) < rung and t not in self.gone for t in expected):
+                return
+            self._decide(rung)
+
+    def force_settle(self) -> bool:
+        """Synchronous, when nothing runs and nothing is promotable: decide the lowest open rung
+        with the trials that reached it (a trial lost without ``ended`` would hold it forever).
+        Whether a rung was decided."""
+        for rung in self.milestones:
+            if rung not in self.decided:
+                if not self.rungs.get(rung):
+                    return False
+                self._decide(rung)
+                self._settle()
+                return True
+        return False
+
+    def _decide(self, rung: int) -> None:
+        """Rank a complete rung once: each member judged by its points now, ties by trial name."""
+        entries = self.rungs.get(rung, [])
+        by_name = sorted(entries, key=lambda e: _natural(e.trial))
+        for order, e in enumerate(by_name):
+            if self.rank_by == "trajectory" or self.extrapolate:
+                e.values = self._judged_points(e.trial)
+                e.feasible = bool(e.values)
+            e.order = order
+        order = self.ranking(rung)
+        keep = max(1, math.floor(len(order) / self.reduction_factor))
+        self.decided[rung] = [t for i, t in enumerate(order)
+                              if t not in self.gone and (i < keep or (self.keep_front and self._on_front(t)))]
 
     def _judged_points(self, trial: str) -> tuple:
         """What ``trial`` is ranked by at a rung: its feasible points so far (``trajectory``) or its
@@ -265,6 +375,11 @@ class MOASHARungs:
         return bool((ranks[:len(mine)] == 0).any())
 
 
+def _natural(name: str) -> tuple:
+    """``"trial_10"`` after ``"trial_9"``: digits compare as numbers (Tune's trial ids end in a count)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
 def _usable(points) -> list:
     """The values of the feasible, finite evaluations among ``(values, feasible)`` pairs: what a
     trial can be ranked or kept by."""
@@ -282,7 +397,9 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
     to the searcher (``limiter``, the sweep's ``ConcurrencyLimiter``), so a new trial starts.
     ``choose_trial_to_run`` resumes the trial the rungs promote before any new one, within
     ``max_concurrent``; once all ``num_trials`` exist and none runs, waits or is promotable, the
-    paused ones are stopped (and recorded as stopped by ``record.py``)."""
+    paused ones are stopped (and recorded as stopped by ``record.py``). ``promotion: synchronous``
+    works the same way; a trial that errors no longer holds its rung (``on_trial_error``), and a
+    rung held by a trial lost without a word is decided with what reached it once nothing runs."""
     from ray.tune.experiment import Trial
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
     from ray.tune.utils import flatten_dict
@@ -312,6 +429,10 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             self.rungs.ended(trial.trial_id)
             super().on_trial_complete(tune_controller, trial, result)
 
+        def on_trial_error(self, tune_controller, trial):
+            self.rungs.ended(trial.trial_id)  # a synchronous rung must not wait for it
+            super().on_trial_error(tune_controller, trial)
+
         def _slot(self, trial_id: str, free: bool) -> None:
             """A paused trial holds no concurrency slot; a resumed one takes its slot back (and
             the searcher is told of its end through the slot as usual)."""
@@ -338,7 +459,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
 
         def choose_trial_to_run(self, tune_controller):
             trials = tune_controller.get_trials()
-            if self.rungs.promotion != "pause":
+            if self.rungs.promotion == "stop":
                 return super().choose_trial_to_run(tune_controller)
             by_id = {t.trial_id: t for t in trials}
             busy = sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
@@ -360,8 +481,11 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                     return trial
             waiting = [by_id[t] for t in list(self.rungs.paused) if t in by_id]
             all_there = num_trials is None or len(trials) >= num_trials
-            if (waiting and all_there and self.rungs.next_promotion() is None
-                    and not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)):
+            idle = not any(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials)
+            if (waiting and all_there and idle and self.rungs.promotion == "synchronous"
+                    and self.rungs.next_promotion() is None and self.rungs.force_settle()):
+                return self.choose_trial_to_run(tune_controller)  # a rung held by a trial lost without a word
+            if waiting and all_there and idle and self.rungs.next_promotion() is None:
                 self.rungs.stop_paused()  # nothing left can promote them: the sweep ends here
                 for trial in waiting:
                     if self.limiter is not None:  # the searcher hears of its end with its last result

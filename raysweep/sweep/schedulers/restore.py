@@ -30,4 +30,5 @@ def restore_rungs(rungs, c, parent, job) -> int:
     for _, trial, step, values, ok in sorted(events, key=lambda e: (e[0], e[1], e[2])):
         rungs.on_result(trial, step, values, ok, decide=False)
     rungs.stopped.update(stopped)
+    rungs.restored()
     return len(events)
