@@ -3,20 +3,24 @@ without early stopping, on a sweep of real shape (quickstart job, 24 trials x 32
 time, evaluated every 4 steps), over several seeds.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 24] [--steps 32] [--every 4]
-                                           [--work DIR] [--validate ARM] [--plot PNG]
+                                           [--work DIR] [--validate ARM] [--arms ARM ...] [--plot PNG]
 
 How: one real FIFO sweep per seed (``raysweep launch``, the random sampler, its own sqlite MLflow;
 kept in ``--work`` so a second call reuses it) records every trial's whole trajectory. With the
 random sampler a trial's configuration depends only on the seed and its number, and a trial's
 steps are bit-identical however often it is evaluated or whether others stop
 (``tests/sweep/test_trajectory.py``), so what a scheduler would see is exactly that recording cut
-short. Each arm then replays the sweep: two workers take the trials in order, each evaluation
-is an event at its step count, and the arm's real rung logic (``MOASHARungs``, the class the Tune
-scheduler asks) answers continue or stop there; a stopped trial frees its worker at once. Steps
-spent = the steps the trials trained; hypervolume = that of every evaluated point (the sweep's
-front candidates), at the job's reference point. ``--validate ARM`` runs the arm for real on
-every seed given (``sweep.scheduler`` in the job) and prints the replay's and the real sweep's numbers
-side by side: the replay ignores evaluation time in the workers' order, nothing else.
+short. Each arm then replays the sweep: two workers take the trials in the order the searcher
+started them (their runs' start times), each evaluation is an event at its step count, and the
+arm's real rung logic (``MOASHARungs``, the class the Tune scheduler asks) answers continue, pause
+or stop there; a stopped or paused trial frees its worker at once. Steps spent = the steps the
+trials trained; hypervolume = that of every evaluated point (the sweep's front candidates), at the
+job's reference point. ``--validate ARM`` runs the arm for real on every seed given
+(``sweep.scheduler`` in the job) and prints the replay's and the real sweep's numbers side by
+side. The replay's only simplification is time: a step costs one unit and an evaluation none, so
+an asynchronous arm's trials may reach a rung in another order live; a synchronous arm
+(``promotion: synchronous``) decides each rung once it is complete, so its live sweep trains what
+its replay trains (``tests/sweep/schedulers/test_mo_asha_sync.py``).
 
 Printed per seed and arm: steps spent and their ratio to FIFO's, final hypervolume and its ratio to
 FIFO's, steps until 99% of FIFO's final hypervolume; then the mean and the worst seed. Target: final
@@ -234,10 +238,13 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "raysweep" / "search_efficiency"),
                     help="where the recorded FIFO sweeps are kept (reused by a second call)")
     ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on every seed given")
+    ap.add_argument("--arms", nargs="+", metavar="ARM", help="replay only these arms (and FIFO); default: every arm")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
-    if args.validate and args.validate not in ARMS:
-        raise SystemExit(f"--validate: {args.validate!r} is not allowed ({', '.join(ARMS)})")
+    for arm in [args.validate] * bool(args.validate) + (args.arms or []):
+        if arm not in ARMS:
+            raise SystemExit(f"--validate/--arms: {arm!r} is not allowed ({', '.join(ARMS)})")
+    arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", *args.arms, args.validate)}
 
     work = Path(args.work) / f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
     work.mkdir(parents=True, exist_ok=True)
@@ -248,7 +255,7 @@ def main() -> None:
         recorded[seed] = trajectories(work / f"{name}.db", name)
 
     results = {}  # (arm, seed) -> (xs, ys, spent, hv)
-    for arm, settings in ARMS.items():
+    for arm, settings in arms.items():
         for seed, (trials, objectives, ref) in recorded.items():
             results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
 
@@ -257,7 +264,7 @@ def main() -> None:
     print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8}")
     summary = {}
-    for arm in ARMS:
+    for arm in arms:
         cells, steps_r, hv_r = [], [], []
         for s in args.seeds:
             xs, ys, spent, hv = results[(arm, s)]
@@ -295,16 +302,16 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     colours = plt.get_cmap("tab10")
     shown = ["FIFO", *met]  # in colour; every other arm in grey, one legend entry for them all
-    for arm in ARMS:
+    for arm in arms:
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]
             if arm in shown:
                 ax.step(xs, ys, where="post", color=colours(shown.index(arm) % 10), alpha=0.85, lw=1.4, zorder=3,
                         label=arm if s == args.seeds[0] else None)
             else:
-                first = arm == next(a for a in ARMS if a not in shown) and s == args.seeds[0]
+                first = arm == next(a for a in arms if a not in shown) and s == args.seeds[0]
                 ax.step(xs, ys, where="post", color="0.6", alpha=0.25, lw=0.8,
-                        label=f"the {len(ARMS) - len(shown)} other arms" if first else None)
+                        label=f"the {len(arms) - len(shown)} other arms" if first else None)
     fifo_hv = [results[("FIFO", s)][3] for s in args.seeds]
     ax.set_ylim(0.9 * min(fifo_hv), 1.01 * max(fifo_hv))  # where the arms differ, not the first steps
     ax.set_xlabel("unlearning steps spent (all trials)")

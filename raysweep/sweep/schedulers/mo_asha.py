@@ -430,7 +430,10 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             super().on_trial_complete(tune_controller, trial, result)
 
         def on_trial_error(self, tune_controller, trial):
-            self.rungs.ended(trial.trial_id)  # a synchronous rung must not wait for it
+            # Tune also calls this before retrying a trial (train.max_failures): only a trial that
+            # will not be retried has ended, and a synchronous rung must not wait for it
+            if not trial.should_recover():
+                self.rungs.ended(trial.trial_id)
             super().on_trial_error(tune_controller, trial)
 
         def _slot(self, trial_id: str, free: bool) -> None:

@@ -142,3 +142,22 @@ def test_rungs_rebuilt_for_resume_decide_again_and_the_waiting_trials_wait_again
         assert all(t in live.decided[r] for t, r in running.items())
         assert rebuilt.paused == {**live.paused, **running}, (len(seen), rebuilt.paused, live.paused)
     assert sorted(live.decided) == [4, 8] and len(live.paused) >= 2  # both rungs decided; rung 4's losers wait
+
+
+def test_the_tune_scheduler_lets_a_rung_go_on_without_a_failed_trial_but_waits_for_a_retried_one():
+    """Tune calls ``on_trial_error`` also before it retries a trial (``train.max_failures``): a
+    synchronous rung goes on without a trial that will not be retried, and keeps waiting for one
+    that will (a real Tune ``Trial``)."""
+    from ray.tune.experiment import Trial
+
+    from raysweep.sweep.schedulers.mo_asha import tune_scheduler
+
+    for failures, ended in ((0, False), (3, True)):
+        r = sync(num_trials=3, grace_period=4, reduction_factor=2)
+        scheduler = tune_scheduler(r, max_concurrent=2, num_trials=3)
+        trial = Trial("unlearn", stub=True, max_failures=2)
+        trial.run_metadata.num_failures = failures
+        r.on_result("a", 4, [0.5, 0.8]); r.on_result("b", 4, [0.4, 0.9])
+        scheduler.on_trial_error(None, trial)
+        assert (trial.trial_id in r.gone) == ended
+        assert (r.next_promotion() == "b") == ended, failures
