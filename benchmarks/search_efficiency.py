@@ -47,6 +47,8 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY":
 # name -> MO-ASHA settings (None: FIFO, no early stopping)
 ARMS = {
     "FIFO": None,
+    # the baseline every scheduler must beat: no early stopping, half the trials (the first 12 of 24)
+    "FIFO, first half of the trials": "half",
     "MO-ASHA g4 rf2 last": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g8 rf2 last": {"grace_period": 8, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g4 rf3 last": {"grace_period": 4, "reduction_factor": 3, "rank_by": "last"},
@@ -244,6 +246,8 @@ def main() -> None:
     for arm in [args.validate] * bool(args.validate) + (args.arms or []):
         if arm not in ARMS:
             raise SystemExit(f"--validate/--arms: {arm!r} is not allowed ({', '.join(ARMS)})")
+    if ARMS.get(args.validate) == "half":
+        raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")
     arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", *args.arms, args.validate)}
 
     work = Path(args.work) / f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
@@ -257,7 +261,10 @@ def main() -> None:
     results = {}  # (arm, seed) -> (xs, ys, spent, hv)
     for arm, settings in arms.items():
         for seed, (trials, objectives, ref) in recorded.items():
-            results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
+            if settings == "half":
+                results[(arm, seed)] = replay(trials[:len(trials) // 2], objectives, ref, None, args.steps)
+            else:
+                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
 
     print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
@@ -280,6 +287,12 @@ def main() -> None:
            and worst_hv >= 0.99]
     print("cells: steps (ratio to FIFO) HV (ratio to FIFO) steps-to-99%-of-FIFO's-HV")
     print(f"target (every seed: steps <= 0.5 of FIFO's and HV >= 0.99 of FIFO's) met by: {', '.join(met) or 'none'}")
+    half = "FIFO, first half of the trials"
+    if half in summary:
+        better = [a for a in summary if a not in ("FIFO", half) and summary[a][0] <= 0.5
+                  and summary[a][1] > summary[half][1]]
+        print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
+              f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
 
     if args.validate:
         for seed in args.seeds:
@@ -301,26 +314,35 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     colours = plt.get_cmap("tab10")
-    # in colour: FIFO and the arms that meet the target, or (none does) the 3 best by mean hypervolume
-    # among those spending <= 0.5 of FIFO's steps on average; every other arm in grey, one legend entry
+    # in colour: FIFO, the half-the-trials baseline and the arms that meet the target, or (none does)
+    # the 3 best by mean hypervolume among those spending <= 0.5 of FIFO's steps on average; every
+    # other arm in grey, one legend entry
     thrifty = sorted((a for a in summary if a != "FIFO" and summary[a][0] <= 0.5), key=lambda a: -summary[a][1])
-    shown = ["FIFO", *(met or thrifty[:3])]
-    for arm in arms:
+    shown = ["FIFO", *([half] if half in arms else []), *(met or [a for a in thrifty if a != half][:3])]
+    for arm in arms:  # each seed against its own FIFO sweep, so the seeds share one frame
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]
-            if arm in shown:
-                ax.step(xs, ys, where="post", color=colours(shown.index(arm) % 10), alpha=0.85, lw=1.4, zorder=3,
-                        label=arm if s == args.seeds[0] else None)
+            _, _, f_spent, f_hv = results[("FIFO", s)]
+            xs, ys = np.array(xs) / f_spent, np.array(ys) / f_hv
+            if arm == half:  # FIFO's own curve up to half its trials: its end point, per seed
+                ax.plot(xs[-1:], ys[-1:], "o", color=colours(shown.index(arm) % 10), ms=6, zorder=5,
+                        label=f"{arm} (end)" if s == args.seeds[0] else None)
+            elif arm in shown:
+                ax.step(xs, ys, where="post", color=colours(shown.index(arm) % 10), alpha=0.8, lw=1.3,
+                        zorder=4 if arm == "FIFO" else 3, label=arm if s == args.seeds[0] else None)
             else:
                 first = arm == next(a for a in arms if a not in shown) and s == args.seeds[0]
-                ax.step(xs, ys, where="post", color="0.6", alpha=0.25, lw=0.8,
+                ax.step(xs, ys, where="post", color="0.6", alpha=0.2, lw=0.7,
                         label=f"the {len(arms) - len(shown)} other arms" if first else None)
-    fifo_hv = [results[("FIFO", s)][3] for s in args.seeds]
-    ax.set_ylim(0.9 * min(fifo_hv), 1.01 * max(fifo_hv))  # where the arms differ, not the first steps
-    ax.set_xlabel("unlearning steps spent (all trials)")
-    ax.set_ylabel("hypervolume of evaluated points")
-    ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}")
-    ax.legend(fontsize=7)
+    ax.axhline(0.99, color="k", lw=0.8, ls="--")
+    ax.axvline(0.5, color="k", lw=0.8, ls="--")
+    ax.text(0.51, 0.9915, "target: above 0.99 by 0.5", fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0.95, 1.005)  # where the arms differ, not the first steps
+    ax.set_xlabel("unlearning steps spent, as a fraction of FIFO's (all trials)")
+    ax.set_ylabel("hypervolume of evaluated points / FIFO's final")
+    ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}, one line per seed")
+    ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(args.plot)
     print(f"plot: {args.plot}")
