@@ -1,7 +1,8 @@
 """Trial schedulers: a scheduler sees each trial's results and answers continue or stop.
 
-``mo_asha`` (``mo_asha.py``): asynchronous successive halving whose rungs rank trials by
-non-dominated sorting over several objectives, each with its own direction.
+``mo_asha`` (``mo_asha.py``): successive halving, asynchronous or synchronous, whose rungs rank
+trials by non-dominated sorting over several objectives, each with its own direction;
+``tune_adapter.py`` puts it behind Tune's scheduler contract.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ def make_scheduler(job, constraint=None):
     spec = job.sweep.scheduler
     if spec is None:
         return None
-    from raysweep.sweep.schedulers.mo_asha import MOASHARungs, tune_scheduler
+    from raysweep.sweep.schedulers.mo_asha import MOASHARungs
+    from raysweep.sweep.schedulers.tune_adapter import tune_scheduler
 
     rungs = MOASHARungs(job.sweep.objectives, max_steps=job.unlearn.steps, grace_period=spec.grace_period,
                         reduction_factor=spec.reduction_factor, tie_break=spec.tie_break,

@@ -150,7 +150,7 @@ def test_the_tune_scheduler_lets_a_rung_go_on_without_a_failed_trial_but_waits_f
     that will (a real Tune ``Trial``)."""
     from ray.tune.experiment import Trial
 
-    from raysweep.sweep.schedulers.mo_asha import tune_scheduler
+    from raysweep.sweep.schedulers.tune_adapter import tune_scheduler
 
     for failures, ended in ((0, False), (3, True)):
         r = sync(num_trials=3, grace_period=4, reduction_factor=2)
