@@ -3,7 +3,8 @@ without early stopping, on a sweep of real shape (quickstart job, 24 trials x 32
 time, evaluated every 4 steps), over several seeds.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 24] [--steps 32] [--every 4]
-                                           [--work DIR] [--validate ARM] [--arms ARM ...] [--plot PNG]
+                                           [--work DIR] [--validate ARM] [--arms ARM ...] [--space YAML]
+                                           [--plot PNG]
 
 How: one real FIFO sweep per seed (``raysweep launch``, the random sampler, its own sqlite MLflow;
 kept in ``--work`` so a second call reuses it) records every trial's whole trajectory. With the
@@ -106,6 +107,8 @@ def sweep_settings(args, seed: int, scheduler: dict | None) -> dict:
     sets = {"sweep.seed": seed, "sweep.sampler": "random", "sweep.num_trials": args.trials,
             "sweep.max_concurrent": 2, "unlearn.steps": args.steps, "eval.every": args.every,
             "eval.max_questions": args.questions, "train.checkpoint_every": args.every}
+    if args.space:
+        sets["sweep.search_space"] = str(Path(args.space).resolve())
     if scheduler:
         sets["sweep.scheduler"] = json.dumps({"name": "mo_asha", **scheduler})
     return sets
@@ -237,6 +240,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--every", type=int, default=4)
     ap.add_argument("--questions", type=int, default=40, help="eval.max_questions (each evaluation)")
+    ap.add_argument("--space", help="another search space for the job (e.g. search_spaces/search_efficiency_wide.yaml)")
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "raysweep" / "search_efficiency"),
                     help="where the recorded FIFO sweeps are kept (reused by a second call)")
     ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on every seed given")
@@ -250,7 +254,8 @@ def main() -> None:
         raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")
     arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", *args.arms, args.validate)}
 
-    work = Path(args.work) / f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
+    work = Path(args.work) / (f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
+                              + (f"-{Path(args.space).stem}" if args.space else ""))
     work.mkdir(parents=True, exist_ok=True)
     recorded = {}
     for seed in args.seeds:
