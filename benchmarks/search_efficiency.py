@@ -271,7 +271,8 @@ def main() -> None:
             else:
                 results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
 
-    print(f"\nquickstart job, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
+    on = f" on {args.space}" if args.space else ""
+    print(f"\nquickstart job{on}, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
     print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8}")
