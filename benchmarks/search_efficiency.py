@@ -323,8 +323,9 @@ def main() -> None:
     # in colour: FIFO, the half-the-trials baseline and the arms that meet the target, or (none does)
     # the 3 best by mean hypervolume among those spending <= 0.5 of FIFO's steps on average; every
     # other arm in grey, one legend entry
-    thrifty = sorted((a for a in summary if a != "FIFO" and summary[a][0] <= 0.5), key=lambda a: -summary[a][1])
-    shown = ["FIFO", *([half] if half in arms else []), *(met or [a for a in thrifty if a != half][:3])]
+    thrifty = sorted((a for a in summary if a not in ("FIFO", half) and summary[a][0] <= 0.5),
+                     key=lambda a: -summary[a][1])
+    shown = list(dict.fromkeys(["FIFO", *([half] if half in arms else []), *(met or thrifty[:3])]))
     for arm in arms:  # each seed against its own FIFO sweep, so the seeds share one frame
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]

@@ -375,7 +375,8 @@ class MOASHARungs:
 
 
 def _natural(name: str) -> tuple:
-    """``"trial_10"`` after ``"trial_9"``: digits compare as numbers (Tune's trial ids end in a count)."""
+    """A fixed order of trial names, digits compared as numbers (the benchmark's replay names trials
+    ``"0"``..``"23"``: ``"10"`` after ``"9"``); Tune's ids are hashes, where any fixed order will do."""
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
 
