@@ -97,6 +97,14 @@ for _levels in ((4, 12), (4, 12, 24), (4, 16), (4, 8, 20), (4, 8, 12, 20)):
             ARMS[f"SHA r{','.join(map(str, _levels))} rf2 {_rank}" + (" ex1" if _x else "") + " keep-front"] = {
                 "grace_period": 4, "reduction_factor": 2, "rank_by": _rank, "extrapolate": _x, "keep_front": True,
                 "promotion": "synchronous", "rung_levels": list(_levels)}
+# Stratified by method (``stratify: method``): each rung keeps the best 1/rf of all trials and of
+# each method's; beside each, the same arm without it, so the pair shows what stratifying does.
+for _levels in ((4, 12), (4, 16), (4, 20), (4, 24)):
+    for _rf in (2, 2.5, 3):
+        for _stratify in (None, "method"):
+            ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")] = {
+                "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
+                "rung_levels": list(_levels), "stratify": _stratify}
 for _x in (0.0, 1.0):  # the same rungs, asynchronous
     ARMS["MO-ASHA r4,12 rf2 last" + (" ex1" if _x else "") + " keep-front pause"] = {
         "grace_period": 4, "reduction_factor": 2, "rank_by": "last", "extrapolate": _x, "keep_front": True,
@@ -131,9 +139,9 @@ def run_sweep(args, name: str, sets: dict, work: Path) -> Path:
     return db
 
 
-def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[float]]:
-    """Every trial's evaluations in trial order: [(step, values, feasible)], the objectives and
-    the job's reference point; read from MLflow alone."""
+def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[float], list[dict]]:
+    """Every trial's evaluations in trial order: [(step, values, feasible)], the objectives, the
+    job's reference point and each trial's drawn configuration; read from MLflow alone."""
     from raysweep.reporting.constraint import recorded_feasible
     from raysweep.sweep import tracking
 
@@ -150,12 +158,12 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
         feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
         steps = sorted(set.intersection(*(set(h) for h in hist)))
         out.append([(s, tuple(h[s] for h in hist), recorded_feasible(feasible.get(s), constrained)) for s in steps])
-    return out, objectives, [ref[k] for k in objectives]
+    return out, objectives, [ref[k] for k in objectives], [tracking.trial_config(r) for r in runs]
 
 
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
-           max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None
-           ) -> tuple[list[int], list[float], int, float]:
+           max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None,
+           configs: list[dict] | None = None) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
     final hypervolume. With ``promotion: pause`` or ``synchronous`` a trial below the cut waits on
     its checkpoint; a free worker resumes the paused trial the rungs promote (``next_promotion``)
@@ -163,7 +171,9 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     bit-identical to not stopping on CPU (``tests/distributed/test_inline.py``,
     ``tests/models/test_lora.py``). Trials start in their order in ``trials`` (the searcher's);
     ``seconds[t][i]``: how long trial t takes to reach its evaluation i from the one before
-    (default: the steps between them), which sets the order trials reach their rungs in."""
+    (default: the steps between them), which sets the order trials reach their rungs in;
+    ``configs[t]``: trial t's drawn configuration, where the arm stratifies (as Tune's
+    ``trial.config``)."""
     from raysweep.sweep.pareto import hypervolume
     from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
@@ -205,7 +215,8 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
             pts.append(values)
         xs.append(spent)
         ys.append(hypervolume(np.array(pts), dirs, ref) if pts else 0.0)
-        decision = rungs.on_result(str(trial), step, values, feasible) if rungs is not None else CONTINUE
+        group = configs[trial].get(arm["stratify"]) if configs and arm.get("stratify") else None
+        decision = rungs.on_result(str(trial), step, values, feasible, group=group) if rungs is not None else CONTINUE
         more = i + 1 < len(trials[trial])
         if decision == PAUSE and more:
             resume_at[trial] = i + 1
@@ -265,11 +276,11 @@ def main() -> None:
 
     results = {}  # (arm, seed) -> (xs, ys, spent, hv)
     for arm, settings in arms.items():
-        for seed, (trials, objectives, ref) in recorded.items():
+        for seed, (trials, objectives, ref, configs) in recorded.items():
             if settings == "half":
                 results[(arm, seed)] = replay(trials[:len(trials) // 2], objectives, ref, None, args.steps)
             else:
-                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps)
+                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps, configs=configs)
 
     on = f" on {args.space}" if args.space else ""
     print(f"\nquickstart job{on}, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
@@ -304,7 +315,7 @@ def main() -> None:
         for seed in args.seeds:
             name = f"{args.validate.replace(' ', '-')}-{seed}"
             db = run_sweep(args, name, sweep_settings(args, seed, ARMS[args.validate]), work)
-            trials, objectives, ref = trajectories(db, name)
+            trials, objectives, ref, _ = trajectories(db, name)
             real_steps = sum(t[-1][0] for t in trials if t)
             real_hv = replay(trials, objectives, ref, None, args.steps)[3]  # every point it evaluated
             _, _, sim_steps, sim_hv = results[(args.validate, seed)]

@@ -377,6 +377,9 @@ class SchedulerSpec(_Strict):
     # The rungs' steps (increasing, multiples of eval.every, below unlearn.steps), instead of
     # grace_period x reduction_factor^k; reduction_factor still sets the fraction kept at each.
     rung_levels: Optional[list[int]] = None
+    # Also keep the best 1/reduction_factor (at least one) of each value of this searched choice at
+    # every rung: methods forget at their own pace, and a slow one's best comes late.
+    stratify: Optional[Literal["method", "forget", "retain"]] = None
 
 
 DEFAULT_TRIALS = 8

@@ -208,6 +208,8 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
     ({"sweep": {"scheduler": {"name": "mo_asha", "rung_levels": [2, 6]}}},
      "sweep.scheduler.rung_levels: [2, 6] is not allowed (increasing steps, each a multiple of eval.every=2 and "
      "below unlearn.steps=6)"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "stratify": "lr"}}},
+     "sweep.scheduler.stratify: 'lr' is not allowed (Input should be 'method', 'forget' or 'retain')"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job

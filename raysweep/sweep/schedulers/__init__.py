@@ -21,6 +21,7 @@ def make_scheduler(job, constraint=None):
                         reduction_factor=spec.reduction_factor, tie_break=spec.tie_break,
                         rank_by=spec.rank_by, keep_front=spec.keep_front,
                         extrapolate=spec.extrapolate, promotion=spec.promotion,
-                        num_trials=job.sweep.num_trials, rung_levels=spec.rung_levels)
+                        num_trials=job.sweep.num_trials, rung_levels=spec.rung_levels,
+                        stratify=spec.stratify)
     return tune_scheduler(rungs, constraint=constraint, max_concurrent=job.sweep.max_concurrent,
                           num_trials=job.sweep.num_trials)

@@ -44,6 +44,13 @@ trial name, at that moment, so the decisions do not depend on the order in which
 (issue 26: a live sweep's order follows its step and evaluation times;
 ``tests/sweep/schedulers/test_mo_asha_sync.py`` replays trajectories under random timings).
 
+``stratify`` (issue 26; a searched choice, ``method``): every cut also keeps, beside the best of
+all the trials at the rung, the best ``1 / reduction_factor`` of each value's trials (at least one
+each: the same count rule as the overall cut, applied to the value's trials). Methods move at
+their own pace - SAGO and PCGrad-R keep the retain side first and forget late - so ranking a rung's
+trials against faster methods alone stops the slow method's best before its trade-off shows
+(BENCHMARKS.md, "Search that pays"). A trial reported without a value meets the overall cut only.
+
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_adapter.tune_scheduler``
 adapts it to Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
 """
@@ -84,6 +91,7 @@ class MOASHARungs:
     promotion: str = "stop"                      # "stop" | "pause" (ASHA's promotion variant) | "synchronous"
     num_trials: Optional[int] = None             # the sweep's trials (synchronous: when rung 0 is complete)
     rung_levels: Optional[Sequence[int]] = None  # the rungs' steps, instead of grace_period * reduction_factor**k
+    stratify: Optional[str] = None               # a searched choice (``method``): each value's best also kept
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
@@ -92,6 +100,7 @@ class MOASHARungs:
     steps: dict = field(default_factory=dict)    # trial -> the step of each evaluation in history
     gone: set = field(default_factory=set)       # trials that ended by themselves (or failed)
     decided: dict = field(default_factory=dict)  # synchronous: complete rung -> its promoted trials, best first
+    groups: dict = field(default_factory=dict)   # trial -> its value of ``stratify``
     _arrivals: int = 0
 
     def __post_init__(self):
@@ -99,6 +108,9 @@ class MOASHARungs:
             raise ValueError(f"mo_asha reduction_factor: {self.reduction_factor} is not allowed (> 1)")
         if not (self.extrapolate >= 0 and math.isfinite(self.extrapolate)):
             raise ValueError(f"mo_asha extrapolate: {self.extrapolate} is not allowed (a finite number >= 0)")
+        if self.stratify is not None and not (isinstance(self.stratify, str) and self.stratify):
+            raise ValueError(f"mo_asha stratify: {self.stratify!r} is not allowed (the name of a searched choice, "
+                             "e.g. method)")
         if self.promotion not in ("stop", "pause", "synchronous"):
             raise ValueError(f"mo_asha promotion: {self.promotion!r} is not allowed (stop, pause, synchronous)")
         if self.promotion == "synchronous" and not (self.num_trials and self.num_trials > 0):
@@ -127,10 +139,13 @@ class MOASHARungs:
         return list(self.objectives.values())
 
     def on_result(self, trial: str, step: int, values: Sequence[float], feasible: bool = True,
-                  decide: bool = True) -> str:
+                  decide: bool = True, group=None) -> str:
         """An evaluation of ``trial`` at ``step``: record it at every rung newly reached, decide
         (``decide=False`` only records: rebuilding the rungs from MLflow on resume). A trial below
-        the cut is stopped (STOP) or, with ``promotion: pause``, paused (PAUSE)."""
+        the cut is stopped (STOP) or, with ``promotion: pause``, paused (PAUSE). ``group``: the
+        trial's value of ``stratify`` (ignored without it)."""
+        if self.stratify is not None and group is not None:
+            self.groups[trial] = group
         if trial in self.stopped:
             return STOP
         if trial in self.paused:
@@ -266,9 +281,31 @@ class MOASHARungs:
                 e.feasible = bool(e.values)
             e.order = order
         order = self.ranking(rung)
-        keep = max(1, math.floor(len(order) / self.reduction_factor))
-        self.decided[rung] = [t for i, t in enumerate(order)
-                              if t not in self.gone and (i < keep or (self.keep_front and self._on_front(t)))]
+        kept = self._cut(order)
+        self.decided[rung] = [t for t in order if t not in self.gone and (t in kept or (self.keep_front and self._on_front(t)))]
+
+    def _quota(self, n: int) -> int:
+        """How many of ``n`` ranked trials a cut keeps: ASHA's stopping variant ``ceil(n / rf)``
+        (the first arrival goes on), its promotion variant ``floor`` (the first arrival waits for
+        company), successive halving ``floor`` but at least one."""
+        if self.promotion == "stop":
+            return max(1, math.ceil(n / self.reduction_factor))
+        if self.promotion == "pause":
+            return math.floor(n / self.reduction_factor)
+        return max(1, math.floor(n / self.reduction_factor))
+
+    def _cut(self, order: list[str]) -> set:
+        """The best ``_quota(n)`` of ``order`` (a rung's ranking, best first) and, with
+        ``stratify``, the best ``_quota`` of each value's trials among them."""
+        kept = set(order[:self._quota(len(order))])
+        if self.stratify is not None:
+            by_value: dict = {}
+            for t in order:
+                if t in self.groups:
+                    by_value.setdefault(self.groups[t], []).append(t)
+            for members in by_value.values():
+                kept.update(members[:self._quota(len(members))])
+        return kept
 
     def _judged_points(self, trial: str) -> tuple:
         """What ``trial`` is ranked by at a rung: its feasible points so far (``trajectory``) or its
@@ -352,12 +389,7 @@ class MOASHARungs:
         return hypervolume_contributions(members, self.directions, self._reference(all_pts))
 
     def _promotable(self, rung: int, trial: str) -> bool:
-        order = self.ranking(rung)
-        if self.promotion == "pause":  # ASHA's promotion rule: the first arrival waits for company
-            keep = math.floor(len(order) / self.reduction_factor)
-        else:
-            keep = max(1, math.ceil(len(order) / self.reduction_factor))
-        return trial in order[:keep] or (self.keep_front and self._on_front(trial))
+        return trial in self._cut(self.ranking(rung)) or (self.keep_front and self._on_front(trial))
 
     def _on_front(self, trial: str) -> bool:
         """Whether one of ``trial``'s feasible points (with ``extrapolate``: one it is ranked by,

@@ -1,6 +1,7 @@
 """Rebuilding MO-ASHA's rungs on ``raysweep resume`` from what MLflow recorded: every evaluation
 along the run (``eval/<objective>`` at its step, ``eval/feasible``) in the order it was logged, and
-the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped."""
+the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; with ``stratify``,
+each trial's drawn value of it (``raysweep.config``)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ def restore_rungs(rungs, c, parent, job) -> int:
     ids = [r.info.run_id for r in runs]
     points = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.objectives} if ids else {}
     feasible = tracking.metric_histories(c, ids, "eval/feasible") if ids else {}
+    groups = {}
     for run in runs:
         trial, run_id = run.data.tags[tracking.TRIAL_TAG], run.info.run_id
+        if rungs.stratify:  # the trial's value of the stratifying choice, as the sampler drew it
+            groups[trial] = tracking.trial_config(run).get(rungs.stratify)
         histories = [points[k][run_id] for k in rungs.objectives]
         for step in sorted(set.intersection(*(set(h) for h in histories)) if histories else ()):
             logged = max(h[step][1] for h in histories)
@@ -28,7 +32,7 @@ def restore_rungs(rungs, c, parent, job) -> int:
         if run.data.tags.get("raysweep.stopped_by") == "mo_asha":
             stopped[trial] = int(stopped_at) if stopped_at else 0
     for _, trial, step, values, ok in sorted(events, key=lambda e: (e[0], e[1], e[2])):
-        rungs.on_result(trial, step, values, ok, decide=False)
+        rungs.on_result(trial, step, values, ok, decide=False, group=groups.get(trial))
     rungs.stopped.update(stopped)
     rungs.restored()
     return len(events)

@@ -42,7 +42,9 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
             if not all(k in result for k in keys) or "step" not in result:
                 return TrialScheduler.CONTINUE
             feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
-            decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible)
+            group = (trial.config or {}).get(self.rungs.stratify) if self.rungs.stratify else None
+            decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible,
+                                            group=group)
             if decision == PAUSE:
                 self._slot(trial.trial_id, free=True)
             self._reserve()
