@@ -96,3 +96,65 @@ def test_synchronous_promotion_decides_the_rung_once_every_trial_reached_it(paus
             assert max(hist) == max(fifo[lr][0]) and "raysweep.stopped_by" not in tags, (lr, hist, tags)
         else:
             assert max(hist) == 2 and tags.get("raysweep.stopped_by") == "mo_asha", (lr, hist, tags)
+
+
+TWO_METHODS = {"method": {"graddiff": {"alpha": 0.0}, "sago": {"alpha": 1.0}},
+               "unlearn": {"lr": {"loguniform": [2e-2, 5e-2]}}}
+
+
+@pytest.fixture(scope="module")
+def stratified_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
+    from raysweep.models.prepare import prepare
+    from raysweep.spec import load_job
+
+    tmp = tmp_path_factory.mktemp("stratified")
+    got = {}
+    for name, scheduler in (("fifo", None), ("stratified", {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2,
+                                                            "promotion": "synchronous", "stratify": "method"})):
+        path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, trials=4, scheduler=False, space=TWO_METHODS)
+        job = yaml.safe_load(path.read_text())
+        job["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
+        if scheduler:
+            job["sweep"]["scheduler"] = scheduler
+        path.write_text(yaml.safe_dump(job))
+        prepare(load_job(path))
+        res = raysweep("launch", str(path), "--name", name, cwd=tmp)
+        assert res.returncode == 0, res.stderr[-3000:]
+        got[name] = _histories(job["sweep"]["tracking_uri"], name)
+    return got
+
+
+@pytest.mark.slow  # two real sweeps of 4 trials (~100 s on the shared 2-core CPU)
+def test_a_stratified_rung_trains_on_the_best_of_each_method_in_a_real_sweep(stratified_and_fifo):
+    """``stratify: method`` end to end (issue 26): the Tune scheduler reads each trial's method from
+    its config; the trials trained past each rung (steps 2 and 4) are exactly those the rung logic
+    keeps from the FIFO sweep's points and methods - at step 2 the best of all 4 (floor(4/2) = 2)
+    and the best of each method - the others end stopped by mo_asha, and every evaluation equals
+    FIFO's."""
+    from raysweep.sweep.schedulers.mo_asha import MOASHARungs
+
+    from .test_trajectory import OBJECTIVES
+
+    fifo, strat = stratified_and_fifo["fifo"], stratified_and_fifo["stratified"]
+    assert set(strat) == set(fifo) and len(fifo) == 4
+    methods = {lr: tags["raysweep.method"] for lr, (_, tags, _) in fifo.items()}
+    assert set(methods.values()) == {"graddiff", "sago"}, methods
+    rungs = MOASHARungs(dict(OBJECTIVES), max_steps=6, grace_period=2, reduction_factor=2, promotion="synchronous",
+                        num_trials=4, stratify="method")
+    plain = MOASHARungs(dict(OBJECTIVES), max_steps=6, grace_period=2, reduction_factor=2, promotion="synchronous",
+                        num_trials=4)
+    for lr in sorted(fifo, reverse=True):
+        rungs.on_result(lr, 2, list(fifo[lr][0][2]), group=methods[lr])
+        plain.on_result(lr, 2, list(fifo[lr][0][2]))
+    kept = set(rungs.decided[2])
+    assert kept > set(plain.decided[2]), (rungs.decided, plain.decided)  # stratifying kept one more here
+    for lr in sorted(kept):  # the second rung (step 4), among those kept at the first
+        if lr in rungs.paused:
+            rungs.resume(lr)  # promoted: as the scheduler resumes it
+        rungs.on_result(lr, 4, list(fifo[lr][0][4]), group=methods[lr])
+    finished = set(rungs.decided[4])
+    for lr, (hist, tags, status) in strat.items():
+        assert status == "FINISHED", (lr, status)
+        assert hist and all(hist[s] == fifo[lr][0][s] for s in hist), (lr, hist, fifo[lr][0])
+        assert max(hist) == (6 if lr in finished else 4 if lr in kept else 2), (lr, hist, rungs.decided)
+        assert (tags.get("raysweep.stopped_by") == "mo_asha") == (lr not in finished), (lr, tags)
