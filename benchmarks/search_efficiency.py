@@ -3,7 +3,7 @@ without early stopping, on a sweep of real shape (quickstart job, 24 trials x 32
 time, evaluated every 4 steps), over several seeds.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 24] [--steps 32] [--every 4]
-                                           [--work DIR] [--validate ARM] [--arms ARM ...] [--space YAML]
+                                           [--work DIR] [--validate ARM] [--arms ARM|PATTERN ...] [--space YAML]
                                            [--plot PNG]
 
 How: one real FIFO sweep per seed (``raysweep launch``, the random sampler, its own sqlite MLflow;
@@ -31,6 +31,7 @@ hypervolume >= 0.99 of FIFO's on every seed for <= 0.5 of FIFO's steps.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import heapq
 import json
 import os
@@ -255,15 +256,20 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "raysweep" / "search_efficiency"),
                     help="where the recorded FIFO sweeps are kept (reused by a second call)")
     ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on every seed given")
-    ap.add_argument("--arms", nargs="+", metavar="ARM", help="replay only these arms (and FIFO); default: every arm")
+    ap.add_argument("--arms", nargs="+", metavar="ARM",
+                    help="replay only these arms (and FIFO): names or patterns ('SHA r4,20 *'); default: every arm")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
-    for arm in [args.validate] * bool(args.validate) + (args.arms or []):
-        if arm not in ARMS:
-            raise SystemExit(f"--validate/--arms: {arm!r} is not allowed ({', '.join(ARMS)})")
+    if args.validate and args.validate not in ARMS:
+        raise SystemExit(f"--validate: {args.validate!r} is not allowed ({', '.join(ARMS)})")
+    for pattern in args.arms or []:
+        if not fnmatch.filter(ARMS, pattern):
+            raise SystemExit(f"--arms: {pattern!r} is not allowed (an arm's name or a pattern matching one: "
+                             f"{', '.join(ARMS)})")
     if ARMS.get(args.validate) == "half":
         raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")
-    arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", *args.arms, args.validate)}
+    arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", args.validate)
+            or any(fnmatch.fnmatchcase(a, p) for p in args.arms)}
 
     work = Path(args.work) / (f"t{args.trials}-s{args.steps}-e{args.every}-q{args.questions}"
                               + (f"-{Path(args.space).stem}" if args.space else ""))
@@ -310,6 +316,16 @@ def main() -> None:
                   and summary[a][1] > summary[half][1]]
         print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
+
+    pairs = [(a, a[:-len(" by-method")]) for a in summary if a.endswith(" by-method") and a[:-len(" by-method")] in summary]
+    if pairs:
+        print("stratified by method vs the same arm without (mean steps, mean HV, worst HV; seeds where its HV is higher):")
+        for strat, plain in pairs:
+            higher = sum(results[(strat, s)][3] > results[(plain, s)][3] + 1e-12 for s in args.seeds)
+            lower = sum(results[(strat, s)][3] < results[(plain, s)][3] - 1e-12 for s in args.seeds)
+            print(f"  {plain:<30} {summary[plain][0]:.2f} {summary[plain][1]:.3f} {summary[plain][3]:.3f}  ->  "
+                  f"by-method {summary[strat][0]:.2f} {summary[strat][1]:.3f} {summary[strat][3]:.3f}  "
+                  f"(higher on {higher}, lower on {lower} of {len(args.seeds)} seeds)")
 
     if args.validate:
         for seed in args.seeds:
