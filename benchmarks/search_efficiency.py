@@ -317,9 +317,11 @@ def main() -> None:
         print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
 
-    pairs = [(a, a[:-len(" by-method")]) for a in summary if a.endswith(" by-method") and a[:-len(" by-method")] in summary]
+    suffix = " by-method"
+    pairs = [(a, a[:-len(suffix)]) for a in summary if a.endswith(suffix) and a[:-len(suffix)] in summary]
     if pairs:
-        print("stratified by method vs the same arm without (mean steps, mean HV, worst HV; seeds where its HV is higher):")
+        print("stratified by method vs the same arm without (mean steps, mean HV, worst HV; "
+              "seeds where its HV is higher):")
         for strat, plain in pairs:
             higher = sum(results[(strat, s)][3] > results[(plain, s)][3] + 1e-12 for s in args.seeds)
             lower = sum(results[(strat, s)][3] < results[(plain, s)][3] - 1e-12 for s in args.seeds)

@@ -282,7 +282,8 @@ class MOASHARungs:
             e.order = order
         order = self.ranking(rung)
         kept = self._cut(order)
-        self.decided[rung] = [t for t in order if t not in self.gone and (t in kept or (self.keep_front and self._on_front(t)))]
+        self.decided[rung] = [t for t in order
+                              if t not in self.gone and (t in kept or (self.keep_front and self._on_front(t)))]
 
     def _quota(self, n: int) -> int:
         """How many of ``n`` ranked trials a cut keeps: ASHA's stopping variant ``ceil(n / rf)``
