@@ -380,7 +380,10 @@ def main() -> None:
     ax.set_ylim(0.95, 1.005)  # where the arms differ, not the first steps
     ax.set_xlabel("unlearning steps spent, as a fraction of FIFO's (all trials)")
     ax.set_ylabel("hypervolume of evaluated points / FIFO's final")
-    ax.set_title(f"quickstart, {args.trials} trials x {args.steps} steps, seeds {args.seeds}, one line per seed")
+    seeds = (f"{args.seeds[0]}-{args.seeds[-1]}" if args.seeds == list(range(args.seeds[0], args.seeds[-1] + 1))
+             and len(args.seeds) > 2 else ", ".join(map(str, args.seeds)))
+    ax.set_title(f"quickstart{' (' + Path(args.space).stem + ')' if args.space else ''}, {args.trials} trials x "
+                 f"{args.steps} steps, seeds {seeds}, one line per seed", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(args.plot)
