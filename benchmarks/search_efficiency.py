@@ -164,7 +164,8 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
 
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
            max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None,
-           configs: list[dict] | None = None) -> tuple[list[int], list[float], int, float]:
+           configs: list[dict] | None = None, trained: dict | None = None
+           ) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
     final hypervolume. With ``promotion: pause`` or ``synchronous`` a trial below the cut waits on
     its checkpoint; a free worker resumes the paused trial the rungs promote (``next_promotion``)
@@ -174,7 +175,7 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     ``seconds[t][i]``: how long trial t takes to reach its evaluation i from the one before
     (default: the steps between them), which sets the order trials reach their rungs in;
     ``configs[t]``: trial t's drawn configuration, where the arm stratifies (as Tune's
-    ``trial.config``)."""
+    ``trial.config``); ``trained``, if given, receives each trial's last step trained."""
     from raysweep.sweep.pareto import hypervolume
     from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
@@ -212,6 +213,8 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
         now, _, trial, i = heapq.heappop(events)
         step, values, feasible = trials[trial][i]
         spent += step - (trials[trial][i - 1][0] if i else 0)
+        if trained is not None:
+            trained[trial] = step
         if feasible:
             pts.append(values)
         xs.append(spent)
@@ -237,6 +240,24 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
+def lost_trials(trials: list[list[tuple]], objectives: dict, ref: list[float], trained: dict,
+                least: float = 0.001) -> list[tuple[int, float]]:
+    """The trials whose untrained points (those after the arm stopped them) hold at least ``least``
+    of FIFO's final hypervolume on their own: [(trial, share)], largest first."""
+    from raysweep.sweep.pareto import hypervolume
+
+    dirs = list(objectives.values())
+    points = [(t, s, v) for t, traj in enumerate(trials) for s, v, ok in traj if ok]
+    whole = hypervolume(np.array([v for _, _, v in points]), dirs, ref)
+    out = []
+    for t in range(len(trials)):
+        kept = [v for u, s, v in points if u != t or s <= trained.get(t, 0)]
+        share = (whole - (hypervolume(np.array(kept), dirs, ref) if kept else 0.0)) / whole
+        if share >= least:
+            out.append((t, share))
+    return sorted(out, key=lambda x: -x[1])
+
+
 def steps_to_reach(xs: list[int], ys: list[float], target: float) -> float:
     for x, y in zip(xs, ys):
         if y >= target - 1e-12:
@@ -258,14 +279,19 @@ def main() -> None:
     ap.add_argument("--validate", metavar="ARM", help="also run this arm for real on every seed given")
     ap.add_argument("--arms", nargs="+", metavar="ARM",
                     help="replay only these arms (and FIFO): names or patterns ('SHA r4,20 *'); default: every arm")
+    ap.add_argument("--explain", metavar="ARM", help="per seed, the trials whose stopped points cost ARM the most "
+                    "hypervolume: their configuration and trajectory")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
-    if args.validate and args.validate not in ARMS:
-        raise SystemExit(f"--validate: {args.validate!r} is not allowed ({', '.join(ARMS)})")
+    for flag, arm in (("--validate", args.validate), ("--explain", args.explain)):
+        if arm and arm not in ARMS:
+            raise SystemExit(f"{flag}: {arm!r} is not allowed ({', '.join(ARMS)})")
     for pattern in args.arms or []:
         if not fnmatch.filter(ARMS, pattern):
             raise SystemExit(f"--arms: {pattern!r} is not allowed (an arm's name or a pattern matching one: "
                              f"{', '.join(ARMS)})")
+    if ARMS.get(args.explain) in (None, "half") and args.explain:
+        raise SystemExit(f"--explain: {args.explain!r} stops no trial: nothing to explain")
     if ARMS.get(args.validate) == "half":
         raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")
     arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", args.validate)
@@ -331,6 +357,16 @@ def main() -> None:
             print(f"  {plain:<30} {summary[plain][0]:.2f} {summary[plain][1]:.3f} {summary[plain][3]:.3f}  ->  "
                   f"by-method {summary[strat][0]:.2f} {summary[strat][1]:.3f} {summary[strat][3]:.3f}  "
                   f"(higher on {higher}, lower on {lower} of {len(args.seeds)} seeds)")
+
+    if args.explain:
+        print(f"what {args.explain!r} lost: trials whose points after it stopped them hold >= 0.1% of FIFO's HV")
+        for seed, (trials, objectives, ref, configs) in recorded.items():
+            trained: dict = {}
+            replay(trials, objectives, ref, ARMS[args.explain], args.steps, configs=configs, trained=trained)
+            for t, share in lost_trials(trials, objectives, ref, trained):
+                path = " ".join(f"{s}:" + ",".join(f"{x:.3f}" for x in v) for s, v, _ in trials[t])
+                print(f"  seed {seed} trial {t} ({json.dumps(configs[t], sort_keys=True)}): stopped at step "
+                      f"{trained.get(t)}, loses {share:.3f} of the HV; {', '.join(objectives)} by step: {path}")
 
     if args.validate:
         for seed in args.seeds:
