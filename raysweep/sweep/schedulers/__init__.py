@@ -2,7 +2,8 @@
 
 ``mo_asha`` (``mo_asha.py``): successive halving, asynchronous or synchronous, whose rungs rank
 trials by non-dominated sorting over several objectives, each with its own direction;
-``tune_adapter.py`` puts it behind Tune's scheduler contract.
+``rung_ranking.py`` ranks a rung's trials; ``tune_adapter.py`` puts it behind Tune's scheduler
+contract; ``restore.py`` rebuilds its rungs from MLflow on resume.
 """
 
 from __future__ import annotations

@@ -64,8 +64,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from raysweep.sweep.pareto import (crowding_distances, hypervolume, hypervolume_contributions,
-                                   nondominated_ranks, to_maximise)
+from raysweep.sweep.pareto import nondominated_ranks
+from raysweep.sweep.schedulers.rung_ranking import rank_last_points, rank_trajectories
 
 CONTINUE, STOP, PAUSE = "CONTINUE", "STOP", "PAUSE"
 
@@ -332,62 +332,13 @@ class MOASHARungs:
         return tuple(float(x) for x in np.clip(predicted, seen.min(axis=0), seen.max(axis=0)))
 
     def ranking(self, rung: int) -> list[str]:
-        """The trials recorded at ``rung``, best first."""
+        """The trials recorded at ``rung``, best first (``rung_ranking.py``)."""
         entries = self.rungs.get(rung, [])
         if not entries:
             return []
         if self.rank_by == "trajectory" or self.extrapolate:
-            return self._trajectory_ranking(entries)
-        pts = np.array([e.values for e in entries], dtype=np.float64)
-        finite = np.all(np.isfinite(pts), axis=1)
-        feasible = np.array([e.feasible for e in entries]) & finite
-        rank = np.full(len(entries), np.iinfo(np.int64).max // 2, dtype=np.int64)
-        spread = np.zeros(len(entries))
-        for group in (feasible, ~feasible & finite):  # infeasible ones are ranked among themselves, after
-            idx = np.flatnonzero(group)
-            if not len(idx):
-                continue
-            sub_rank = nondominated_ranks(pts[idx], self.directions)
-            offset = 0 if group is feasible else len(entries) + 1
-            rank[idx] = sub_rank + offset
-            for r in np.unique(sub_rank):
-                members = idx[sub_rank == r]
-                spread[members] = self._spread(pts[members], pts[idx])
-        keys = [(int(rank[i]), -float(spread[i]), e.order) for i, e in enumerate(entries)]
-        return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
-
-    def _trajectory_ranking(self, entries: list) -> list[str]:
-        """Trials by the best rank of their feasible points among all such points at the rung, then
-        by the hypervolume their points alone add; trials with no feasible point last."""
-        owners = [i for i, e in enumerate(entries) for _ in e.values]
-        if not owners:
-            return [e.trial for e in sorted(entries, key=lambda e: e.order)]
-        pts = np.array([v for e in entries for v in e.values], dtype=np.float64)
-        point_rank = nondominated_ranks(pts, self.directions)
-        owners = np.array(owners)
-        ref = self._reference(pts)
-        whole = hypervolume(pts, self.directions, ref)
-        keys = []
-        for i, e in enumerate(entries):
-            mine = owners == i
-            if not mine.any():
-                keys.append((np.iinfo(np.int64).max, 0.0, e.order))
-                continue
-            alone = whole - (hypervolume(pts[~mine], self.directions, ref) if (~mine).any() else 0.0)
-            keys.append((int(point_rank[mine].min()), -alone, e.order))
-        return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
-
-    def _reference(self, all_pts: np.ndarray) -> list[float]:
-        """A little beyond the worst recorded value of each objective, in its own direction."""
-        worst = to_maximise(all_pts, self.directions).min(axis=0)
-        span = to_maximise(all_pts, self.directions).max(axis=0) - worst
-        ref_max = worst - np.where(span > 0, 0.1 * span, 1.0)
-        return list(ref_max * np.array([1.0 if d == "max" else -1.0 for d in self.directions]))
-
-    def _spread(self, members: np.ndarray, all_pts: np.ndarray) -> np.ndarray:
-        if self.tie_break == "crowding":
-            return crowding_distances(members, self.directions)
-        return hypervolume_contributions(members, self.directions, self._reference(all_pts))
+            return rank_trajectories(entries, self.directions)
+        return rank_last_points(entries, self.directions, self.tie_break)
 
     def _promotable(self, rung: int, trial: str) -> bool:
         return trial in self._cut(self.ranking(rung)) or (self.keep_front and self._on_front(trial))
