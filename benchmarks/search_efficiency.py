@@ -290,7 +290,7 @@ def main() -> None:
         if not fnmatch.filter(ARMS, pattern):
             raise SystemExit(f"--arms: {pattern!r} is not allowed (an arm's name or a pattern matching one: "
                              f"{', '.join(ARMS)})")
-    if ARMS.get(args.explain) in (None, "half") and args.explain:
+    if args.explain and ARMS[args.explain] in (None, "half"):
         raise SystemExit(f"--explain: {args.explain!r} stops no trial: nothing to explain")
     if ARMS.get(args.validate) == "half":
         raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")

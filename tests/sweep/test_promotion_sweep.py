@@ -27,27 +27,32 @@ def _histories(uri: str, sweep: str) -> dict:
     return out
 
 
-@pytest.fixture(scope="module")
-def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
+def _sweeps(tmp, tofu_dir, shared_cache, schedulers: dict, **job) -> dict:
+    """One real sweep per name (``schedulers``: name -> ``sweep.scheduler`` or None for FIFO), each
+    with its own sqlite MLflow; name -> ``_histories`` of its trials."""
     from raysweep.models.prepare import prepare
     from raysweep.spec import load_job
 
-    tmp = tmp_path_factory.mktemp("promotion")
     got = {}
-    for name, scheduler in (("fifo", None),
-                            *((p, {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2, "promotion": p})
-                              for p in ("pause", "synchronous"))):
-        path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, trials=3, scheduler=False)
-        job = yaml.safe_load(path.read_text())
-        job["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
+    for name, scheduler in schedulers.items():
+        path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, scheduler=False, **job)
+        raw = yaml.safe_load(path.read_text())
+        raw["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
         if scheduler:
-            job["sweep"]["scheduler"] = scheduler
-        path.write_text(yaml.safe_dump(job))
+            raw["sweep"]["scheduler"] = scheduler
+        path.write_text(yaml.safe_dump(raw))
         prepare(load_job(path))
         res = raysweep("launch", str(path), "--name", name, cwd=tmp)
         assert res.returncode == 0, res.stderr[-3000:]
-        got[name] = _histories(job["sweep"]["tracking_uri"], name)
+        got[name] = _histories(raw["sweep"]["tracking_uri"], name)
     return got
+
+
+@pytest.fixture(scope="module")
+def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
+    schedulers = {"fifo": None, **{p: {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2, "promotion": p}
+                                   for p in ("pause", "synchronous")}}
+    return _sweeps(tmp_path_factory.mktemp("promotion"), tofu_dir, shared_cache, schedulers, trials=3)
 
 
 @pytest.mark.slow  # three real sweeps (~150 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
@@ -104,24 +109,10 @@ TWO_METHODS = {"method": {"graddiff": {"alpha": 0.0}, "sago": {"alpha": 1.0}},
 
 @pytest.fixture(scope="module")
 def stratified_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
-    from raysweep.models.prepare import prepare
-    from raysweep.spec import load_job
-
-    tmp = tmp_path_factory.mktemp("stratified")
-    got = {}
-    for name, scheduler in (("fifo", None), ("stratified", {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2,
-                                                            "promotion": "synchronous", "stratify": "method"})):
-        path = trajectory_job(tmp, tofu_dir, shared_cache, name=name, trials=4, scheduler=False, space=TWO_METHODS)
-        job = yaml.safe_load(path.read_text())
-        job["sweep"]["tracking_uri"] = f"sqlite:///{tmp / (name + '.db')}"
-        if scheduler:
-            job["sweep"]["scheduler"] = scheduler
-        path.write_text(yaml.safe_dump(job))
-        prepare(load_job(path))
-        res = raysweep("launch", str(path), "--name", name, cwd=tmp)
-        assert res.returncode == 0, res.stderr[-3000:]
-        got[name] = _histories(job["sweep"]["tracking_uri"], name)
-    return got
+    schedulers = {"fifo": None, "stratified": {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2,
+                                               "promotion": "synchronous", "stratify": "method"}}
+    return _sweeps(tmp_path_factory.mktemp("stratified"), tofu_dir, shared_cache, schedulers, trials=4,
+                   space=TWO_METHODS)
 
 
 @pytest.mark.slow  # two real sweeps of 4 trials (~100 s on the shared 2-core CPU)

@@ -27,13 +27,13 @@ def rank_last_points(entries: list, directions: list[str], tie_break: str) -> li
         sub_rank = nondominated_ranks(pts[idx], directions)
         offset = 0 if group is feasible else len(entries) + 1
         rank[idx] = sub_rank + offset
+        ref = reference_beyond(pts[idx], directions)  # one per group, shared by its ranks
         for r in np.unique(sub_rank):
             members = idx[sub_rank == r]
             if tie_break == "crowding":
                 spread[members] = crowding_distances(pts[members], directions)
             else:
-                spread[members] = hypervolume_contributions(pts[members], directions,
-                                                            reference_beyond(pts[idx], directions))
+                spread[members] = hypervolume_contributions(pts[members], directions, ref)
     keys = [(int(rank[i]), -float(spread[i]), e.order) for i, e in enumerate(entries)]
     return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
 
