@@ -106,6 +106,16 @@ for _levels in ((4, 12), (4, 16), (4, 20), (4, 24)):
             ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")] = {
                 "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
                 "rung_levels": list(_levels), "stratify": _stratify}
+# A step budget (``budget``: a share of every trial run to the end): once the last rung is decided,
+# the steps the rungs left uncommitted resume waiting trials, the lowest rung first.
+for _levels in ((4, 12), (4, 16), (4, 20)):
+    for _rf in (2, 2.5, 3):
+        for _stratify in (None, "method"):
+            for _budget in (0.46, 0.48):
+                ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")
+                     + f" budget{_budget:g}"] = {
+                    "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
+                    "rung_levels": list(_levels), "stratify": _stratify, "budget": _budget}
 for _x in (0.0, 1.0):  # the same rungs, asynchronous
     ARMS["MO-ASHA r4,12 rf2 last" + (" ex1" if _x else "") + " keep-front pause"] = {
         "grace_period": 4, "reduction_factor": 2, "rank_by": "last", "extrapolate": _x, "keep_front": True,

@@ -380,6 +380,9 @@ class SchedulerSpec(_Strict):
     # Also keep the best 1/reduction_factor (at least one) of each value of this searched choice at
     # every rung: methods forget at their own pace, and a slow one's best comes late.
     stratify: Optional[Literal["method", "forget", "retain"]] = None
+    # Successive halving only: the share of num_trials x unlearn.steps the sweep may train; what the
+    # rungs leave uncommitted once the last is decided resumes waiting trials, lowest rung first.
+    budget: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
 
 
 DEFAULT_TRIALS = 8
@@ -514,6 +517,10 @@ class JobSpec(_Strict):
                 # a paused trial resumes as after a failure; that is tested for one-process trials only
                 raise ValueError(f"@sweep.scheduler.promotion: {sched.promotion!r} is not allowed with train.workers "
                                  f"{self.train.workers} (one-process trials only; use promotion: stop)")
+            if sched.budget is not None and sched.promotion != "synchronous":
+                raise ValueError(f"@sweep.scheduler.budget: {sched.budget} is not allowed with promotion "
+                                 f"{sched.promotion!r} (synchronous only: its steps left are known once the last "
+                                 "rung is decided)")
             levels = sched.rung_levels
             if levels is not None and (not levels or any(b <= a for a, b in zip(levels, levels[1:]))
                                        or levels[0] <= 0 or levels[-1] >= self.unlearn.steps

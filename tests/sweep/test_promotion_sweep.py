@@ -51,11 +51,13 @@ def _sweeps(tmp, tofu_dir, shared_cache, schedulers: dict, **job) -> dict:
 @pytest.fixture(scope="module")
 def paused_and_fifo(tmp_path_factory, tofu_dir, shared_cache):
     schedulers = {"fifo": None, **{p: {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2, "promotion": p}
-                                   for p in ("pause", "synchronous")}}
+                                   for p in ("pause", "synchronous")},
+                  "budget": {"name": "mo_asha", "grace_period": 2, "reduction_factor": 2, "promotion": "synchronous",
+                             "budget": 0.8}}
     return _sweeps(tmp_path_factory.mktemp("promotion"), tofu_dir, shared_cache, schedulers, trials=3)
 
 
-@pytest.mark.slow  # three real sweeps (~150 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
+@pytest.mark.slow  # four real sweeps (~200 s on the shared 2-core CPU); the rung logic is in test_mo_asha.py
 def test_a_paused_trial_resumes_from_its_checkpoint_exactly_and_the_others_end_stopped(paused_and_fifo):
     fifo, paused = paused_and_fifo["fifo"], paused_and_fifo["pause"]
     assert set(paused) == set(fifo) and len(fifo) == 3  # the random sampler: the same three trials
@@ -101,6 +103,36 @@ def test_synchronous_promotion_decides_the_rung_once_every_trial_reached_it(paus
             assert max(hist) == max(fifo[lr][0]) and "raysweep.stopped_by" not in tags, (lr, hist, tags)
         else:
             assert max(hist) == 2 and tags.get("raysweep.stopped_by") == "mo_asha", (lr, hist, tags)
+
+
+@pytest.mark.slow  # shares the module's sweeps
+def test_a_budget_resumes_the_best_waiting_trial_to_its_end_in_a_real_sweep(paused_and_fifo):
+    """``budget: 0.8`` in a real sweep (issue 26): 3 trials x 6 steps = 18; when the last rung
+    (step 4) is decided the winner is committed to 6 and the two cut at step 2 to 2 each, so
+    0.8 x 18 - 10 = 4.4 steps are left: the better of the two (as the rung logic ranks FIFO's step-2
+    points) resumes from its step-2 checkpoint and trains to the end (4 steps), the other ends
+    stopped at step 2, and every evaluation equals FIFO's."""
+    from raysweep.sweep.schedulers.mo_asha import MOASHARungs
+
+    from .test_trajectory import OBJECTIVES
+
+    fifo, budget = paused_and_fifo["fifo"], paused_and_fifo["budget"]
+    assert set(budget) == set(fifo) and len(fifo) == 3
+    rungs = MOASHARungs(dict(OBJECTIVES), max_steps=6, grace_period=2, reduction_factor=2,
+                        promotion="synchronous", num_trials=3, budget=0.8)
+    for lr in sorted(fifo, reverse=True):
+        rungs.on_result(lr, 2, list(fifo[lr][0][2]))
+    winner, = rungs.decided[2]
+    rungs.on_result(winner, 4, list(fifo[winner][0][4]))
+    revived, = rungs.revived
+    for lr, (hist, tags, status) in budget.items():
+        assert status == "FINISHED", (lr, status)
+        assert hist and all(hist[s] == fifo[lr][0][s] for s in hist), (lr, hist, fifo[lr][0])
+        if lr in (winner, revived):
+            assert max(hist) == 6 and "raysweep.stopped_by" not in tags, (lr, hist, tags)
+        else:
+            assert max(hist) == 2 and tags.get("raysweep.stopped_by") == "mo_asha", (lr, hist, tags)
+    assert int(budget[revived][1]["raysweep.resumed_from_step"]) == 2
 
 
 TWO_METHODS = {"method": {"graddiff": {"alpha": 0.0}, "sago": {"alpha": 1.0}},

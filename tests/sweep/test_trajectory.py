@@ -210,6 +210,10 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
      "below unlearn.steps=6)"),
     ({"sweep": {"scheduler": {"name": "mo_asha", "stratify": "lr"}}},
      "sweep.scheduler.stratify: 'lr' is not allowed (Input should be 'method', 'forget' or 'retain')"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "promotion": "synchronous", "budget": 1.5}}},
+     "sweep.scheduler.budget: 1.5 is not allowed (Input should be less than or equal to 1)"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "budget": 0.5}}},
+     "sweep.scheduler.budget: 0.5 is not allowed with promotion 'stop' (synchronous only"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job

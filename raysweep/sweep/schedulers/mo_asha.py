@@ -7,11 +7,9 @@ trials recorded at that rung so far are ranked and the trial continues only if i
 best ``ceil(n / reduction_factor)`` of them (so the first trial at a rung always continues, as in
 ASHA). Ranking, best first:
 
-1. feasible before infeasible (the retention constraint: an infeasible trial is dominated by
-   every feasible one);
-2. non-domination rank over the objectives, each in its own direction;
-3. within a rank, larger hypervolume contribution (or crowding distance) first;
-4. then arrival order.
+feasible before infeasible (the retention constraint), then non-domination rank over the
+objectives (each in its own direction), then within a rank the larger hypervolume contribution
+(or crowding distance), then arrival order.
 
 ``rank_by`` says what of a trial is ranked. ``last``: its evaluation at the rung, as ASHA does.
 ``trajectory``: every feasible point it has been evaluated at so far - each one is a candidate
@@ -51,21 +49,26 @@ their own pace - SAGO and PCGrad-R keep the retain side first and forget late - 
 trials against faster methods alone stops the slow method's best before its trade-off shows
 (BENCHMARKS.md, "Search that pays"). A trial reported without a value meets the overall cut only.
 
-``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_adapter.tune_scheduler``
-adapts it to Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
+``budget`` (issue 26; synchronous only, a share of ``num_trials * max_steps``): once the last rung
+is decided, the steps not committed (the trials promoted there to their end, the others to where
+they wait or ended) resume waiting trials to their end (``revived``): the lowest rung first, where
+trials were judged on the least evidence, each rung's best first, one that does not fit passed
+over for a cheaper one. A function of the rungs' decisions: a live sweep trains what its replay does.
+
+``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_adapter.py`` puts it
+behind Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
 from raysweep.sweep.pareto import nondominated_ranks
-from raysweep.sweep.schedulers.rung_ranking import rank_last_points, rank_trajectories
+from raysweep.sweep.schedulers.rung_ranking import natural_order, rank_last_points, rank_trajectories
 
 CONTINUE, STOP, PAUSE = "CONTINUE", "STOP", "PAUSE"
 
@@ -92,6 +95,7 @@ class MOASHARungs:
     num_trials: Optional[int] = None             # the sweep's trials (synchronous: when rung 0 is complete)
     rung_levels: Optional[Sequence[int]] = None  # the rungs' steps, instead of grace_period * reduction_factor**k
     stratify: Optional[str] = None               # a searched choice (``method``): each value's best also kept
+    budget: Optional[float] = None               # synchronous: the share of num_trials * max_steps to train
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
@@ -101,6 +105,7 @@ class MOASHARungs:
     gone: set = field(default_factory=set)       # trials that ended by themselves (or failed)
     decided: dict = field(default_factory=dict)  # synchronous: complete rung -> its promoted trials, best first
     groups: dict = field(default_factory=dict)   # trial -> its value of ``stratify``
+    revived: dict = field(default_factory=dict)  # trial -> the rung it waited at when the budget resumed it
     _arrivals: int = 0
 
     def __post_init__(self):
@@ -113,6 +118,12 @@ class MOASHARungs:
                              "e.g. method)")
         if self.promotion not in ("stop", "pause", "synchronous"):
             raise ValueError(f"mo_asha promotion: {self.promotion!r} is not allowed (stop, pause, synchronous)")
+        if self.budget is not None and not 0 < self.budget <= 1:
+            raise ValueError(f"mo_asha budget: {self.budget} is not allowed (a share of the full sweep's steps, "
+                             "> 0 and <= 1)")
+        if self.budget is not None and self.promotion != "synchronous":
+            raise ValueError(f"mo_asha budget: {self.budget} is not allowed with promotion: {self.promotion} "
+                             "(synchronous only: its steps left are known once the last rung is decided)")
         if self.promotion == "synchronous" and not (self.num_trials and self.num_trials > 0):
             raise ValueError(f"mo_asha num_trials: {self.num_trials!r} is not allowed with promotion: synchronous "
                              "(the number of the sweep's trials, > 0: rung 0 is complete when all have reached it)")
@@ -157,6 +168,8 @@ class MOASHARungs:
             if rung > step or rung <= self.reached.get(trial, 0):
                 continue
             self.reached[trial] = rung
+            if trial in self.revived:  # resumed by the budget past decided rungs: a member of none
+                continue
             self._arrivals += 1
             if self.rank_by == "trajectory" or self.extrapolate:  # a set of points, fixed as of this rung
                 kept = self._judged_points(trial)
@@ -172,7 +185,7 @@ class MOASHARungs:
                     self.paused[trial] = rung
                     decision = PAUSE
                     break
-                if trial not in self.decided[rung]:
+                if trial not in self.decided[rung] and trial not in self.revived:
                     self.stopped[trial] = rung
                     decision = STOP
                     break
@@ -197,7 +210,7 @@ class MOASHARungs:
                 for trial in self.decided[rung]:
                     if self.paused.get(trial) == rung:
                         return trial
-            return None
+            return next((t for t in self.revived if t in self.paused), None)
         best = None
         for trial, rung in self.paused.items():
             if self._promotable(rung, trial):
@@ -272,9 +285,13 @@ class MOASHARungs:
         return False
 
     def _decide(self, rung: int) -> None:
-        """Rank a complete rung once: each member judged by its points now, ties by trial name."""
-        entries = self.rungs.get(rung, [])
-        by_name = sorted(entries, key=lambda e: _natural(e.trial))
+        """Rank a complete rung once: each member (those promoted from below: rungs rebuilt on resume
+        also hold revived trials' later arrivals) judged by its points now, ties by trial name."""
+        i = self.milestones.index(rung)
+        entries = [e for e in self.rungs.get(rung, [])
+                   if i == 0 or e.trial in self.decided[self.milestones[i - 1]]]
+        self.rungs[rung] = entries
+        by_name = sorted(entries, key=lambda e: natural_order(e.trial))
         for order, e in enumerate(by_name):
             if self.rank_by == "trajectory" or self.extrapolate:
                 e.values = self._judged_points(e.trial)
@@ -284,6 +301,25 @@ class MOASHARungs:
         kept = self._cut(order)
         self.decided[rung] = [t for t in order
                               if t not in self.gone and (t in kept or (self.keep_front and self._on_front(t)))]
+        if self.budget is not None and rung == self.milestones[-1]:
+            self._revive()
+
+    def _revive(self) -> None:
+        """Spend the budget's uncommitted steps on waiting trials (``budget`` above)."""
+        waiting = {}  # trial -> (rung it was cut at, its step there)
+        for rung in self.milestones:
+            for e in self.rungs.get(rung, []):
+                if e.trial not in self.decided[rung]:
+                    waiting[e.trial] = (rung, next(s for s in self.steps[e.trial] if s >= rung))
+        left = self.budget * self.num_trials * self.max_steps - sum(
+            self.max_steps if t in self.decided[self.milestones[-1]] else waiting.get(t, (0, self.steps[t][-1]))[1]
+            for t in self.history)
+        ranked = {rung: self.ranking(rung) for rung in self.milestones}
+        for t in sorted((t for t in waiting if t not in self.gone and t not in self.stopped),
+                        key=lambda t: (waiting[t][0], ranked[waiting[t][0]].index(t))):
+            if self.max_steps - waiting[t][1] <= left:
+                left -= self.max_steps - waiting[t][1]
+                self.revived[t] = waiting[t][0]
 
     def _quota(self, n: int) -> int:
         """How many of ``n`` ranked trials a cut keeps: ASHA's stopping variant ``ceil(n / rf)``
@@ -356,12 +392,6 @@ class MOASHARungs:
         others = [v for t, points in self.history.items() if t != trial for v in _usable(points)]
         ranks = nondominated_ranks(np.array(mine + others, dtype=np.float64), self.directions)
         return bool((ranks[:len(mine)] == 0).any())
-
-
-def _natural(name: str) -> tuple:
-    """A fixed order of trial names, digits compared as numbers (the benchmark's replay names trials
-    ``"0"``..``"23"``: ``"10"`` after ``"9"``); Tune's ids are hashes, where any fixed order will do."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
 
 def _usable(points) -> list:

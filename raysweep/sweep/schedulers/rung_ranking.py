@@ -6,6 +6,8 @@ synchronous decision). Pure functions of the entries and the objectives' directi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from raysweep.sweep.pareto import (crowding_distances, hypervolume, hypervolume_contributions,
@@ -66,3 +68,9 @@ def reference_beyond(all_pts: np.ndarray, directions: list[str]) -> list[float]:
     span = to_maximise(all_pts, directions).max(axis=0) - worst
     ref_max = worst - np.where(span > 0, 0.1 * span, 1.0)
     return list(ref_max * np.array([1.0 if d == "max" else -1.0 for d in directions]))
+
+
+def natural_order(name: str) -> tuple:
+    """A fixed order of trial names, digits compared as numbers (the benchmark's replay names trials
+    ``"0"``..``"23"``: ``"10"`` after ``"9"``); Tune's ids are hashes, where any fixed order will do."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
