@@ -329,7 +329,7 @@ def main() -> None:
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
     print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8} {'seeds met':>9}")
-    summary = {}
+    summary, met_on = {}, {}
     for arm in arms:
         cells, steps_r, hv_r = [], [], []
         for s in args.seeds:
@@ -340,7 +340,7 @@ def main() -> None:
             hv_r.append(hv / f_hv if f_hv else 0.0)
             cells.append(f"{spent:>5} ({steps_r[-1]:.2f}) {hv:.4f} ({hv_r[-1]:.3f}) {reach:>5}")
         summary[arm] = (float(np.mean(steps_r)), float(np.mean(hv_r)), max(steps_r), min(hv_r))
-        seeds_met = sum(r <= 0.5 and h >= 0.99 for r, h in zip(steps_r, hv_r))
+        seeds_met = met_on[arm] = sum(r <= 0.5 and h >= 0.99 for r, h in zip(steps_r, hv_r))
         print(f"{arm:<44} " + "  ".join(f"{c:>28}" for c in cells)
               + f"  {summary[arm][0]:>10.2f} {summary[arm][1]:>8.3f} {summary[arm][2]:>11.2f} {summary[arm][3]:>8.3f}"
               + f" {seeds_met:>4} of {len(args.seeds)}")
@@ -356,17 +356,20 @@ def main() -> None:
         print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
 
-    suffix = " by-method"
-    pairs = [(a, a[:-len(suffix)]) for a in summary if a.endswith(suffix) and a[:-len(suffix)] in summary]
-    if pairs:
-        print("stratified by method vs the same arm without (mean steps, mean HV, worst HV; "
-              "seeds where its HV is higher):")
-        for strat, plain in pairs:
-            higher = sum(results[(strat, s)][3] > results[(plain, s)][3] + 1e-12 for s in args.seeds)
-            lower = sum(results[(strat, s)][3] < results[(plain, s)][3] - 1e-12 for s in args.seeds)
-            print(f"  {plain:<30} {summary[plain][0]:.2f} {summary[plain][1]:.3f} {summary[plain][3]:.3f}  ->  "
-                  f"by-method {summary[strat][0]:.2f} {summary[strat][1]:.3f} {summary[strat][3]:.3f}  "
-                  f"(higher on {higher}, lower on {lower} of {len(args.seeds)} seeds)")
+    for what, suffix in (("stratified by method", " by-method"), ("a budget of 0.46", " budget0.46"),
+                         ("a budget of 0.48", " budget0.48")):
+        pairs = [(a, a[:-len(suffix)]) for a in summary if a.endswith(suffix) and a[:-len(suffix)] in summary]
+        if not pairs:
+            continue
+        print(f"{what} vs the same arm without (mean steps, mean HV, worst HV, seeds met; seeds where its HV is "
+              "higher):")
+        for arm, plain in pairs:
+            higher = sum(results[(arm, s)][3] > results[(plain, s)][3] + 1e-12 for s in args.seeds)
+            lower = sum(results[(arm, s)][3] < results[(plain, s)][3] - 1e-12 for s in args.seeds)
+            print(f"  {plain:<37} {summary[plain][0]:.2f} {summary[plain][1]:.3f} {summary[plain][3]:.3f} "
+                  f"{met_on[plain]:>2}  ->  {suffix.strip()} {summary[arm][0]:.2f} {summary[arm][1]:.3f} "
+                  f"{summary[arm][3]:.3f} {met_on[arm]:>2}  (higher on {higher}, lower on {lower} of "
+                  f"{len(args.seeds)} seeds)")
 
     if args.explain:
         print(f"what {args.explain!r} lost: trials whose points after it stopped them hold >= 0.1% of FIFO's HV")
