@@ -178,9 +178,9 @@ class MOASHARungs:
                 entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals)
             self.rungs.setdefault(rung, []).append(entry)
             if self.promotion == "synchronous":
+                self._settle()  # rebuilding too: a rung is judged on what was seen when it completed
                 if not decide:
                     continue
-                self._settle()
                 if rung not in self.decided:
                     self.paused[trial] = rung
                     decision = PAUSE
@@ -238,9 +238,9 @@ class MOASHARungs:
 
     def restored(self) -> None:
         """After the rungs are rebuilt from MLflow (``decide=False``, ``raysweep resume``):
-        synchronous decisions are a function of the evaluations alone, so they are taken again,
-        and a trial whose last evaluation is its arrival at its rung waits there again (paused:
-        promoted when the rung is decided and it is among the best, as in the sweep that died).
+        synchronous decisions are taken again, each rung as the replayed evaluations complete it,
+        and a trial whose last evaluation is its arrival at its rung waits there again (promoted
+        when the rung is decided and it is among the best, as in the sweep that died).
         (``promotion: pause`` cannot tell a promoted trial from a waiting one this way; its paused
         trials resume and meet their next rung.)"""
         if self.promotion != "synchronous":

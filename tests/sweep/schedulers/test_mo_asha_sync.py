@@ -111,15 +111,18 @@ def test_synchronous_decisions_do_not_depend_on_arrival_order_where_asynchronous
     assert len(outcomes["pause"]) > 1, outcomes
 
 
-def test_rungs_rebuilt_for_resume_decide_again_and_the_waiting_trials_wait_again():
+@pytest.mark.parametrize("ranking, seed", [({}, 7), ({"rank_by": "trajectory"}, 18), ({"extrapolate": 1.0}, 19)])
+def test_rungs_rebuilt_for_resume_decide_again_and_the_waiting_trials_wait_again(ranking, seed):
     """``raysweep resume`` rebuilds the rungs from MLflow without deciding (``restore_rungs``);
     ``restored()`` then reaches the live sweep's state: the same decided rungs and the same trials
-    waiting, at every point of a sweep."""
-    rng = np.random.default_rng(7)
+    waiting, at every point of a sweep. Ranked by the trajectory or with an extrapolated point, a
+    rung is judged on the points seen when it completed, not on the promoted trials' later ones
+    (on these seeds judging them later promoted other trials)."""
+    rng = np.random.default_rng(seed)
     trials = _random_trials(rng, 6, 4, 4)
     events = sorted(((i * 1.0 + rng.uniform(0, 0.9), f"t{n}", step, values)
                      for n, t in enumerate(trials) for i, (step, values, _) in enumerate(t)), key=lambda e: e[0])
-    live = sync(num_trials=6, grace_period=4, reduction_factor=2)
+    live = sync(num_trials=6, grace_period=4, reduction_factor=2, **ranking)
     seen = []
     for _, trial, step, values in events:
         if trial in live.stopped or (trial in live.paused and live.next_promotion() != trial):
@@ -128,7 +131,7 @@ def test_rungs_rebuilt_for_resume_decide_again_and_the_waiting_trials_wait_again
             live.resume(trial)
         live.on_result(trial, step, values)
         seen.append((trial, step, values))
-        rebuilt = sync(num_trials=6, grace_period=4, reduction_factor=2)
+        rebuilt = sync(num_trials=6, grace_period=4, reduction_factor=2, **ranking)
         for t, s, v in seen:
             rebuilt.on_result(t, s, v, decide=False)
         rebuilt.stopped.update(live.stopped)  # restore_rungs reads these from the runs' tags
