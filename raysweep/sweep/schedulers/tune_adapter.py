@@ -126,6 +126,7 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
 
         def debug_string(self) -> str:
             return (f"MO-ASHA: rungs at steps {self.rungs.milestones}, {len(self.rungs.stopped)} trials stopped, "
-                    f"{len(self.rungs.paused)} paused")
+                    f"{len(self.rungs.paused)} paused" + (f", {len(self.rungs.revived)} resumed by the budget"
+                                                          if self.rungs.budget else ""))
 
     return MOASHAScheduler()

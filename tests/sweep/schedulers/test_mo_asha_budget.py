@@ -115,3 +115,11 @@ def test_rungs_rebuilt_for_resume_revive_the_same_trials():
         rebuilt.restored()
         assert rebuilt.decided == live.decided and rebuilt.revived == live.revived, len(seen)
     assert live.revived and all(live.steps[t][-1] == 16 for t in live.revived), live.revived
+
+
+def test_the_tune_scheduler_says_how_many_trials_the_budget_resumed():
+    from raysweep.sweep.schedulers.tune_adapter import tune_scheduler
+
+    scheduler = tune_scheduler(_four_through_both_rungs(0.75), max_concurrent=2, num_trials=4)
+    assert scheduler.debug_string().endswith("0 trials stopped, 3 paused, 1 resumed by the budget"), scheduler.debug_string()
+    assert "budget" not in tune_scheduler(_four_through_both_rungs(), max_concurrent=2, num_trials=4).debug_string()
