@@ -213,6 +213,8 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
             return True
         for t in queue:
             if trials[t]:
+                if rungs is not None:
+                    rungs.add(str(t))  # the searcher's order (Tune's on_trial_add)
                 run(t, 0, now)
                 return True
         return False

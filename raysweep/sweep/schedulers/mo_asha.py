@@ -37,10 +37,9 @@ at a rung is paused until the rung is complete - every one of the sweep's ``num_
 (rung 0), or every trial promoted from the rung below, has reached it or ended - and then the rung
 is decided once: the best ``max(1, floor(n / reduction_factor))`` (and, with ``keep_front``, the
 trials on the front as it stands then) are promoted, best first; the rest wait unpromoted and
-count as stopped when the sweep ends (``stop_paused``). Points are judged, and ties broken by
-trial name, at that moment, so the decisions do not depend on the order in which trials arrive
-(issue 26: a live sweep's order follows its step and evaluation times;
-``tests/sweep/schedulers/test_mo_asha_sync.py`` replays trajectories under random timings).
+count as stopped when the sweep ends (``stop_paused``). Points are judged, and ties broken by the
+searcher's order (``add``), at that moment: the decisions do not depend on the order trials arrive
+in (``tests/sweep/schedulers/test_mo_asha_sync.py`` replays trajectories under random timings).
 
 ``stratify`` (issue 26; a searched choice, ``method``): every cut also keeps, beside the best of
 all the trials at the rung, the best ``1 / reduction_factor`` of each value's trials (at least one
@@ -57,6 +56,10 @@ over for a cheaper one. A function of the rungs' decisions: a live sweep trains 
 
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_adapter.py`` puts it
 behind Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
+
+Why one module: the three promotion modes, stratifying and the budget read and write one state
+(each trial's evaluations, the rungs' members, what waits, what was decided), which a rebuilt
+sweep must reach again exactly; ranking, the pure part, is apart (``rung_ranking.py``).
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class MOASHARungs:
     decided: dict = field(default_factory=dict)  # synchronous: complete rung -> its promoted trials, best first
     groups: dict = field(default_factory=dict)   # trial -> its value of ``stratify``
     revived: dict = field(default_factory=dict)  # trial -> the rung it waited at when the budget resumed it
+    created: dict = field(default_factory=dict)  # trial -> its place in the searcher's order (ties go to earlier)
     _arrivals: int = 0
 
     def __post_init__(self):
@@ -219,6 +223,11 @@ class MOASHARungs:
                     best = (key, trial)
         return None if best is None else best[1]
 
+    def add(self, trial: str) -> None:
+        """The searcher created ``trial`` (Tune's ``on_trial_add``): a synchronous rung breaks ties
+        by this order, the same live, replayed and rebuilt (Tune's trial ids are hashes)."""
+        self.created.setdefault(trial, len(self.created))
+
     def resume(self, trial: str) -> None:
         del self.paused[trial]
 
@@ -286,13 +295,13 @@ class MOASHARungs:
 
     def _decide(self, rung: int) -> None:
         """Rank a complete rung once: each member (those promoted from below: rungs rebuilt on resume
-        also hold revived trials' later arrivals) judged by its points now, ties by trial name."""
+        also hold revived trials' later arrivals) judged by its points now, ties by ``created``."""
         i = self.milestones.index(rung)
         entries = [e for e in self.rungs.get(rung, [])
                    if i == 0 or e.trial in self.decided[self.milestones[i - 1]]]
         self.rungs[rung] = entries
-        by_name = sorted(entries, key=lambda e: natural_order(e.trial))
-        for order, e in enumerate(by_name):
+        for order, e in enumerate(sorted(entries, key=lambda e: (self.created.get(e.trial, len(self.created)),
+                                                                 natural_order(e.trial)))):
             if self.rank_by == "trajectory" or self.extrapolate:
                 e.values = self._judged_points(e.trial)
                 e.feasible = bool(e.values)

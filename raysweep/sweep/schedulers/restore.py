@@ -1,7 +1,7 @@
 """Rebuilding MO-ASHA's rungs on ``raysweep resume`` from what MLflow recorded: every evaluation
 along the run (``eval/<objective>`` at its step, ``eval/feasible``) in the order it was logged, and
-the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; with ``stratify``,
-each trial's drawn value of it (``raysweep.config``)."""
+the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; the searcher's order
+(the runs' start times); with ``stratify``, each trial's drawn value of it (``raysweep.config``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def restore_rungs(rungs, c, parent, job) -> int:
     points = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.objectives} if ids else {}
     feasible = tracking.metric_histories(c, ids, "eval/feasible") if ids else {}
     groups = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):  # the searcher's order, as Tune added them
+        rungs.add(run.data.tags[tracking.TRIAL_TAG])
     for run in runs:
         trial, run_id = run.data.tags[tracking.TRIAL_TAG], run.info.run_id
         if rungs.stratify:  # the trial's value of the stratifying choice, as the sampler drew it

@@ -52,6 +52,10 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                 return TrialScheduler.PAUSE
             return TrialScheduler.STOP if decision == STOP else TrialScheduler.CONTINUE
 
+        def on_trial_add(self, tune_controller, trial):
+            self.rungs.add(trial.trial_id)  # the searcher's order: how a synchronous rung breaks ties
+            super().on_trial_add(tune_controller, trial)
+
         def on_trial_complete(self, tune_controller, trial, result):
             self.rungs.ended(trial.trial_id)
             super().on_trial_complete(tune_controller, trial, result)

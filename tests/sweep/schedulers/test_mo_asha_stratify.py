@@ -102,6 +102,10 @@ def test_resume_rebuilds_each_trials_method_from_mlflow(tmp_path):
     assert len(set(rebuilt.groups.values())) == 4
     live = MOASHARungs(dict(OBJECTIVES), max_steps=20, grace_period=5, promotion="synchronous", num_trials=8,
                        stratify="method")
+    started = [r.data.tags[tracking.TRIAL_TAG] for r in sorted(runs, key=lambda r: r.info.start_time)]
+    assert list(rebuilt.created) == started  # the searcher's order, which breaks ties
+    for t in started:
+        live.add(t)
     for r in runs:  # every trial's arrival at rung 5 decides it
         hist = [{m.step: m.value for m in c.get_metric_history(r.info.run_id, f"eval/{k}")} for k in OBJECTIVES]
         live.on_result(r.data.tags[tracking.TRIAL_TAG], 5, [h[5] for h in hist], group=r.data.tags["raysweep.method"])
