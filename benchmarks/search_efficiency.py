@@ -108,10 +108,11 @@ for _levels in ((4, 12), (4, 16), (4, 20), (4, 24)):
                 "rung_levels": list(_levels), "stratify": _stratify}
 # A step budget (``budget``: a share of every trial run to the end): once the last rung is decided,
 # the steps the rungs left uncommitted resume waiting trials, the lowest rung first.
+BUDGETS = (0.46, 0.48)
 for _levels in ((4, 12), (4, 16), (4, 20)):
     for _rf in (2, 2.5, 3):
         for _stratify in (None, "method"):
-            for _budget in (0.46, 0.48):
+            for _budget in BUDGETS:
                 ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")
                      + f" budget{_budget:g}"] = {
                     "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
@@ -358,8 +359,8 @@ def main() -> None:
         print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
 
-    for what, suffix in (("stratified by method", " by-method"), ("a budget of 0.46", " budget0.46"),
-                         ("a budget of 0.48", " budget0.48")):
+    for what, suffix in (("stratified by method", " by-method"),
+                         *((f"a budget of {b:g}", f" budget{b:g}") for b in BUDGETS)):
         pairs = [(a, a[:-len(suffix)]) for a in summary if a.endswith(suffix) and a[:-len(suffix)] in summary]
         if not pairs:
             continue

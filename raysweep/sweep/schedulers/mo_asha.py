@@ -320,9 +320,9 @@ class MOASHARungs:
             for e in self.rungs.get(rung, []):
                 if e.trial not in self.decided[rung]:
                     waiting[e.trial] = (rung, next(s for s in self.steps[e.trial] if s >= rung))
-        left = self.budget * self.num_trials * self.max_steps - sum(
-            self.max_steps if t in self.decided[self.milestones[-1]] else waiting.get(t, (0, self.steps[t][-1]))[1]
-            for t in self.history)
+        committed = sum(self.max_steps if t in self.decided[self.milestones[-1]] else waiting[t][1] if t in waiting
+                        else self.steps[t][-1] for t in self.history)  # to the end, to where it waits, or ended
+        left = self.budget * self.num_trials * self.max_steps - committed
         ranked = {rung: self.ranking(rung) for rung in self.milestones}
         for t in sorted((t for t in waiting if t not in self.gone and t not in self.stopped),
                         key=lambda t: (waiting[t][0], ranked[waiting[t][0]].index(t))):
