@@ -108,15 +108,19 @@ for _levels in ((4, 12), (4, 16), (4, 20), (4, 24)):
                 "rung_levels": list(_levels), "stratify": _stratify}
 # A step budget (``budget``: a share of every trial run to the end): once the last rung is decided,
 # the steps the rungs left uncommitted resume waiting trials, the lowest rung first.
+# " ties": trials tied exactly on the objectives at a rung ordered by ``tie_metrics`` (TIE_METRICS,
+# the metrics the recordings are read with): the trial whose forget answers lost more probability first.
 BUDGETS = (0.46, 0.48)
+TIE_METRICS = {"forget_answer_prob": "min"}
 for _levels in ((4, 12), (4, 16), (4, 20)):
     for _rf in (2, 2.5, 3):
         for _stratify in (None, "method"):
             for _budget in BUDGETS:
-                ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")
-                     + f" budget{_budget:g}"] = {
-                    "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
-                    "rung_levels": list(_levels), "stratify": _stratify, "budget": _budget}
+                for _ties in (None, TIE_METRICS):
+                    ARMS[f"SHA r{','.join(map(str, _levels))} rf{_rf:g} last" + (" by-method" if _stratify else "")
+                         + f" budget{_budget:g}" + (" ties" if _ties else "")] = {
+                        "grace_period": 4, "reduction_factor": _rf, "rank_by": "last", "promotion": "synchronous",
+                        "rung_levels": list(_levels), "stratify": _stratify, "budget": _budget, "tie_metrics": _ties}
 for _x in (0.0, 1.0):  # the same rungs, asynchronous
     ARMS["MO-ASHA r4,12 rf2 last" + (" ex1" if _x else "") + " keep-front pause"] = {
         "grace_period": 4, "reduction_factor": 2, "rank_by": "last", "extrapolate": _x, "keep_front": True,
@@ -151,9 +155,10 @@ def run_sweep(args, name: str, sets: dict, work: Path) -> Path:
     return db
 
 
-def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[float], list[dict]]:
+def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[float], list[dict], list[list[tuple]]]:
     """Every trial's evaluations in trial order: [(step, values, feasible)], the objectives, the
-    job's reference point and each trial's drawn configuration; read from MLflow alone."""
+    job's reference point, each trial's drawn configuration and its ``TIE_METRICS`` at each of
+    those evaluations (NaN where not recorded); read from MLflow alone."""
     from raysweep.reporting.constraint import recorded_feasible
     from raysweep.sweep import tracking
 
@@ -162,7 +167,7 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
     objectives = tracking.parent_objectives(parent)
     ref = json.loads(parent.data.tags["raysweep.reference_point"])
     constrained = tracking.parent_constrained(parent)
-    out = []
+    out, ties = [], []
     # the order the searcher started them (a trial id is a hash: its order is no order)
     runs = sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time)
     for run in runs:
@@ -170,12 +175,14 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
         feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
         steps = sorted(set.intersection(*(set(h) for h in hist)))
         out.append([(s, tuple(h[s] for h in hist), recorded_feasible(feasible.get(s), constrained)) for s in steps])
-    return out, objectives, [ref[k] for k in objectives], [tracking.trial_config(r) for r in runs]
+        extra = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in TIE_METRICS]
+        ties.append([tuple(e.get(s, float("nan")) for e in extra) for s in steps])
+    return out, objectives, [ref[k] for k in objectives], [tracking.trial_config(r) for r in runs], ties
 
 
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
            max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None,
-           configs: list[dict] | None = None, trained: dict | None = None
+           configs: list[dict] | None = None, trained: dict | None = None, ties: list[list[tuple]] | None = None
            ) -> tuple[list[int], list[float], int, float]:
     """The sweep under ``arm``: (cumulative steps, hypervolume) after each evaluation, total steps,
     final hypervolume. With ``promotion: pause`` or ``synchronous`` a trial below the cut waits on
@@ -186,7 +193,8 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     ``seconds[t][i]``: how long trial t takes to reach its evaluation i from the one before
     (default: the steps between them), which sets the order trials reach their rungs in;
     ``configs[t]``: trial t's drawn configuration, where the arm stratifies (as Tune's
-    ``trial.config``); ``trained``, if given, receives each trial's last step trained."""
+    ``trial.config``); ``trained``, if given, receives each trial's last step trained; ``ties[t][i]``:
+    trial t's ``TIE_METRICS`` at its evaluation i, for an arm with ``tie_metrics``."""
     from raysweep.sweep.pareto import hypervolume
     from raysweep.sweep.schedulers.mo_asha import CONTINUE, PAUSE, MOASHARungs
 
@@ -194,6 +202,7 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     if arm.get("promotion") == "synchronous":
         arm.setdefault("num_trials", sum(1 for t in trials if t))
     rungs = MOASHARungs(dict(objectives), max_steps=max_steps, **arm) if arm else None
+    tie_at = [list(TIE_METRICS).index(m) for m in arm.get("tie_metrics") or {}]
     dirs = list(objectives.values())
     events: list = []  # (time, tie, trial, index of the evaluation)
     queue = iter(range(len(trials)))
@@ -233,7 +242,9 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
         xs.append(spent)
         ys.append(hypervolume(np.array(pts), dirs, ref) if pts else 0.0)
         group = configs[trial].get(arm["stratify"]) if configs and arm.get("stratify") else None
-        decision = rungs.on_result(str(trial), step, values, feasible, group=group) if rungs is not None else CONTINUE
+        tie = [ties[trial][i][k] for k in tie_at] if ties and tie_at else ()
+        decision = (rungs.on_result(str(trial), step, values, feasible, group=group, tie=tie) if rungs is not None
+                    else CONTINUE)
         more = i + 1 < len(trials[trial])
         if decision == PAUSE and more:
             resume_at[trial] = i + 1
@@ -321,11 +332,12 @@ def main() -> None:
 
     results = {}  # (arm, seed) -> (xs, ys, spent, hv)
     for arm, settings in arms.items():
-        for seed, (trials, objectives, ref, configs) in recorded.items():
+        for seed, (trials, objectives, ref, configs, ties) in recorded.items():
             if settings == "half":
                 results[(arm, seed)] = replay(trials[:len(trials) // 2], objectives, ref, None, args.steps)
             else:
-                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps, configs=configs)
+                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps, configs=configs,
+                                              ties=ties)
 
     on = f" on {args.space}" if args.space else ""
     print(f"\nquickstart job{on}, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
@@ -360,7 +372,8 @@ def main() -> None:
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
 
     for what, suffix in (("stratified by method", " by-method"),
-                         *((f"a budget of {b:g}", f" budget{b:g}") for b in BUDGETS)):
+                         *((f"a budget of {b:g}", f" budget{b:g}") for b in BUDGETS),
+                         ("ties ordered by the forget answer probability", " ties")):
         pairs = [(a, a[:-len(suffix)]) for a in summary if a.endswith(suffix) and a[:-len(suffix)] in summary]
         if not pairs:
             continue
@@ -376,9 +389,9 @@ def main() -> None:
 
     if args.explain:
         print(f"what {args.explain!r} lost: trials whose points after it stopped them hold >= 0.1% of FIFO's HV")
-        for seed, (trials, objectives, ref, configs) in recorded.items():
+        for seed, (trials, objectives, ref, configs, ties) in recorded.items():
             trained: dict = {}
-            replay(trials, objectives, ref, ARMS[args.explain], args.steps, configs=configs, trained=trained)
+            replay(trials, objectives, ref, ARMS[args.explain], args.steps, configs=configs, trained=trained, ties=ties)
             for t, share in lost_trials(trials, objectives, ref, trained):
                 path = " ".join(f"{s}:" + ",".join(f"{x:.3f}" for x in v) for s, v, _ in trials[t])
                 print(f"  seed {seed} trial {t} ({json.dumps(configs[t], sort_keys=True)}): stopped at step "
@@ -388,7 +401,7 @@ def main() -> None:
         for seed in args.seeds:
             name = f"{args.validate.replace(' ', '-')}-{seed}"
             db = run_sweep(args, name, sweep_settings(args, seed, ARMS[args.validate]), work)
-            trials, objectives, ref, _ = trajectories(db, name)
+            trials, objectives, ref, _, _ = trajectories(db, name)
             real_steps = sum(t[-1][0] for t in trials if t)
             real_hv = replay(trials, objectives, ref, None, args.steps)[3]  # every point it evaluated
             _, _, sim_steps, sim_hv = results[(args.validate, seed)]

@@ -383,6 +383,9 @@ class SchedulerSpec(_Strict):
     # Successive halving only: the share of num_trials x unlearn.steps the sweep may train; what the
     # rungs leave uncommitted once the last is decided resumes waiting trials, lowest rung first.
     budget: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
+    # Evaluation metrics ({name: min|max}) that order trials tied exactly on the objectives at a
+    # rung, in turn: ROUGE-L on a few questions ties slow trials that a probability tells apart.
+    tie_metrics: Optional[dict[str, Literal["min", "max"]]] = None
 
 
 DEFAULT_TRIALS = 8
@@ -484,6 +487,13 @@ class JobSpec(_Strict):
         known = [m for b in benches for m in benchmark_metrics(b, self.eval)]
         names = list(self.sweep.objectives) + ([self.sweep.constraint.metric] if self.sweep.constraint else [])
         names += list(self.sweep.reference_point or {})
+        ties = list((self.sweep.scheduler.tie_metrics or {}) if self.sweep.scheduler else {})
+        for name in ties:
+            if name not in known:
+                raise ValueError(f"@sweep.scheduler.tie_metrics: {name!r} is not allowed (metrics of eval.benchmarks "
+                                 f"{benches}: {', '.join(known)})"
+                                 f"{'; did you mean ' + repr(_close(name, known)) + '?' if _close(name, known) else ''}")
+        names += ties  # evaluated along the run too, as the objectives
         for name in names:
             if name not in known:
                 flavour = next((f for f in MUSE_FLAVOURS if "muse" in benches and name in benchmark_metrics("muse", self.eval.model_copy(update={"muse_flavour": f}))), None)

@@ -64,7 +64,7 @@ FIELD_ROWS: dict[str, str] = {
     "sweep.scheduler.rank_by": "scheduler", "sweep.scheduler.keep_front": "scheduler",
     "sweep.scheduler.extrapolate": "scheduler", "sweep.scheduler.promotion": "scheduler",
     "sweep.scheduler.rung_levels": "scheduler", "sweep.scheduler.stratify": "scheduler",
-    "sweep.scheduler.budget": "scheduler",
+    "sweep.scheduler.budget": "scheduler", "sweep.scheduler.tie_metrics": "scheduler",
     "unlearn.method.name": "method", "unlearn.preset": "method",
     "train.max_failures": "event", "train.checkpoint_every": "event", "train.keep_checkpoints": "event",
     "sweep.checkpoint": "export",

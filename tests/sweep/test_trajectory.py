@@ -214,6 +214,12 @@ def test_warm_start_seeds_the_study_with_the_earlier_trials(swept, tofu_dir, sha
      "sweep.scheduler.budget: 1.5 is not allowed (Input should be less than or equal to 1)"),
     ({"sweep": {"scheduler": {"name": "mo_asha", "budget": 0.5}}},
      "sweep.scheduler.budget: 0.5 is not allowed with promotion 'stop' (synchronous only"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "tie_metrics": {"forget_answer_los": "max"}}}},
+     "sweep.scheduler.tie_metrics: 'forget_answer_los' is not allowed (metrics of eval.benchmarks"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "tie_metrics": {"forget_answer_los": "max"}}}},
+     "; did you mean 'forget_answer_loss'?"),
+    ({"sweep": {"scheduler": {"name": "mo_asha", "tie_metrics": {"forget_answer_loss": "up"}}}},
+     "sweep.scheduler.tie_metrics.forget_answer_loss: 'up' is not allowed"),
 ])
 def test_trajectory_settings_are_validated_in_one_line(tmp_path, tofu_dir, change, message):
     from raysweep.spec import JobSpecError, load_job

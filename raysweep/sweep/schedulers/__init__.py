@@ -23,6 +23,6 @@ def make_scheduler(job, constraint=None):
                         rank_by=spec.rank_by, keep_front=spec.keep_front,
                         extrapolate=spec.extrapolate, promotion=spec.promotion,
                         num_trials=job.sweep.num_trials, rung_levels=spec.rung_levels,
-                        stratify=spec.stratify, budget=spec.budget)
+                        stratify=spec.stratify, budget=spec.budget, tie_metrics=spec.tie_metrics)
     return tune_scheduler(rungs, constraint=constraint, max_concurrent=job.sweep.max_concurrent,
                           num_trials=job.sweep.num_trials)

@@ -9,7 +9,7 @@ ASHA). Ranking, best first:
 
 feasible before infeasible (the retention constraint), then non-domination rank over the
 objectives (each in its own direction), then within a rank the larger hypervolume contribution
-(or crowding distance), then arrival order.
+(or crowding distance), then ``tie_metrics`` (below), then arrival order.
 
 ``rank_by`` says what of a trial is ranked. ``last``: its evaluation at the rung, as ASHA does.
 ``trajectory``: every feasible point it has been evaluated at so far - each one is a candidate
@@ -48,11 +48,18 @@ their own pace - SAGO and PCGrad-R keep the retain side first and forget late - 
 trials against faster methods alone stops the slow method's best before its trade-off shows
 (BENCHMARKS.md, "Search that pays"). A trial reported without a value meets the overall cut only.
 
-``budget`` (issue 26; synchronous only, a share of ``num_trials * max_steps``): once the last rung
-is decided, the steps not committed (the trials promoted there to their end, the others to where
-they wait or ended) resume waiting trials to their end (``revived``): the lowest rung first, where
-trials were judged on the least evidence, each rung's best first, one that does not fit passed
-over for a cheaper one. A function of the rungs' decisions: a live sweep trains what its replay does.
+``budget`` (issue 26; synchronous only): a share of the steps FIFO would train - every trial to
+``max_steps``, one that ended by itself (the retain-loss guard, an error) to where it ended. Once
+the last rung is decided, the steps not committed (the trials promoted there to their end, the
+others to where they wait or ended) resume waiting trials to their end (``revived``): the lowest
+rung first, where trials were judged on the least evidence, each rung's best first, one that does
+not fit passed over for a cheaper one. A function of the rungs' decisions and of the trials that
+ended before the last rung was decided: a live sweep trains what its replay does.
+
+``tie_metrics`` (issue 26; ``{metric: min|max}``): trials tied on rank and hypervolume contribution
+are ordered by these evaluation metrics at their arrival at the rung, in turn, each in its
+direction, before arrival order. Coarse objectives tie exactly: ROUGE-L on a few questions leaves
+a slow trial's first point at the target model's, while its forget answer probability has moved.
 
 ``MOASHARungs`` is the decision logic alone (pure, unit-tested); ``tune_adapter.py`` puts it
 behind Tune's ``TrialScheduler`` contract (``on_trial_result`` -> CONTINUE, PAUSE or STOP).
@@ -82,6 +89,7 @@ class _Entry:
     values: tuple
     feasible: bool
     order: int
+    tie: tuple = ()  # ``tie_metrics`` at the arrival, signed so that smaller is better
 
 
 @dataclass
@@ -98,7 +106,8 @@ class MOASHARungs:
     num_trials: Optional[int] = None             # the sweep's trials (synchronous: when rung 0 is complete)
     rung_levels: Optional[Sequence[int]] = None  # the rungs' steps, instead of grace_period * reduction_factor**k
     stratify: Optional[str] = None               # a searched choice (``method``): each value's best also kept
-    budget: Optional[float] = None               # synchronous: the share of num_trials * max_steps to train
+    budget: Optional[float] = None               # synchronous: the share of FIFO's steps to train
+    tie_metrics: Optional[dict] = None           # metric -> "min" | "max": orders exact ties, in turn
     rungs: dict = field(default_factory=dict)    # rung step -> [_Entry]
     history: dict = field(default_factory=dict)  # trial -> [(values, feasible)] of every evaluation
     reached: dict = field(default_factory=dict)  # trial -> highest rung step recorded
@@ -128,6 +137,11 @@ class MOASHARungs:
         if self.budget is not None and self.promotion != "synchronous":
             raise ValueError(f"mo_asha budget: {self.budget} is not allowed with promotion: {self.promotion} "
                              "(synchronous only: its steps left are known once the last rung is decided)")
+        if self.tie_metrics is not None and not (
+                isinstance(self.tie_metrics, dict) and self.tie_metrics
+                and all(isinstance(k, str) and v in ("min", "max") for k, v in self.tie_metrics.items())):
+            raise ValueError(f"mo_asha tie_metrics: {self.tie_metrics!r} is not allowed (a mapping of evaluation "
+                             "metrics to min or max)")
         if self.promotion == "synchronous" and not (self.num_trials and self.num_trials > 0):
             raise ValueError(f"mo_asha num_trials: {self.num_trials!r} is not allowed with promotion: synchronous "
                              "(the number of the sweep's trials, > 0: rung 0 is complete when all have reached it)")
@@ -154,11 +168,12 @@ class MOASHARungs:
         return list(self.objectives.values())
 
     def on_result(self, trial: str, step: int, values: Sequence[float], feasible: bool = True,
-                  decide: bool = True, group=None) -> str:
+                  decide: bool = True, group=None, tie: Sequence[float] = ()) -> str:
         """An evaluation of ``trial`` at ``step``: record it at every rung newly reached, decide
         (``decide=False`` only records: rebuilding the rungs from MLflow on resume). A trial below
         the cut is stopped (STOP) or, with ``promotion: pause``, paused (PAUSE). ``group``: the
-        trial's value of ``stratify`` (ignored without it)."""
+        trial's value of ``stratify`` (ignored without it); ``tie``: its ``tie_metrics`` at this
+        evaluation, in their order (a missing one: NaN, ordered last)."""
         if self.stratify is not None and group is not None:
             self.groups[trial] = group
         if trial in self.stopped:
@@ -177,9 +192,10 @@ class MOASHARungs:
             self._arrivals += 1
             if self.rank_by == "trajectory" or self.extrapolate:  # a set of points, fixed as of this rung
                 kept = self._judged_points(trial)
-                entry = _Entry(trial, kept, bool(kept), self._arrivals)
+                entry = _Entry(trial, kept, bool(kept), self._arrivals, self._tie_key(tie))
             else:
-                entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals)
+                entry = _Entry(trial, tuple(float(v) for v in values), bool(feasible), self._arrivals,
+                               self._tie_key(tie))
             self.rungs.setdefault(rung, []).append(entry)
             if self.promotion == "synchronous":
                 self._settle()  # rebuilding too: a rung is judged on what was seen when it completed
@@ -203,6 +219,14 @@ class MOASHARungs:
                     decision = STOP
                 break
         return decision
+
+    def _tie_key(self, tie: Sequence[float]) -> tuple:
+        """``tie`` signed so that smaller is better; a missing or non-finite value last."""
+        if not self.tie_metrics:
+            return ()
+        tie = list(tie) + [math.nan] * (len(self.tie_metrics) - len(tie))
+        return tuple((float(v) if d == "min" else -float(v)) if math.isfinite(float(v)) else math.inf
+                     for v, d in zip(tie, self.tie_metrics.values()))
 
     def next_promotion(self) -> Optional[str]:
         """The paused trial to resume next: one in the best ``floor(n / reduction_factor)`` of its
@@ -237,6 +261,8 @@ class MOASHARungs:
         self.gone.add(trial)
         if trial in self.paused:
             self.stopped[trial] = self.paused.pop(trial)
+        if self.promotion == "synchronous":
+            self._settle()  # a rung that waited on it is decided now, on what was seen by now (resume too)
 
     def stop_paused(self) -> list[str]:
         """The sweep is ending with nothing promotable: every paused trial is stopped where it waits."""
@@ -322,7 +348,9 @@ class MOASHARungs:
                     waiting[e.trial] = (rung, next(s for s in self.steps[e.trial] if s >= rung))
         committed = sum(self.max_steps if t in self.decided[self.milestones[-1]] else waiting[t][1] if t in waiting
                         else self.steps[t][-1] for t in self.history)  # to the end, to where it waits, or ended
-        left = self.budget * self.num_trials * self.max_steps - committed
+        # what FIFO would train: a trial that ended by itself counts where it ended
+        fifo = self.num_trials * self.max_steps - sum(self.max_steps - self.steps.get(t, [0])[-1] for t in self.gone)
+        left = self.budget * fifo - committed
         ranked = {rung: self.ranking(rung) for rung in self.milestones}
         for t in sorted((t for t in waiting if t not in self.gone and t not in self.stopped),
                         key=lambda t: (waiting[t][0], ranked[waiting[t][0]].index(t))):

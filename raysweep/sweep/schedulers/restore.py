@@ -1,7 +1,11 @@
 """Rebuilding MO-ASHA's rungs on ``raysweep resume`` from what MLflow recorded: every evaluation
 along the run (``eval/<objective>`` at its step, ``eval/feasible``) in the order it was logged, and
-the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; the searcher's order
-(the runs' start times); with ``stratify``, each trial's drawn value of it (``raysweep.config``)."""
+the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; the trials that ended
+by themselves (their run FINISHED or FAILED, not stopped by the scheduler: their last step, the
+retain-loss guard, an error), at their end among the evaluations, as the live sweep learned of it
+(a synchronous rung stops waiting for them; the budget counts them where they ended); the
+searcher's order (the runs' start times); with ``stratify``, each trial's drawn value of it
+(``raysweep.config``); with ``tie_metrics``, their values at each evaluation."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ def restore_rungs(rungs, c, parent, job) -> int:
     # every trial's evaluations in bulk (a request per 100 runs, not one per run and metric: issue 28)
     ids = [r.info.run_id for r in runs]
     points = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.objectives} if ids else {}
+    ties = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.tie_metrics or {}} if ids else {}
     feasible = tracking.metric_histories(c, ids, "eval/feasible") if ids else {}
     groups = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):  # the searcher's order, as Tune added them
@@ -28,13 +33,19 @@ def restore_rungs(rungs, c, parent, job) -> int:
         histories = [points[k][run_id] for k in rungs.objectives]
         for step in sorted(set.intersection(*(set(h) for h in histories)) if histories else ()):
             logged = max(h[step][1] for h in histories)
+            tie = [ties[k][run_id].get(step, (float("nan"),))[0] for k in ties]
             events.append((logged, trial, step, [h[step][0] for h in histories],
-                           recorded_feasible(feasible[run_id].get(step), constrained)))
+                           recorded_feasible(feasible[run_id].get(step), constrained), tie))
         stopped_at = run.data.tags.get("raysweep.stopped_at_rung")
         if run.data.tags.get("raysweep.stopped_by") == "mo_asha":
             stopped[trial] = int(stopped_at) if stopped_at else 0
-    for _, trial, step, values, ok in sorted(events, key=lambda e: (e[0], e[1], e[2])):
-        rungs.on_result(trial, step, values, ok, decide=False, group=groups.get(trial))
+        elif run.info.status in ("FINISHED", "FAILED") and run.info.end_time:
+            events.append((run.info.end_time, trial, None, None, None, None))  # it ended by itself
+    for _, trial, step, values, ok, tie in sorted(events, key=lambda e: (e[0], e[1], e[2] is None, e[2] or 0)):
+        if step is None:
+            rungs.ended(trial)
+            continue
+        rungs.on_result(trial, step, values, ok, decide=False, group=groups.get(trial), tie=tie)
     rungs.stopped.update(stopped)
     rungs.restored()
-    return len(events)
+    return sum(e[2] is not None for e in events)

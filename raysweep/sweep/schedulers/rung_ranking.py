@@ -1,8 +1,9 @@
 """How MO-ASHA ranks the trials recorded at a rung, best first (``mo_asha.MOASHARungs.ranking``).
 
 Each entry carries ``trial``, ``values`` (one point, or with ``trajectory`` ranking the tuple of
-points the trial is judged by), ``feasible`` and ``order`` (its arrival, or its place by name in a
-synchronous decision). Pure functions of the entries and the objectives' directions."""
+points the trial is judged by), ``feasible``, ``tie`` (its ``tie_metrics``, smaller better: exact
+ties go by them) and ``order`` (its arrival, or its place in the searcher's order in a synchronous
+decision). Pure functions of the entries and the objectives' directions."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from raysweep.sweep.pareto import (crowding_distances, hypervolume, hypervolume_
 
 def rank_last_points(entries: list, directions: list[str], tie_break: str) -> list[str]:
     """One point per trial: feasible before infeasible, then non-domination rank, then within a
-    rank the larger hypervolume contribution (or crowding distance), then ``order``."""
+    rank the larger hypervolume contribution (or crowding distance), then ``tie``, then ``order``."""
     pts = np.array([e.values for e in entries], dtype=np.float64)
     finite = np.all(np.isfinite(pts), axis=1)
     feasible = np.array([e.feasible for e in entries]) & finite
@@ -36,16 +37,16 @@ def rank_last_points(entries: list, directions: list[str], tie_break: str) -> li
                 spread[members] = crowding_distances(pts[members], directions)
             else:
                 spread[members] = hypervolume_contributions(pts[members], directions, ref)
-    keys = [(int(rank[i]), -float(spread[i]), e.order) for i, e in enumerate(entries)]
+    keys = [(int(rank[i]), -float(spread[i]), e.tie, e.order) for i, e in enumerate(entries)]
     return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
 
 
 def rank_trajectories(entries: list, directions: list[str]) -> list[str]:
     """Trials by the best rank of their feasible points among all such points at the rung, then
-    by the hypervolume their points alone add; trials with no feasible point last."""
+    by the hypervolume their points alone add, then ``tie``; trials with no feasible point last."""
     owners = [i for i, e in enumerate(entries) for _ in e.values]
     if not owners:
-        return [e.trial for e in sorted(entries, key=lambda e: e.order)]
+        return [e.trial for e in sorted(entries, key=lambda e: (e.tie, e.order))]
     pts = np.array([v for e in entries for v in e.values], dtype=np.float64)
     point_rank = nondominated_ranks(pts, directions)
     owners = np.array(owners)
@@ -55,10 +56,10 @@ def rank_trajectories(entries: list, directions: list[str]) -> list[str]:
     for i, e in enumerate(entries):
         mine = owners == i
         if not mine.any():
-            keys.append((np.iinfo(np.int64).max, 0.0, e.order))
+            keys.append((np.iinfo(np.int64).max, 0.0, e.tie, e.order))
             continue
         alone = whole - (hypervolume(pts[~mine], directions, ref) if (~mine).any() else 0.0)
-        keys.append((int(point_rank[mine].min()), -alone, e.order))
+        keys.append((int(point_rank[mine].min()), -alone, e.tie, e.order))
     return [entries[i].trial for i in sorted(range(len(entries)), key=lambda i: keys[i])]
 
 

@@ -43,8 +43,9 @@ def tune_scheduler(rungs: MOASHARungs, constraint: Optional[RetentionConstraint]
                 return TrialScheduler.CONTINUE
             feasible = self.constraint is None or self.constraint.judge_evaluation(result)["eval/feasible"] > 0
             group = (trial.config or {}).get(self.rungs.stratify) if self.rungs.stratify else None
+            tie = [result.get(f"eval/{m}", float("nan")) for m in self.rungs.tie_metrics or {}]
             decision = self.rungs.on_result(trial.trial_id, int(result["step"]), [result[k] for k in keys], feasible,
-                                            group=group)
+                                            group=group, tie=tie)
             if decision == PAUSE:
                 self._slot(trial.trial_id, free=True)
             self._reserve()

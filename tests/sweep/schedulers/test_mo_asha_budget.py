@@ -123,3 +123,49 @@ def test_the_tune_scheduler_says_how_many_trials_the_budget_resumed():
     scheduler = tune_scheduler(_four_through_both_rungs(0.75), max_concurrent=2, num_trials=4)
     assert scheduler.debug_string().endswith("0 trials stopped, 3 paused, 1 resumed by the budget"), scheduler.debug_string()
     assert "budget" not in tune_scheduler(_four_through_both_rungs(), max_concurrent=2, num_trials=4).debug_string()
+
+
+@pytest.mark.parametrize("budget, revived", [
+    (0.6, []),                       # 0.6 x 66 = 39.6 - 34 committed: 5.6 left, nothing fits (b 12, c 12, d 8)
+    (0.75, ["b"]),                   # 49.5 - 34 = 15.5: b; counted at 16, e would leave 26: b and c
+    (1.0, ["b", "c", "d"]),          # 66 - 34 = 32: all three
+])
+def test_a_trial_that_ended_by_itself_counts_in_the_budget_where_it_ended(budget, revived):
+    """The budget is a share of what FIFO would train: e, ended by itself at step 2 (the retain-loss
+    guard), counts 2 steps, not 16, so 5 trials of 16 steps make 66, not 80. Committed when rung 8
+    is decided: a 16 + d 8 + b 4 + c 4 + e 2 = 34."""
+    r = sync(num_trials=5, grace_period=4, reduction_factor=2, budget=budget)
+    assert r.on_result("e", 2, [0.95, 0.1]) == CONTINUE      # below the first rung
+    r.ended("e")
+    for t, v in (("a", [0.5, 0.8]), ("b", [0.6, 0.7]), ("c", [0.9, 0.2]), ("d", [0.3, 0.9])):
+        r.on_result(t, 4, v)
+    assert r.decided == {4: ["d", "a"]}
+    r.resume("a")
+    r.on_result("d", 8, [0.25, 0.85])
+    r.on_result("a", 8, [0.1, 0.95])
+    assert r.decided[8] == ["a"]
+    assert list(r.revived) == revived
+    spent = 16 + 8 + 4 + 4 + 2 + sum(16 - r.steps[t][-1] for t in revived)
+    assert spent <= budget * 66 < spent + min([12, 12, 8][len(revived):] or [99])
+
+
+def test_rungs_rebuilt_for_resume_learn_of_a_trial_that_ended_by_itself_when_it_did():
+    """``restore_rungs`` replays each run that ended by itself (FINISHED or FAILED, not stopped by
+    the scheduler) at its end time among the evaluations (a real sqlite MLflow): the rung that
+    waited on it is decided where the live one was, and the budget counts it where it ended.
+    Without the ended event the rebuilt first rung waits for it and the budget counts it at 16."""
+    from types import SimpleNamespace
+
+    from raysweep.sweep.schedulers.restore import restore_rungs
+
+    from .test_mo_asha_ties import mlflow_sweep
+
+    # e ends by itself at step 2 (FAILED: the retain-loss guard); the others were running when the sweep died
+    c, parent = mlflow_sweep(
+        {"e": [(2, [0.95, 0.1])], "a": [(4, [0.5, 0.8]), (8, [0.1, 0.95])], "b": [(4, [0.6, 0.7])],
+         "c": [(4, [0.9, 0.2])], "d": [(4, [0.3, 0.9]), (8, [0.25, 0.85])]},
+        ended={"e": "FAILED"})
+    rebuilt = sync(num_trials=5, grace_period=4, reduction_factor=2, budget=0.75)
+    assert restore_rungs(rebuilt, c, parent, SimpleNamespace(sweep=SimpleNamespace(constraint=None))) == 7
+    assert rebuilt.gone == {"e"} and rebuilt.decided == {4: ["d", "a"], 8: ["a"]}
+    assert list(rebuilt.revived) == ["b"]

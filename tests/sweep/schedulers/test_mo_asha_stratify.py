@@ -93,6 +93,8 @@ def test_resume_rebuilds_each_trials_method_from_mlflow(tmp_path):
     synthetic_sweep(uri, "s", 8)
     c = tracking.client(uri)
     parent = tracking.find_parent(c, "s", uri)
+    for r in tracking.child_runs(c, parent):  # a sweep that died: its runs closed KILLED, none ended by itself
+        c.set_terminated(r.info.run_id, status="KILLED")
     job = SimpleNamespace(sweep=SimpleNamespace(constraint=None))
     rebuilt = MOASHARungs(dict(OBJECTIVES), max_steps=20, grace_period=5, promotion="synchronous", num_trials=8,
                           stratify="method")
