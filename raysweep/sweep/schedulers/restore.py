@@ -1,8 +1,9 @@
 """Rebuilding MO-ASHA's rungs on ``raysweep resume`` from what MLflow recorded: every evaluation
 along the run (``eval/<objective>`` at its step, ``eval/feasible``) in the order it was logged, and
 the trials the scheduler stopped (``raysweep.stopped_by``), which stay stopped; the trials that ended
-by themselves (their run FINISHED or FAILED, not stopped by the scheduler: their last step, the
-retain-loss guard, an error), at their end among the evaluations, as the live sweep learned of it
+by themselves (their run FINISHED and not stopped by the scheduler, or FAILED by the sweep's early
+stop, the retain-loss guard; a run FAILED by an error may be retried), at their end among the
+evaluations, as the live sweep learned of it
 (a synchronous rung stops waiting for them; the budget counts them where they ended); the
 searcher's order (the runs' start times); with ``stratify``, each trial's drawn value of it
 (``raysweep.config``); with ``tie_metrics``, their values at each evaluation."""
@@ -39,7 +40,8 @@ def restore_rungs(rungs, c, parent, job) -> int:
         stopped_at = run.data.tags.get("raysweep.stopped_at_rung")
         if run.data.tags.get("raysweep.stopped_by") == "mo_asha":
             stopped[trial] = int(stopped_at) if stopped_at else 0
-        elif run.info.status in ("FINISHED", "FAILED") and run.info.end_time:
+        elif run.info.end_time and (run.info.status == "FINISHED" or (
+                run.info.status == "FAILED" and run.data.tags.get("raysweep.status_reason", "").startswith("early stop"))):
             events.append((run.info.end_time, trial, None, None, None, None))  # it ended by itself
     for _, trial, step, values, ok, tie in sorted(events, key=lambda e: (e[0], e[1], e[2] is None, e[2] or 0)):
         if step is None:

@@ -149,23 +149,32 @@ def test_a_trial_that_ended_by_itself_counts_in_the_budget_where_it_ended(budget
     assert spent <= budget * 66 < spent + min([12, 12, 8][len(revived):] or [99])
 
 
-def test_rungs_rebuilt_for_resume_learn_of_a_trial_that_ended_by_itself_when_it_did():
-    """``restore_rungs`` replays each run that ended by itself (FINISHED or FAILED, not stopped by
-    the scheduler) at its end time among the evaluations (a real sqlite MLflow): the rung that
-    waited on it is decided where the live one was, and the budget counts it where it ended.
-    Without the ended event the rebuilt first rung waits for it and the budget counts it at 16."""
+@pytest.mark.parametrize("status, reason, ended", [
+    ("FAILED", "early stop: retain loss 9.1 > 8.0", True),   # the retain-loss guard
+    ("FINISHED", "", True),
+    ("FAILED", "RuntimeError: CUDA error", False),          # an error: Tune may retry it
+])
+def test_rungs_rebuilt_for_resume_learn_of_a_trial_that_ended_by_itself_when_it_did(status, reason, ended):
+    """``restore_rungs`` replays each run that ended by itself (FINISHED, or FAILED by the sweep's
+    early stop, and not stopped by the scheduler) at its end time among the evaluations (a real
+    sqlite MLflow): the rung that waited on it is decided where the live one was, and the budget
+    counts it where it ended. Without the ended event the rebuilt first rung waits for it (as it
+    does for a run FAILED by an error, which may be retried) and nothing is decided."""
     from types import SimpleNamespace
 
     from raysweep.sweep.schedulers.restore import restore_rungs
 
     from .test_mo_asha_ties import mlflow_sweep
 
-    # e ends by itself at step 2 (FAILED: the retain-loss guard); the others were running when the sweep died
+    # e ends at step 2; the others were running when the sweep died
     c, parent = mlflow_sweep(
         {"e": [(2, [0.95, 0.1])], "a": [(4, [0.5, 0.8]), (8, [0.1, 0.95])], "b": [(4, [0.6, 0.7])],
          "c": [(4, [0.9, 0.2])], "d": [(4, [0.3, 0.9]), (8, [0.25, 0.85])]},
-        ended={"e": "FAILED"})
+        ended={"e": (status, reason)})
     rebuilt = sync(num_trials=5, grace_period=4, reduction_factor=2, budget=0.75)
     assert restore_rungs(rebuilt, c, parent, SimpleNamespace(sweep=SimpleNamespace(constraint=None))) == 7
-    assert rebuilt.gone == {"e"} and rebuilt.decided == {4: ["d", "a"], 8: ["a"]}
-    assert list(rebuilt.revived) == ["b"]
+    if ended:
+        assert rebuilt.gone == {"e"} and rebuilt.decided == {4: ["d", "a"], 8: ["a"]}
+        assert list(rebuilt.revived) == ["b"]
+    else:
+        assert rebuilt.gone == set() and rebuilt.decided == {} and not rebuilt.revived

@@ -86,8 +86,9 @@ def test_the_tune_scheduler_passes_the_tie_metrics_from_the_result():
 def mlflow_sweep(trials: dict, ended: dict = (), ties: dict = ()):
     """A sweep in a real sqlite MLflow, as trials with ``eval.every`` log it: a child run per trial
     (started in the dict's order), ``eval/forget``, ``eval/retain``, ``eval/feasible`` and
-    ``eval/<tie metric>`` at each step, one event after another; a trial in ``ended`` then closed
-    with that status (it ended by itself), the others left RUNNING (the sweep died)."""
+    ``eval/<tie metric>`` at each step, one event after another; a trial in ``ended`` (trial ->
+    (status, raysweep.status_reason)) then closed so (it ended by itself), the others left RUNNING
+    (the sweep died)."""
     import tempfile
 
     from raysweep.sweep import tracking
@@ -111,7 +112,9 @@ def mlflow_sweep(trials: dict, ended: dict = (), ties: dict = ()):
             c.log_metric(runs[t], f"eval/{k}", v, step=s)
         time.sleep(0.002)
         if t in dict(ended) and s == trials[t][-1][0]:
-            c.set_terminated(runs[t], status=dict(ended)[t])
+            status, reason = dict(ended)[t]
+            c.set_tag(runs[t], "raysweep.status_reason", reason)
+            c.set_terminated(runs[t], status=status)
             time.sleep(0.002)
     return c, tracking.find_parent(c, "s", uri)
 
