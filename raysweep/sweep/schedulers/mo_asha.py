@@ -257,7 +257,10 @@ class MOASHARungs:
 
     def ended(self, trial: str) -> None:
         """``trial`` ended by itself (its last step, the sweep's own early stop, or an error): if
-        paused, there is nothing left to resume; a synchronous rung no longer waits for it."""
+        paused, there is nothing left to resume; a synchronous rung no longer waits for it. Tune
+        also reports a trial this scheduler stopped as complete: that one did not end by itself."""
+        if trial in self.stopped:
+            return
         self.gone.add(trial)
         if trial in self.paused:
             self.stopped[trial] = self.paused.pop(trial)

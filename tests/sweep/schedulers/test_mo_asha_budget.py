@@ -178,3 +178,33 @@ def test_rungs_rebuilt_for_resume_learn_of_a_trial_that_ended_by_itself_when_it_
         assert list(rebuilt.revived) == ["b"]
     else:
         assert rebuilt.gone == set() and rebuilt.decided == {} and not rebuilt.revived
+
+
+def test_a_trial_the_scheduler_stopped_is_not_counted_as_ended_by_itself_when_tune_completes_it():
+    """Tune calls the scheduler's ``on_trial_complete`` for a trial it told to STOP (real Tune
+    ``Trial`` objects through the adapter). Counted as ended by itself, c would shrink the budget to
+    0.75 x (64 - 12) - 32 = 7 and nothing would be resumed; found live (wide seed 14: the live sweep
+    trained 352 steps where its replay trained 368, same hypervolume)."""
+    from ray.tune.experiment import Trial
+
+    from raysweep.sweep.schedulers.tune_adapter import tune_scheduler
+
+    r = sync(num_trials=4, grace_period=4, reduction_factor=2, budget=0.75)
+    scheduler = tune_scheduler(r, max_concurrent=2, num_trials=4)
+    trials = {t: Trial("unlearn", stub=True, config={}) for t in "abdc"}
+    for t in trials.values():
+        scheduler.on_trial_add(None, t)
+    decisions = {}
+    for name, v in (("a", [0.5, 0.8]), ("b", [0.6, 0.7]), ("d", [0.3, 0.9]), ("c", [0.9, 0.2])):
+        result = {"step": 4, "eval/forget": v[0], "eval/retain": v[1]}
+        decisions[name] = scheduler.on_trial_result(None, trials[name], result)
+        if decisions[name] == "STOP":
+            scheduler.on_trial_complete(None, trials[name], result)   # as Tune's controller does
+    assert decisions["c"] == "STOP" and r.gone == set()              # the last arrival completes rung 4, cut
+    ids = {t.trial_id: name for name, t in trials.items()}
+    for _ in range(2):                                               # d, then a: both resume from step 4
+        r.resume(r.next_promotion())
+    scheduler.on_trial_result(None, trials["d"], {"step": 8, "eval/forget": 0.25, "eval/retain": 0.85})
+    scheduler.on_trial_result(None, trials["a"], {"step": 8, "eval/forget": 0.1, "eval/retain": 0.95})
+    assert [ids[t] for t in r.decided[8]] == ["a"]
+    assert [ids[t] for t in r.revived] == ["b"]                      # 0.75 x 64 - (16 + 8 + 4 + 4) = 16: b (12)
