@@ -380,8 +380,9 @@ class SchedulerSpec(_Strict):
     # Also keep the best 1/reduction_factor (at least one) of each value of this searched choice at
     # every rung: methods forget at their own pace, and a slow one's best comes late.
     stratify: Optional[Literal["method", "forget", "retain"]] = None
-    # Successive halving only: the share of num_trials x unlearn.steps the sweep may train; what the
-    # rungs leave uncommitted once the last is decided resumes waiting trials, lowest rung first.
+    # Successive halving only: the share of what FIFO would train (num_trials x unlearn.steps, a trial
+    # that ended by itself counted where it ended) the sweep may train; what the rungs leave
+    # uncommitted once the last is decided resumes waiting trials, lowest rung first.
     budget: Optional[float] = Field(None, gt=0, le=1, allow_inf_nan=False)
     # Evaluation metrics ({name: min|max}) that order trials tied exactly on the objectives at a
     # rung, in turn: ROUGE-L on a few questions ties slow trials that a probability tells apart.
