@@ -30,6 +30,9 @@ SWEEP_TAG = "raysweep.sweep"
 ROLE_TAG = "raysweep.role"
 TRIAL_TAG = "raysweep.trial_id"
 PARETO_TAG = "raysweep.pareto"  # the front marks (sweep/front_marks.py)
+# A trial the sweep's own early stop ended (the retain-loss guard) closes FAILED with this reason
+# prefix (sweep/trial.py); resume counts it as ended by itself (sweep/schedulers/restore.py).
+EARLY_STOP_REASON = "early stop: "
 
 
 class TrackingError(RuntimeError):

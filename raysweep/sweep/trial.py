@@ -212,7 +212,7 @@ def finish_trial(c, job: JobSpec, run_id: str, metrics: dict, checkpoint: Option
     stopped = metrics.get("stopped")
     if stopped:
         report["stopped_reason"] = str(stopped)
-        c.set_tag(run_id, "raysweep.status_reason", f"early stop: {stopped}")
+        c.set_tag(run_id, "raysweep.status_reason", f"{tracking.EARLY_STOP_REASON}{stopped}")
         c.set_terminated(run_id, status="FAILED")
     else:
         c.set_terminated(run_id, status="FINISHED")

@@ -41,7 +41,8 @@ def restore_rungs(rungs, c, parent, job) -> int:
         if run.data.tags.get("raysweep.stopped_by") == "mo_asha":
             stopped[trial] = int(stopped_at) if stopped_at else 0
         elif run.info.end_time and (run.info.status == "FINISHED" or (
-                run.info.status == "FAILED" and run.data.tags.get("raysweep.status_reason", "").startswith("early stop"))):
+                run.info.status == "FAILED"
+                and run.data.tags.get("raysweep.status_reason", "").startswith(tracking.EARLY_STOP_REASON))):
             events.append((run.info.end_time, trial, None, None, None, None))  # it ended by itself
     for _, trial, step, values, ok, tie in sorted(events, key=lambda e: (e[0], e[1], e[2] is None, e[2] or 0)):
         if step is None:
