@@ -197,6 +197,20 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
     return out, objectives, [ref[k] for k in objectives], [tracking.trial_config(r) for r in runs], ties
 
 
+def pooled(recordings: list[tuple]) -> tuple:
+    """One sweep of every trial of ``recordings`` (each as ``trajectories`` returns it), those of the
+    first first: with the random sampler each trial's configuration is a draw of its own, so K
+    recorded sweeps of n trials on one job and space are one sweep of K * n trials, started in this
+    order (``--pool``). Their objectives and reference point must agree."""
+    first = recordings[0]
+    for other in recordings[1:]:
+        if list(other[1].items()) != list(first[1].items()) or list(other[2]) != list(first[2]):
+            raise SystemExit(f"--pool: recordings with other objectives or reference points cannot be one sweep "
+                             f"({first[1]} at {first[2]} vs {other[1]} at {other[2]})")
+    return ([t for r in recordings for t in r[0]], first[1], first[2], [c for r in recordings for c in r[3]],
+            [t for r in recordings for t in r[4]])
+
+
 def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: dict | None,
            max_steps: int, workers: int = 2, seconds: list[list[float]] | None = None,
            configs: list[dict] | None = None, trained: dict | None = None, ties: list[list[tuple]] | None = None
@@ -322,8 +336,16 @@ def main() -> None:
                     help="replay only these arms (and FIFO): names or patterns ('SHA r4,20 *'); default: every arm")
     ap.add_argument("--explain", metavar="ARM", help="per seed, the trials whose stopped points cost ARM the most "
                     "hypervolume: their configuration and trajectory")
+    ap.add_argument("--pool", type=int, default=1, metavar="K",
+                    help="replay sweeps of K times --trials trials, each pooling K recorded sweeps (the seeds given, "
+                         "K at a time, in order): what a bigger sweep would have trained, from recordings")
     ap.add_argument("--plot", default=str(REPO / "benchmarks" / "search_efficiency.png"))
     args = ap.parse_args()
+    if args.pool < 1 or len(args.seeds) % args.pool:
+        ap.error(f"--pool: {args.pool} is not allowed (a whole number >= 1 that divides the {len(args.seeds)} "
+                 "seeds given)")
+    if args.pool > 1 and args.validate:
+        ap.error("--validate: a pooled sweep was never run as one (--pool 1 only)")
     for flag, arm in (("--validate", args.validate), ("--explain", args.explain)):
         if arm and arm not in ARMS:
             raise SystemExit(f"{flag}: {arm!r} is not allowed ({', '.join(ARMS)})")
@@ -346,6 +368,10 @@ def main() -> None:
         name = f"fifo-{seed}"
         run_sweep(args, name, sweep_settings(args, seed, None), work)
         recorded[seed] = trajectories(work / f"{name}.db", name)
+    if args.pool > 1:  # each pooled sweep goes by its seeds joined, "0+1+2"
+        groups = [args.seeds[i:i + args.pool] for i in range(0, len(args.seeds), args.pool)]
+        recorded = {"+".join(map(str, g)): pooled([recorded[s] for s in g]) for g in groups}
+        args.seeds = list(recorded)
 
     results = {}  # (arm, seed) -> (xs, ys, spent, hv)
     for arm, settings in arms.items():
@@ -357,7 +383,8 @@ def main() -> None:
                                               ties=ties)
 
     on = f" on {args.space}" if args.space else ""
-    print(f"\nquickstart job{on}, {args.trials} trials x {args.steps} steps, 2 at a time, evaluated every {args.every} "
+    pool = f" (pooled from {args.pool} recorded sweeps of {args.trials})" if args.pool > 1 else ""
+    print(f"\nquickstart job{on}, {args.trials * args.pool} trials{pool} x {args.steps} steps, 2 at a time, evaluated every {args.every} "
           f"steps ({args.questions} questions), random sampler, seeds {args.seeds}; replayed from the recorded FIFO sweeps")
     print(f"{'arm':<44} " + "  ".join(f"{'seed ' + str(s) + ': steps  HV   to99%':>28}" for s in args.seeds)
           + f"  {'mean steps':>10} {'mean HV':>8} {'worst steps':>11} {'worst HV':>8} {'seeds met':>9}")
@@ -462,9 +489,9 @@ def main() -> None:
     ax.set_ylim(0.95, 1.005)  # where the arms differ, not the first steps
     ax.set_xlabel("unlearning steps spent, as a fraction of FIFO's (all trials)")
     ax.set_ylabel("hypervolume of evaluated points / FIFO's final")
-    seeds = (f"{args.seeds[0]}-{args.seeds[-1]}" if args.seeds == list(range(args.seeds[0], args.seeds[-1] + 1))
-             and len(args.seeds) > 2 else ", ".join(map(str, args.seeds)))
-    ax.set_title(f"quickstart{' (' + Path(args.space).stem + ')' if args.space else ''}, {args.trials} trials x "
+    seeds = (f"{args.seeds[0]}-{args.seeds[-1]}" if args.pool == 1 and len(args.seeds) > 2
+             and args.seeds == list(range(args.seeds[0], args.seeds[-1] + 1)) else ", ".join(map(str, args.seeds)))
+    ax.set_title(f"quickstart{' (' + Path(args.space).stem + ')' if args.space else ''}, {args.trials * args.pool} trials x "
                  f"{args.steps} steps, seeds {seeds}, one line per seed", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
