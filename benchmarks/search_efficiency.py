@@ -50,8 +50,10 @@ ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY":
 # name -> MO-ASHA settings (None: FIFO, no early stopping)
 ARMS = {
     "FIFO": None,
-    # the baseline every scheduler must beat: no early stopping, half the trials (the first 12 of 24)
-    "FIFO, first half of the trials": "half",
+    # the baselines every scheduler must beat: no early stopping, fewer trials (the first 12 of 24;
+    # a quarter: a sweep planned smaller, where FIFO's own front fills early, as at 96 trials)
+    "FIFO, first half of the trials": "fewer",
+    "FIFO, first quarter of the trials": "fewer",
     "MO-ASHA g4 rf2 last": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g8 rf2 last": {"grace_period": 8, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g4 rf3 last": {"grace_period": 4, "reduction_factor": 3, "rank_by": "last"},
@@ -70,6 +72,7 @@ ARMS = {
     "MO-ASHA g8 rf3 trajectory keep-front": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory",
                                              "keep_front": True},
 }
+FEWER = {"FIFO, first half of the trials": 0.5, "FIFO, first quarter of the trials": 0.25}
 # Issue 26, the arms that can bring a trial back or see its trade-off coming: an optimistic point
 # predicted at (1 + x) times the steps (``extrapolate``), and ASHA's promotion variant (``pause``:
 # paused trials resume from their checkpoints when promoted); every combination at grace 4.
@@ -295,6 +298,15 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
+def replay_arm(arm: str, recording: tuple, max_steps: int) -> tuple[list[int], list[float], int, float]:
+    """``replay`` of the arm named ``arm`` on a recording (``trajectories``, or ``pooled``): a
+    fewer-trials baseline is FIFO on the first of its trials, in the searcher's order."""
+    trials, objectives, ref, configs, ties = recording
+    if ARMS[arm] == "fewer":
+        return replay(trials[:round(len(trials) * FEWER[arm])], objectives, ref, None, max_steps)
+    return replay(trials, objectives, ref, ARMS[arm], max_steps, configs=configs, ties=ties)
+
+
 def lost_trials(trials: list[list[tuple]], objectives: dict, ref: list[float], trained: dict,
                 least: float = 0.001) -> list[tuple[int, float]]:
     """The trials whose untrained points (those after the arm stopped them) hold at least ``least``
@@ -353,9 +365,9 @@ def main() -> None:
         if not fnmatch.filter(ARMS, pattern):
             raise SystemExit(f"--arms: {pattern!r} is not allowed (an arm's name or a pattern matching one: "
                              f"{', '.join(ARMS)})")
-    if args.explain and ARMS[args.explain] in (None, "half"):
+    if args.explain and ARMS[args.explain] in (None, "fewer"):
         raise SystemExit(f"--explain: {args.explain!r} stops no trial: nothing to explain")
-    if ARMS.get(args.validate) == "half":
+    if ARMS.get(args.validate) == "fewer":
         raise SystemExit(f"--validate: {args.validate!r} is a FIFO sweep of fewer trials: nothing to validate")
     arms = {a: ARMS[a] for a in ARMS if not args.arms or a in ("FIFO", args.validate)
             or any(fnmatch.fnmatchcase(a, p) for p in args.arms)}
@@ -373,14 +385,8 @@ def main() -> None:
         recorded = {"+".join(map(str, g)): pooled([recorded[s] for s in g]) for g in groups}
         args.seeds = list(recorded)
 
-    results = {}  # (arm, seed) -> (xs, ys, spent, hv)
-    for arm, settings in arms.items():
-        for seed, (trials, objectives, ref, configs, ties) in recorded.items():
-            if settings == "half":
-                results[(arm, seed)] = replay(trials[:len(trials) // 2], objectives, ref, None, args.steps)
-            else:
-                results[(arm, seed)] = replay(trials, objectives, ref, settings, args.steps, configs=configs,
-                                              ties=ties)
+    results = {(arm, seed): replay_arm(arm, recording, args.steps)  # (arm, seed) -> (xs, ys, spent, hv)
+               for arm in arms for seed, recording in recorded.items()}
 
     on = f" on {args.space}" if args.space else ""
     pool = f" (pooled from {args.pool} recorded sweeps of {args.trials})" if args.pool > 1 else ""
@@ -410,7 +416,7 @@ def main() -> None:
     print(f"target (every seed: steps <= 0.5 of FIFO's and HV >= 0.99 of FIFO's) met by: {', '.join(met) or 'none'}")
     half = "FIFO, first half of the trials"
     if half in summary:
-        better = [a for a in summary if a not in ("FIFO", half) and summary[a][0] <= 0.5
+        better = [a for a in summary if a != "FIFO" and a not in FEWER and summary[a][0] <= 0.5
                   and summary[a][1] > summary[half][1]]
         print(f"mean HV above {half!r} ({summary[half][1]:.3f} for {summary[half][0]:.2f} of the steps) "
               f"on <= 0.5 of FIFO's steps: {', '.join(better) or 'none'}")
@@ -461,18 +467,18 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
     colours = plt.get_cmap("tab10")
-    # in colour: FIFO, the half-the-trials baseline and the arms that meet the target, or (none does)
+    # in colour: FIFO, the fewer-trials baselines and the arms that meet the target, or (none does)
     # the 3 best by mean hypervolume among those spending <= 0.5 of FIFO's steps on average; every
     # other arm in grey, one legend entry
-    thrifty = sorted((a for a in summary if a not in ("FIFO", half) and summary[a][0] <= 0.5),
+    thrifty = sorted((a for a in summary if a != "FIFO" and a not in FEWER and summary[a][0] <= 0.5),
                      key=lambda a: -summary[a][1])
-    shown = list(dict.fromkeys(["FIFO", *([half] if half in arms else []), *(met or thrifty[:3])]))
+    shown = list(dict.fromkeys(["FIFO", *(a for a in FEWER if a in arms), *(met or thrifty[:3])]))
     for arm in arms:  # each seed against its own FIFO sweep, so the seeds share one frame
         for s in args.seeds:
             xs, ys, _, _ = results[(arm, s)]
             _, _, f_spent, f_hv = results[("FIFO", s)]
             xs, ys = np.array(xs) / f_spent, np.array(ys) / f_hv
-            if arm == half:  # FIFO's own curve up to half its trials: its end point, per seed
+            if arm in FEWER:  # FIFO's own curve up to that many of its trials: its end point, per seed
                 ax.plot(xs[-1:], ys[-1:], "o", color=colours(shown.index(arm) % 10), ms=6, zorder=5,
                         label=f"{arm} (end)" if s == args.seeds[0] else None)
             elif arm in shown:

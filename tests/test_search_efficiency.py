@@ -58,3 +58,16 @@ def test_a_pool_that_does_not_fit_the_seeds_is_refused_in_one_line(flags, said, 
                           *flags], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and said in res.stderr and not list(tmp_path.iterdir())
     assert len(res.stderr.strip().splitlines()[-1]) > len(said)
+
+
+@pytest.mark.parametrize("arm, first", [("FIFO, first half of the trials", 12), ("FIFO, first quarter of the trials", 6)])
+def test_the_fewer_trials_baselines_are_fifo_on_the_first_trials(arm, first):
+    """A sweep planned smaller: FIFO on the searcher's first trials (a quarter of 96 beats most
+    schedulers where the space is small and FIFO's front fills early, BENCHMARKS.md)."""
+    bench = _bench()
+    recording = bench.pooled([_recording(1, 12), _recording(2, 12)])
+    _, _, spent, hv = bench.replay_arm(arm, recording, 32)
+    assert spent == first * 32
+    kept = np.array([v for t in recording[0][:first] for _, v, _ in t])
+    assert hv == pytest.approx(hypervolume(kept, list(FORGET_RETAIN.values()), [1.0, 0.0]), rel=1e-12)
+    assert bench.replay_arm("FIFO", recording, 32)[2] == 24 * 32
