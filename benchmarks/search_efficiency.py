@@ -4,7 +4,7 @@ time, evaluated every 4 steps), over several seeds.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 24] [--steps 32] [--every 4]
                                            [--work DIR] [--validate ARM] [--arms ARM|PATTERN ...] [--space YAML]
-                                           [--plot PNG]
+                                           [--pool K] [--explain ARM] [--plot PNG]
 
 How: one real FIFO sweep per seed (``raysweep launch``, the random sampler, its own sqlite MLflow;
 kept in ``--work`` so a second call reuses it) records every trial's whole trajectory. With the
@@ -21,7 +21,9 @@ job's reference point. ``--validate ARM`` runs the arm for real on every seed gi
 side. The replay's only simplification is time: a step costs one unit and an evaluation none, so
 an asynchronous arm's trials may reach a rung in another order live; a synchronous arm
 (``promotion: synchronous``) decides each rung once it is complete, so its live sweep trains what
-its replay trains (``tests/sweep/schedulers/test_mo_asha_sync.py``).
+its replay trains (``tests/sweep/schedulers/test_mo_asha_sync.py``). ``--pool K`` replays K
+recordings at a time as one sweep of K times the trials (``pooled``; the random sampler draws each
+trial on its own), to ask what a bigger sweep would have done without recording it.
 
 Printed per seed and arm: steps spent and their ratio to FIFO's, final hypervolume and its ratio to
 FIFO's, steps until 99% of FIFO's final hypervolume; then the mean and the worst seed. Target: final
