@@ -49,13 +49,13 @@ sys.path.insert(0, str(REPO))
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false", "RAY_ADDRESS": ""}
 
-# name -> MO-ASHA settings (None: FIFO, no early stopping)
+# the baselines every scheduler must beat: no early stopping, fewer trials (the first 12 of 24;
+# a quarter: a sweep planned smaller, where FIFO's own front fills early, as at 96 trials): the share
+FEWER = {"FIFO, first half of the trials": 0.5, "FIFO, first quarter of the trials": 0.25}
+# name -> MO-ASHA settings (None: FIFO, no early stopping; "fewer": FIFO on the first of the trials)
 ARMS = {
     "FIFO": None,
-    # the baselines every scheduler must beat: no early stopping, fewer trials (the first 12 of 24;
-    # a quarter: a sweep planned smaller, where FIFO's own front fills early, as at 96 trials)
-    "FIFO, first half of the trials": "fewer",
-    "FIFO, first quarter of the trials": "fewer",
+    **dict.fromkeys(FEWER, "fewer"),
     "MO-ASHA g4 rf2 last": {"grace_period": 4, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g8 rf2 last": {"grace_period": 8, "reduction_factor": 2, "rank_by": "last"},
     "MO-ASHA g4 rf3 last": {"grace_period": 4, "reduction_factor": 3, "rank_by": "last"},
@@ -74,7 +74,6 @@ ARMS = {
     "MO-ASHA g8 rf3 trajectory keep-front": {"grace_period": 8, "reduction_factor": 3, "rank_by": "trajectory",
                                              "keep_front": True},
 }
-FEWER = {"FIFO, first half of the trials": 0.5, "FIFO, first quarter of the trials": 0.25}
 # Issue 26, the arms that can bring a trial back or see its trade-off coming: an optimistic point
 # predicted at (1 + x) times the steps (``extrapolate``), and ASHA's promotion variant (``pause``:
 # paused trials resume from their checkpoints when promoted); every combination at grace 4.
@@ -192,13 +191,14 @@ def trajectories(db: Path, sweep: str) -> tuple[list[list[tuple]], dict, list[fl
     out, ties = [], []
     # the order the searcher started them (a trial id is a hash: its order is no order)
     runs = sorted(tracking.child_runs(c, parent), key=lambda r: r.info.start_time)
-    for run in runs:
-        hist = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in objectives]
-        feasible = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "eval/feasible")}
+    ids = [r.info.run_id for r in runs]  # every metric in bulk, as resume reads them (tracking.metric_points)
+    read = {k: tracking.metric_histories(c, ids, f"eval/{k}") for k in [*objectives, "feasible", *TIE_METRICS]}
+    for run_id in ids:
+        hist = [read[k][run_id] for k in objectives]
+        feasible = read["feasible"][run_id]
         steps = sorted(set.intersection(*(set(h) for h in hist)))
         out.append([(s, tuple(h[s] for h in hist), recorded_feasible(feasible.get(s), constrained)) for s in steps])
-        extra = [{m.step: m.value for m in c.get_metric_history(run.info.run_id, f"eval/{k}")} for k in TIE_METRICS]
-        ties.append([tuple(e.get(s, float("nan")) for e in extra) for s in steps])
+        ties.append([tuple(read[k][run_id].get(s, float("nan")) for k in TIE_METRICS) for s in steps])
     return out, objectives, [ref[k] for k in objectives], [tracking.trial_config(r) for r in runs], ties
 
 
@@ -300,13 +300,14 @@ def replay(trials: list[list[tuple]], objectives: dict, ref: list[float], arm: d
     return xs, ys, spent, (ys[-1] if ys else 0.0)
 
 
-def replay_arm(arm: str, recording: tuple, max_steps: int) -> tuple[list[int], list[float], int, float]:
+def replay_arm(arm: str, recording: tuple, max_steps: int, trained: dict | None = None
+               ) -> tuple[list[int], list[float], int, float]:
     """``replay`` of the arm named ``arm`` on a recording (``trajectories``, or ``pooled``): a
     fewer-trials baseline is FIFO on the first of its trials, in the searcher's order."""
     trials, objectives, ref, configs, ties = recording
     if ARMS[arm] == "fewer":
-        return replay(trials[:round(len(trials) * FEWER[arm])], objectives, ref, None, max_steps)
-    return replay(trials, objectives, ref, ARMS[arm], max_steps, configs=configs, ties=ties)
+        return replay(trials[:round(len(trials) * FEWER[arm])], objectives, ref, None, max_steps, trained=trained)
+    return replay(trials, objectives, ref, ARMS[arm], max_steps, configs=configs, trained=trained, ties=ties)
 
 
 def lost_trials(trials: list[list[tuple]], objectives: dict, ref: list[float], trained: dict,
@@ -441,9 +442,10 @@ def main() -> None:
 
     if args.explain:
         print(f"what {args.explain!r} lost: trials whose points after it stopped them hold >= 0.1% of FIFO's HV")
-        for seed, (trials, objectives, ref, configs, ties) in recorded.items():
+        for seed, recording in recorded.items():
+            trials, objectives, ref, configs, _ = recording
             trained: dict = {}
-            replay(trials, objectives, ref, ARMS[args.explain], args.steps, configs=configs, trained=trained, ties=ties)
+            replay_arm(args.explain, recording, args.steps, trained=trained)
             for t, share in lost_trials(trials, objectives, ref, trained):
                 path = " ".join(f"{s}:" + ",".join(f"{x:.3f}" for x in v) for s, v, _ in trials[t])
                 print(f"  seed {seed} trial {t} ({json.dumps(configs[t], sort_keys=True)}): stopped at step "
