@@ -21,8 +21,9 @@ def restore_rungs(rungs, c, parent, job) -> int:
     runs = [r for r in tracking.child_runs(c, parent) if r.data.tags.get(tracking.TRIAL_TAG) is not None]
     # every trial's evaluations in bulk (a request per 100 runs, not one per run and metric: issue 28)
     ids = [r.info.run_id for r in runs]
-    points = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.objectives} if ids else {}
-    ties = {k: tracking.metric_points(c, ids, f"eval/{k}") for k in rungs.tie_metrics or {}} if ids else {}
+    ties = list(rungs.tie_metrics or {})
+    points = ({k: tracking.metric_points(c, ids, f"eval/{k}") for k in dict.fromkeys([*rungs.objectives, *ties])}
+              if ids else {})  # a tie metric that is also an objective is read once
     feasible = tracking.metric_histories(c, ids, "eval/feasible") if ids else {}
     groups = {}
     for run in sorted(runs, key=lambda r: r.info.start_time):  # the searcher's order, as Tune added them
@@ -34,7 +35,7 @@ def restore_rungs(rungs, c, parent, job) -> int:
         histories = [points[k][run_id] for k in rungs.objectives]
         for step in sorted(set.intersection(*(set(h) for h in histories)) if histories else ()):
             logged = max(h[step][1] for h in histories)
-            tie = [ties[k][run_id].get(step, (float("nan"),))[0] for k in ties]
+            tie = [points[k][run_id].get(step, (float("nan"),))[0] for k in ties]
             events.append((logged, trial, step, [h[step][0] for h in histories],
                            recorded_feasible(feasible[run_id].get(step), constrained), tie))
         stopped_at = run.data.tags.get("raysweep.stopped_at_rung")
